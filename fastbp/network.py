@@ -1,0 +1,329 @@
+"""The Network: layer sizes, one flat parameter buffer with per-layer views, and what you do with it.
+
+The arithmetic happens in a backend (``backends.py``); this class validates input, owns the buffers
+(parameters, gradients, optimizer state, work space) and calls the backend's drivers: one call per
+chunk of minibatches, sized to take a fraction of a second, so that progress is shown, Ctrl-C is
+answered and divergence is caught without Python between minibatches.
+"""
+import threading
+import time
+from collections import namedtuple
+
+import numpy as np
+
+from . import backends, initializers, validation
+from .kernels import codes
+
+FORWARD_BLOCK = 256   # samples per block when predicting or evaluating
+CHUNK_SECONDS = 0.2   # wall time aimed at per call into the backend while training
+
+Evaluation = namedtuple("Evaluation", "loss accuracy")
+
+
+class TrainingDiverged(FloatingPointError):
+    """The cost or the parameters became NaN or infinite. The network keeps the parameters of the last
+    finite step; ``history`` holds the epochs completed before."""
+
+    def __init__(self, message, epoch, batch, history):
+        super().__init__(message)
+        self.epoch, self.batch, self.history = epoch, batch, history
+
+
+class History(dict):
+    """What fit measured, one entry per epoch: ``loss`` (the mean cost of the epoch's samples, each
+    computed before its minibatch's update), ``seconds``; with ``monitor_training``, ``train_loss`` and
+    ``train_accuracy`` (after the epoch); with validation data, ``val_loss`` and ``val_accuracy``."""
+
+    @property
+    def epochs(self):
+        return len(self["loss"])
+
+    def add(self, **metrics):
+        for name, value in metrics.items():
+            self.setdefault(name, []).append(float(value))
+
+
+def accuracy(outputs, Y):
+    """The fraction of samples whose predicted class is the target's (argmax; 0.5 with one output)."""
+    if outputs.shape[1] == 1:
+        return float(np.mean((outputs[:, 0] > 0.5) == (Y[:, 0] > 0.5)))
+    return float(np.mean(outputs.argmax(axis=1) == Y.argmax(axis=1)))
+
+
+class Network:
+    """A fully-connected network trained by backpropagation and minibatch gradient descent.
+
+    Parameters
+    ----------
+    layer_sizes : sequence of int
+        Units per layer, input first: ``[784, 30, 10]``.
+    activation : str
+        Hidden layers' activation: ``sigmoid``, ``tanh``, ``relu``, ``leaky_relu`` or ``identity``.
+    output_activation : str or None
+        Those or ``softmax``. None means ``activation`` for ``mse`` and ``softmax`` for
+        ``cross_entropy``.
+    loss : str
+        ``mse`` (1/2 ||a - y||^2 per sample) or ``cross_entropy`` (binary per unit with a sigmoid
+        output, categorical with softmax).
+    dtype : str
+        ``float64`` or ``float32``: parameters and arithmetic.
+    backend : str
+        ``numba``, ``cython`` or ``numpy`` (the reference); see ``fastbp.available_backends()``.
+    n_threads : int or None
+        Threads per minibatch; None uses every CPU this process may run on. Results do not depend on it.
+    seed : int or None
+        Seeds the initial parameters and the shuffling.
+    init : str
+        ``auto``, ``scaled_normal``, ``normal``, ``xavier`` or ``he`` (see ``fastbp.initializers``).
+
+    Attributes
+    ----------
+    weights, biases : list of ndarray
+        ``weights[l]`` has shape ``(layer_sizes[l+1], layer_sizes[l])`` (the W of ``z = W a + b``).
+        They are views of the one parameter buffer ``parameters``: writing into them changes the
+        network, and training updates them in place.
+    """
+
+    def __init__(self, layer_sizes, activation="sigmoid", output_activation=None, loss="mse",
+                 dtype="float64", backend="numba", n_threads=None, seed=None, init="auto"):
+        self.layer_sizes = validation.layer_sizes(layer_sizes)
+        hidden = {name: codes.ACTIVATIONS[name] for name in codes.HIDDEN_ACTIVATIONS}
+        self._hidden = validation.choice("activation", activation, hidden)
+        self._loss = validation.choice("loss", loss, codes.LOSSES)
+        if output_activation is None:
+            output_activation = "softmax" if loss == "cross_entropy" else activation
+        self._output = validation.choice("output activation", output_activation, codes.ACTIVATIONS)
+        if loss == "cross_entropy" and output_activation not in ("sigmoid", "softmax"):
+            raise ValueError(f"cross_entropy needs a sigmoid or softmax output (probabilities), got "
+                             f"output_activation={output_activation!r}; use loss='mse' for it")
+        if output_activation == "softmax" and self.layer_sizes[-1] < 2:
+            raise ValueError("a softmax output needs at least 2 units; use sigmoid for one output")
+        validation.choice("init", init, {name: name for name in initializers.SCHEMES})
+        self.activation, self.output_activation, self.loss = activation, output_activation, loss
+        self.dtype = validation.dtype(dtype)
+        self.backend = backend
+        self._driver = backends.get(backend)
+        self.n_threads = validation.threads(n_threads)
+        self.seed, self.init = seed, init
+        self._desc, _ = self._layout(1, codes.SGD)
+        n_params = int(self._desc[codes.D_NPARAMS])
+        self.parameters = np.zeros(n_params, self.dtype)
+        self._grads = np.zeros(n_params, self.dtype)
+        self._state = np.zeros((2, n_params), self.dtype)
+        self._hyper = np.zeros(codes.H_SIZE)
+        self._optimizer = None
+        self.weights, self.biases = codes.layer_views(self._desc, self.parameters)
+        self._rng = np.random.default_rng(seed)
+        initializers.initialize(init, activation, self.weights, self.biases, self._rng)
+        self._work = {}
+        self._lock = threading.Lock()
+        self.history = None
+
+    def __repr__(self):
+        return (f"Network({self.layer_sizes}, activation={self.activation!r}, output_activation="
+                f"{self.output_activation!r}, loss={self.loss!r}, dtype={self.dtype.name!r}, "
+                f"backend={self.backend!r})")
+
+    # ----------------------------------------------------------------------- plumbing
+
+    def _layout(self, capacity, optimizer):
+        return codes.describe(self.layer_sizes, self._hidden, self._output, self._loss, optimizer,
+                              capacity)
+
+    def _buffers(self, capacity, optimizer=codes.SGD):
+        """The descriptor and a work buffer for batches of up to `capacity` samples (kept for reuse)."""
+        key = (capacity, optimizer)
+        if key not in self._work:
+            desc, size = self._layout(capacity, optimizer)
+            self._work = {key: (desc, np.zeros(size, self.dtype))}  # keep one: work can be large
+        return self._work[key]
+
+    def _threads(self):
+        return self.n_threads or backends.default_threads()
+
+    def _exclusive(self):
+        """The network's lock, refused rather than waited for: one network, one user at a time."""
+        if not self._lock.acquire(blocking=False):
+            raise RuntimeError("this network is being used by another thread (training or "
+                               "predicting); use one network per thread, or wait for it")
+        return _Release(self._lock)
+
+    def _X(self, X, name="X"):
+        return validation.features(X, self.layer_sizes[0], self.dtype, name)
+
+    def _Y(self, y, n, name="y"):
+        return validation.targets(y, n, self.layer_sizes[-1], self.dtype, name)
+
+    def _forward(self, X, Y=None):
+        """Output activations for X and, given targets Y, each sample's cost."""
+        n = X.shape[0]
+        desc, work = self._buffers(min(n, FORWARD_BLOCK))
+        out = np.empty((n, self.layer_sizes[-1]), self.dtype)
+        costs = np.empty(n if Y is not None else 0)
+        if Y is None:
+            Y = np.empty((0, self.layer_sizes[-1]), self.dtype)
+        self._driver.forward(desc, self.parameters, X, Y, out, costs, work, self._threads())
+        return out, costs
+
+    # ----------------------------------------------------------------------- using the network
+
+    def forward(self, X):
+        """The output layer's activations for every sample of X, shape (n, layer_sizes[-1])."""
+        with self._exclusive():
+            return self._forward(self._X(X))[0]
+
+    def predict(self, X):
+        """Class labels: the index of the largest output (with one output unit: output > 0.5)."""
+        outputs = self.forward(X)
+        if outputs.shape[1] == 1:
+            return (outputs[:, 0] > 0.5).astype(np.int64)
+        return outputs.argmax(axis=1)
+
+    def evaluate(self, X, y):
+        """The mean cost (without L2) and the accuracy on (X, y), as ``Evaluation(loss, accuracy)``."""
+        with self._exclusive():
+            X = self._X(X)
+            Y = self._Y(y, X.shape[0])
+            outputs, costs = self._forward(X, Y)
+        return Evaluation(float(costs.mean()), accuracy(outputs, Y))
+
+    def gradients(self, X, y):
+        """Gradients of the mean cost over (X, y) by backpropagation, without updating anything.
+
+        Returns ``(dW, db)``: lists shaped like ``weights`` and ``biases``.
+        """
+        with self._exclusive():
+            X = self._X(X)
+            Y = self._Y(y, X.shape[0])
+            desc, work = self._buffers(min(X.shape[0], FORWARD_BLOCK))
+            grads = np.empty_like(self.parameters)
+            self._driver.gradients(desc, self.parameters, grads, X, Y, work, np.empty(X.shape[0]),
+                                   self._threads())
+        dW, db = codes.layer_views(self._desc, grads)
+        return dW, db
+
+    # ----------------------------------------------------------------------- training
+
+    def fit(self, X, y, epochs=10, batch_size=32, lr=0.1, l2=0.0, momentum=0.0, shuffle=True,
+            validation_data=None, verbose=False, optimizer="sgd", nesterov=False, beta1=0.9,
+            beta2=0.999, eps=1e-8, rho=0.99, monitor_training=False, callback=None):
+        """Train by minibatch gradient descent; returns the History (also kept as ``self.history``).
+
+        Each epoch visits X in a fresh random order (``shuffle``) or in order, in minibatches of
+        ``batch_size`` (the last one may be smaller). A minibatch's gradient is the mean of its
+        samples' gradients plus ``l2 * W`` for the weights (never the biases). Optimizers, as in
+        torch.optim: ``sgd`` with ``momentum`` (``v = momentum*v + g``, ``theta -= lr*v``) and
+        ``nesterov``; ``adam`` (``beta1``, ``beta2``, ``eps``); ``rmsprop`` (smoothing ``rho``, ``eps``).
+        Optimizer state carries over to the next ``fit`` with the same optimizer.
+        ``monitor_training`` adds ``train_loss`` and ``train_accuracy`` to the history: the whole
+        training set evaluated after each epoch (a forward pass over it). ``callback(epoch, metrics)``
+        is called after each epoch with that epoch's metrics (a dict); returning True stops training.
+
+        Raises TrainingDiverged if the cost or a parameter becomes NaN or infinite; the network then
+        holds the parameters of the last finite step. On KeyboardInterrupt the network holds the
+        parameters after the last completed minibatch and ``history`` the completed epochs.
+        """
+        X = self._X(X)
+        Y = self._Y(y, X.shape[0])
+        epochs = validation.integer("epochs", epochs, 0)
+        batch_size = validation.integer("batch_size", batch_size, 1)
+        opt = validation.choice("optimizer", optimizer, codes.OPTIMIZERS)
+        hyper = np.zeros(codes.H_SIZE)
+        hyper[codes.H_LR] = validation.real("lr", lr, low=0, low_open=True)
+        hyper[codes.H_L2] = validation.real("l2", l2, low=0)
+        hyper[codes.H_MOMENTUM] = validation.real("momentum", momentum, 0, 1, high_open=True)
+        hyper[codes.H_NESTEROV] = bool(nesterov)
+        if nesterov and (opt != codes.SGD or momentum == 0):
+            raise ValueError("nesterov needs optimizer='sgd' with momentum > 0")
+        hyper[codes.H_BETA1] = validation.real("beta1", beta1, 0, 1, high_open=True)
+        hyper[codes.H_BETA2] = validation.real("beta2", beta2, 0, 1, high_open=True)
+        hyper[codes.H_EPS] = validation.real("eps", eps, low=0, low_open=True)
+        hyper[codes.H_RHO] = validation.real("rho", rho, 0, 1, high_open=True)
+        if validation_data is not None:
+            if len(validation_data) != 2:
+                raise ValueError("validation_data must be a pair (X_val, y_val)")
+            X_val = self._X(validation_data[0], "validation X")
+            Y_val = self._Y(validation_data[1], X_val.shape[0], "validation y")
+
+        with self._exclusive():
+            if self._optimizer != (optimizer, bool(nesterov)):  # new optimizer: fresh state
+                self._state[:] = 0
+                self._hyper[codes.H_STEP] = 0
+                self._optimizer = (optimizer, bool(nesterov))
+            hyper[codes.H_STEP] = self._hyper[codes.H_STEP]
+            self._hyper = hyper
+            history = self.history = History(loss=[])
+            desc, work = self._buffers(min(batch_size, X.shape[0]), opt)
+            for epoch in range(1, epochs + 1):
+                started = time.perf_counter()
+                order = self._rng.permutation(X.shape[0]) if shuffle else np.arange(X.shape[0])
+                costs = self._train_epoch(desc, work, X, Y, order, batch_size, epoch, history)
+                metrics = {"loss": costs.mean()}
+                if monitor_training:
+                    outputs, train_costs = self._forward(X, Y)
+                    metrics.update(train_loss=train_costs.mean(), train_accuracy=accuracy(outputs, Y))
+                if validation_data is not None:
+                    outputs, val_costs = self._forward(X_val, Y_val)
+                    metrics.update(val_loss=val_costs.mean(), val_accuracy=accuracy(outputs, Y_val))
+                metrics["seconds"] = time.perf_counter() - started
+                history.add(**metrics)
+                if verbose:
+                    print(f"epoch {epoch}/{epochs}  " + "  ".join(
+                        f"{name} {value:.4f}" for name, value in metrics.items()), flush=True)
+                if callback is not None and callback(epoch, metrics):
+                    break
+        return history
+
+    def _train_epoch(self, desc, work, X, Y, order, batch_size, epoch, history):
+        """One epoch, in chunks of minibatches timed to CHUNK_SECONDS. Returns each sample's cost."""
+        n_batches = -(-X.shape[0] // batch_size)
+        costs = np.zeros(X.shape[0])
+        threads = self._threads()
+        chunk = 1 if self.backend == "numpy" else max(1, 4096 // batch_size)
+        first = 0
+        while first < n_batches:
+            last = min(first + chunk, n_batches)
+            saved = self.parameters.copy(), self._state.copy(), self._hyper.copy()
+            started = time.perf_counter()
+            try:
+                done, status, batch = self._driver.train_epoch(
+                    desc, self.parameters, self._grads, self._state, X, Y, order, batch_size, first,
+                    last, self._hyper, work, costs, threads)
+            except KeyboardInterrupt:
+                if self.backend == "numpy":  # interrupted inside a minibatch: undo it
+                    self.parameters[:], self._state[:], self._hyper[:] = saved
+                raise
+            if status != codes.DONE:
+                if status == codes.PARAMS_NOT_FINITE:  # back to the last finite step
+                    self.parameters[:], self._state[:], self._hyper[:] = saved
+                    self._driver.train_epoch(desc, self.parameters, self._grads, self._state, X, Y,
+                                             order, batch_size, first, batch, self._hyper, work,
+                                             costs, threads)
+                what = "cost" if status == codes.COST_NOT_FINITE else "parameters"
+                raise TrainingDiverged(
+                    f"training diverged: the {what} became NaN or infinite at epoch {epoch}, "
+                    f"minibatch {batch + 1} of {n_batches}; the network keeps the parameters of the "
+                    f"last finite step (try a smaller learning rate)", epoch, batch, history)
+            elapsed = time.perf_counter() - started
+            if self.backend != "numpy":
+                chunk = int(np.clip(chunk * CHUNK_SECONDS / max(elapsed, 1e-6), 1, 1 << 20))
+            first = last
+        return costs
+
+    # ----------------------------------------------------------------------- files
+
+    def save(self, path):
+        """Write the network (configuration, parameters, optimizer state) to an .npz file."""
+        from . import modelfile
+        modelfile.save(self, path)
+
+
+class _Release:
+    def __init__(self, lock):
+        self._lock = lock
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self._lock.release()

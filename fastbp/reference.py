@@ -1,0 +1,156 @@
+"""The numpy backend: backpropagation as a textbook writes it, one matrix product per step.
+
+This is the reference every compiled backend is checked against. It reads like Nielsen's network.py
+with the minibatch as a matrix (one row per sample): for each layer ``Z = A W^T + b`` and ``A = f(Z)``;
+the output error ``delta_L``; ``delta_l = f'(z_l) * (delta_{l+1} W_{l+1})``; gradients
+``dW_l = delta_l^T A_{l-1} / m`` and ``db_l = mean(delta_l)``; then the optimizer's step.
+
+It exports the same drivers, with the same arguments, as the compiled backends (``forward``,
+``gradients``, ``train_epoch``; see ``kernels/codes.py`` for the buffers), so the Network runs on any of
+them unchanged. Arguments only the compiled backends need (``work``, ``n_threads``) are ignored.
+"""
+import numpy as np
+
+from .kernels.codes import (ADAM, COST_NOT_FINITE, CROSS_ENTROPY, D_LOSS, DONE, PARAMS_NOT_FINITE, D_NWEIGHTS, D_OPTIMIZER,
+                            D_OUTPUT, H_BETA1, H_BETA2, H_EPS, H_L2, H_LR, H_MOMENTUM, H_NESTEROV,
+                            H_RHO, H_STEP, IDENTITY, LEAKY_RELU, LEAKY_SLOPE, RELU, RMSPROP, SGD,
+                            SIGMOID, SOFTMAX, TANH, layer, layer_views)
+
+
+def sigmoid(z):
+    return 1.0 / (1.0 + np.exp(-z))
+
+
+def softmax(z):
+    e = np.exp(z - z.max(axis=1, keepdims=True))
+    return e / e.sum(axis=1, keepdims=True)
+
+
+ACTIVATE = {
+    IDENTITY: lambda z: z,
+    SIGMOID: sigmoid,
+    TANH: np.tanh,
+    RELU: lambda z: np.maximum(z, 0),
+    LEAKY_RELU: lambda z: np.where(z > 0, z, LEAKY_SLOPE * z),
+    SOFTMAX: softmax,
+}
+# f'(z) written on a = f(z); softmax has no elementwise derivative (see output_error).
+DERIVATIVE = {
+    IDENTITY: lambda a: np.ones_like(a),
+    SIGMOID: lambda a: a * (1 - a),
+    TANH: lambda a: 1 - a * a,
+    RELU: lambda a: (a > 0).astype(a.dtype),
+    LEAKY_RELU: lambda a: np.where(a > 0, 1, LEAKY_SLOPE).astype(a.dtype),
+}
+
+
+def softplus(x):
+    return np.log1p(np.exp(-np.abs(x))) + np.maximum(x, 0)
+
+
+def feedforward(desc, params, X):
+    """Activations of every layer (X first) and the output layer's pre-activations Z_L."""
+    Ws, bs = layer_views(desc, params)
+    activations = [X]
+    for l, (W, b) in enumerate(zip(Ws, bs)):
+        Z = activations[-1] @ W.T + b
+        if l < len(Ws) - 1:
+            activations.append(ACTIVATE[layer(desc, l)[6]](Z))
+    return activations, Z
+
+
+def output_error(act, loss, Z, Y):
+    """Output activations A, error terms delta = dC/dZ and the cost of each sample (float64)."""
+    A = ACTIVATE[act](Z)
+    if loss == CROSS_ENTROPY and act == SOFTMAX:
+        log_a = Z - Z.max(axis=1, keepdims=True)
+        log_a -= np.log(np.exp(log_a).sum(axis=1, keepdims=True))
+        cost = -(Y * log_a).sum(axis=1)
+        delta = A * Y.sum(axis=1, keepdims=True) - Y
+    elif loss == CROSS_ENTROPY:  # sigmoid: -[y ln a + (1-y) ln(1-a)], with ln a = -softplus(-z)
+        cost = (Y * softplus(-Z) + (1 - Y) * softplus(Z)).sum(axis=1)
+        delta = A - Y
+    else:
+        cost = 0.5 * ((A - Y) ** 2).sum(axis=1)
+        if act == SOFTMAX:  # the softmax Jacobian applied to dC/da = a - y
+            g = A - Y
+            delta = A * (g - (A * g).sum(axis=1, keepdims=True))
+        else:
+            delta = DERIVATIVE[act](A) * (A - Y)
+    return A, delta, cost.astype(np.float64)
+
+
+def backprop(desc, params, X, Y):
+    """Gradients of the mean cost over the rows of X (flat, like params) and each sample's cost."""
+    Ws, bs = layer_views(desc, params)
+    activations, Z = feedforward(desc, params, X)
+    _, delta, cost = output_error(int(desc[D_OUTPUT]), int(desc[D_LOSS]), Z, Y)
+    grads = np.empty_like(params)
+    dWs, dbs = layer_views(desc, grads)
+    m = X.shape[0]
+    for l in range(len(Ws) - 1, -1, -1):
+        dWs[l][:] = delta.T @ activations[l] / m
+        dbs[l][:] = delta.mean(axis=0)
+        if l > 0:
+            delta = (delta @ Ws[l]) * DERIVATIVE[layer(desc, l - 1)[6]](activations[l])
+    return grads, cost
+
+
+def step(opt, params, grads, state, hyper, n_weights):
+    """One optimizer step, in place, as torch.optim does it; L2 on the weights (params[:n_weights])."""
+    hyper[H_STEP] += 1
+    lr, t = hyper[H_LR], hyper[H_STEP]
+    g = grads.copy()
+    g[:n_weights] += hyper[H_L2] * params[:n_weights]
+    if opt == SGD:
+        if hyper[H_MOMENTUM]:
+            state[0] = hyper[H_MOMENTUM] * state[0] + g
+            g = g + hyper[H_MOMENTUM] * state[0] if hyper[H_NESTEROV] else state[0]
+        params -= lr * g
+    elif opt == ADAM:
+        b1, b2 = hyper[H_BETA1], hyper[H_BETA2]
+        state[0] += (1 - b1) * (g - state[0])
+        state[1] = b2 * state[1] + (1 - b2) * g * g
+        step_size = lr / (1 - b1 ** t)
+        params -= step_size * state[0] / (np.sqrt(state[1]) / np.sqrt(1 - b2 ** t) + hyper[H_EPS])
+    elif opt == RMSPROP:
+        rho = hyper[H_RHO]
+        state[1] = rho * state[1] + (1 - rho) * g * g
+        params -= lr * g / (np.sqrt(state[1]) + hyper[H_EPS])
+
+
+# --------------------------------------------------------------------------- the drivers
+
+def train_epoch(desc, params, grads, state, X, Y, order, batch_size, first, last, hyper, work,
+                costs, n_threads):
+    """Minibatches first..last-1 of the epoch visiting X in `order`: backprop, then one step each.
+
+    Same contract as kernels.nb_train.train_epoch; returns (batches done, status, batch).
+    """
+    n = order.shape[0]
+    for i in range(first, last):
+        rows = order[i * batch_size:min((i + 1) * batch_size, n)]
+        with np.errstate(over="ignore", invalid="ignore"):  # divergence is reported, not warned
+            grads[:], cost = backprop(desc, params, X[rows], Y[rows])
+        costs[i * batch_size:i * batch_size + len(rows)] = cost
+        if not np.isfinite(cost.sum()):
+            return i - first, COST_NOT_FINITE, i
+        with np.errstate(over="ignore", invalid="ignore"):
+            step(int(desc[D_OPTIMIZER]), params, grads, state, hyper, int(desc[D_NWEIGHTS]))
+        if not np.isfinite(params.sum()):
+            return i - first + 1, PARAMS_NOT_FINITE, i
+    return last - first, DONE, last
+
+
+def gradients(desc, params, grads, X, Y, work, costs, n_threads):
+    """OUT grads: the gradient of the mean cost over X (no L2); OUT costs: each sample's cost."""
+    grads[:], costs[:] = backprop(desc, params, X, Y)
+
+
+def forward(desc, params, X, Y, out, costs, work, n_threads):
+    """OUT out: the output activations for X; and, when costs is not empty, each sample's cost."""
+    _, Z = feedforward(desc, params, X)
+    if costs.shape[0]:
+        out[:], _, costs[:] = output_error(int(desc[D_OUTPUT]), int(desc[D_LOSS]), Z, Y)
+    else:
+        out[:] = ACTIVATE[int(desc[D_OUTPUT])](Z)

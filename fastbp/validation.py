@@ -1,0 +1,133 @@
+"""Every check of user input, in one place: what was wrong and what was expected.
+
+Each function returns the value in the form the kernels take (codes, C-contiguous arrays of the
+network's dtype) or raises ValueError / TypeError. Nothing here changes a network.
+"""
+import numbers
+import operator
+
+import numpy as np
+
+DTYPES = ("float32", "float64")
+
+
+def choice(what, value, options):
+    """The code of `value` among `options` (a dict name -> code)."""
+    if not isinstance(value, str) or value not in options:
+        raise ValueError(f"unknown {what} {value!r}; choose one of {', '.join(options)}")
+    return options[value]
+
+
+def integer(name, value, minimum):
+    """An int >= minimum (bool is refused: True is not a size)."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
+        try:
+            value = operator.index(value)
+        except TypeError:
+            raise TypeError(f"{name} must be an integer, got {type(value).__name__} {value!r}") from None
+    value = int(value)
+    if value < minimum:
+        raise ValueError(f"{name} must be >= {minimum}, got {value}")
+    return value
+
+
+def real(name, value, low=None, high=None, low_open=False, high_open=False):
+    """A finite float within [low, high] (ends open when asked)."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        raise TypeError(f"{name} must be a real number, got {type(value).__name__} {value!r}")
+    value = float(value)
+    if not np.isfinite(value):
+        raise ValueError(f"{name} must be finite, got {value}")
+    if low is not None and (value < low or (low_open and value == low)):
+        raise ValueError(f"{name} must be {'>' if low_open else '>='} {low}, got {value}")
+    if high is not None and (value > high or (high_open and value == high)):
+        raise ValueError(f"{name} must be {'<' if high_open else '<='} {high}, got {value}")
+    return value
+
+
+def layer_sizes(sizes):
+    """At least two layers, each a positive integer: [n_inputs, hidden..., n_outputs]."""
+    if isinstance(sizes, (str, bytes)) or not hasattr(sizes, "__len__"):
+        raise TypeError(f"layer_sizes must be a sequence of integers such as [784, 30, 10], "
+                        f"got {sizes!r}")
+    if len(sizes) < 2:
+        raise ValueError(f"layer_sizes needs at least an input and an output layer, got {list(sizes)}")
+    return [integer(f"layer_sizes[{i}]", n, 1) for i, n in enumerate(sizes)]
+
+
+def dtype(value):
+    """float32 or float64, as a numpy dtype."""
+    try:
+        dt = np.dtype(value)
+    except TypeError:
+        dt = None
+    if dt is None or dt.name not in DTYPES:
+        raise ValueError(f"dtype must be one of {', '.join(DTYPES)}, got {value!r}")
+    return dt
+
+
+def threads(value):
+    """None (every CPU this process may use) or an int >= 1."""
+    return None if value is None else integer("n_threads", value, 1)
+
+
+def _real_array(name, values):
+    array = np.asarray(values)
+    if array.dtype.kind not in "biuf":
+        raise TypeError(f"{name} must hold real numbers, got dtype {array.dtype}")
+    return array
+
+
+def _finite(name, array):
+    if array.dtype.kind == "f" and not np.isfinite(array).all():
+        bad = np.argwhere(~np.isfinite(array))[0]
+        where = ", ".join(str(i) for i in bad)
+        raise ValueError(f"{name} must be finite; {name}[{where}] is {array[tuple(bad)]}")
+
+
+def features(X, n_features, dt, name="X"):
+    """X as a C-contiguous (n, n_features) array of dtype dt (copied only when it must be)."""
+    X = _real_array(name, X)
+    if X.ndim != 2:
+        raise ValueError(f"{name} must be 2-D (samples, features), got shape {X.shape}")
+    if X.shape[0] == 0:
+        raise ValueError(f"{name} has no samples")
+    if X.shape[1] != n_features:
+        raise ValueError(f"{name} has {X.shape[1]} features per sample; the network's input layer "
+                         f"has {n_features}")
+    X = np.ascontiguousarray(X, dtype=dt)
+    if not X.flags.writeable:  # the kernels take writeable arrays; a read-only X is copied
+        X = X.copy()
+    _finite(name, X)
+    return X
+
+
+def targets(y, n_samples, n_outputs, dt, name="y"):
+    """y as (n, n_outputs) targets of dtype dt: 1-D integer class labels become one-hot rows."""
+    y = _real_array(name, y)
+    if y.ndim == 0 or y.ndim > 2:
+        raise ValueError(f"{name} must be 1-D class labels or 2-D targets, got shape {y.shape}")
+    if y.shape[0] != n_samples:
+        raise ValueError(f"{name} has {y.shape[0]} samples but X has {n_samples}")
+    if y.ndim == 1:
+        if y.dtype.kind == "f":
+            if not np.isfinite(y).all() or (y != np.round(y)).any():
+                raise ValueError(f"{name} is 1-D, so it must hold integer class labels; for "
+                                 f"real-valued targets pass a 2-D array of {n_outputs} columns")
+        labels = y.astype(np.int64)
+        if n_outputs == 1:
+            raise ValueError(f"class labels need one output unit per class; this network has one "
+                             f"output: pass {name} as a 2-D (n, 1) array of targets")
+        if labels.min() < 0 or labels.max() >= n_outputs:
+            raise ValueError(f"{name} holds class labels from {labels.min()} to {labels.max()}, but "
+                             f"the network has {n_outputs} output units (labels 0..{n_outputs - 1})")
+        Y = np.zeros((n_samples, n_outputs), dtype=dt)
+        Y[np.arange(n_samples), labels] = 1
+        return Y
+    if y.shape[1] != n_outputs:
+        raise ValueError(f"{name} has {y.shape[1]} columns; the network has {n_outputs} outputs")
+    Y = np.ascontiguousarray(y, dtype=dt)
+    if not Y.flags.writeable:
+        Y = Y.copy()
+    _finite(name, Y)
+    return Y

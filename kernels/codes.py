@@ -1,0 +1,97 @@
+"""The contract between the Python API and the kernels: integer codes and the network descriptor.
+
+One source for every backend (Numba, Cython, the numpy reference): activations, losses and optimizers
+enter the kernels as the integer codes below, never as Python functions, and a network's static shape
+enters as one int64 array, the *descriptor*, built by :func:`describe`.
+
+Buffers the descriptor points into (all C-contiguous, one dtype, float32 or float64):
+
+``params``  flat, ``[W_1, ..., W_L, b_1, ..., b_L]``; ``W_l`` is ``(n_l, n_{l-1})`` row-major, so every
+            weight comes before every bias and L2 applies to the prefix ``params[:n_weights]``.
+``grads``   same layout: the mean gradient of the last batch (without the L2 term).
+``state``   ``(2, n_params)``: optimizer slots (SGD: velocity; Adam: first and second moments;
+            RMSprop: slot 1 holds the square average).
+``work``    per layer ``l``: the activations ``A_l`` then the error terms ``D_l``, each
+            ``(capacity, n_l)``; a batch of ``m <= capacity`` samples uses the first ``m`` rows.
+"""
+import numpy as np
+
+# Activations. Derivatives are computed from the activation's output a = f(z).
+IDENTITY, SIGMOID, TANH, RELU, LEAKY_RELU, SOFTMAX = range(6)
+ACTIVATIONS = {"identity": IDENTITY, "sigmoid": SIGMOID, "tanh": TANH, "relu": RELU,
+               "leaky_relu": LEAKY_RELU, "softmax": SOFTMAX}
+HIDDEN_ACTIVATIONS = ("sigmoid", "tanh", "relu", "leaky_relu", "identity")
+LEAKY_SLOPE = 0.01  # as torch.nn.LeakyReLU
+
+# Losses (costs per sample): MSE 1/2 ||a - y||^2; CROSS_ENTROPY is binary per unit with a sigmoid
+# output and categorical with a softmax output.
+MSE, CROSS_ENTROPY = range(2)
+LOSSES = {"mse": MSE, "cross_entropy": CROSS_ENTROPY}
+
+# Optimizers, with PyTorch's update rules.
+SGD, ADAM, RMSPROP = range(3)
+OPTIMIZERS = {"sgd": SGD, "adam": ADAM, "rmsprop": RMSPROP}
+
+# Why train_epoch stopped before its last batch.
+DONE, COST_NOT_FINITE, PARAMS_NOT_FINITE = range(3)
+
+# Hyperparameters: a float64 array of H_SIZE entries, indexed by these names.
+(H_LR, H_L2, H_MOMENTUM, H_NESTEROV, H_BETA1, H_BETA2, H_EPS, H_RHO, H_STEP) = range(9)
+H_SIZE = 9
+
+# The descriptor: a header, then one record per layer.
+(D_LAYERS, D_HIDDEN, D_OUTPUT, D_LOSS, D_OPTIMIZER, D_CAPACITY, D_NPARAMS, D_NWEIGHTS) = range(8)
+D_HEADER = 8
+(L_IN, L_OUT, L_W, L_B, L_A, L_D, L_ACT) = range(7)
+L_FIELDS = 7
+
+# Threads work on tiles of fixed size (independent of the thread count, so results are too).
+TILE_ROWS = 4          # weight rows per forward / gradient tile
+TILE_SAMPLES = 8       # samples per backward-error tile
+TILE_COLUMNS = 512     # columns per backward-error tile
+TILE_FLAT = 4096       # elements per tile of a flat update
+
+# The primitive kernels every compiled backend exports under these names (a test checks it).
+KERNELS = ("dense_forward", "activation_forward", "activation_backward", "output_error",
+           "backward_error", "accumulate_gradient", "update_parameters")
+# The drivers every backend (the numpy reference too) exports with the same arguments.
+DRIVERS = ("forward", "gradients", "train_epoch")
+
+
+def describe(sizes, hidden, output, loss, optimizer, capacity):
+    """Build the int64 descriptor of a network with layer ``sizes`` and a work buffer of ``capacity`` rows.
+
+    Returns ``(descriptor, work_size)``.
+    """
+    sizes = [int(n) for n in sizes]
+    n_layers = len(sizes) - 1
+    desc = np.zeros(D_HEADER + L_FIELDS * n_layers, dtype=np.int64)
+    n_weights = sum(sizes[l] * sizes[l + 1] for l in range(n_layers))
+    w_off, b_off, work = 0, n_weights, 0
+    for l in range(n_layers):
+        n_in, n_out = sizes[l], sizes[l + 1]
+        rec = D_HEADER + L_FIELDS * l
+        desc[rec:rec + L_FIELDS] = (n_in, n_out, w_off, b_off, work, work + capacity * n_out,
+                                    output if l == n_layers - 1 else hidden)
+        w_off += n_in * n_out
+        b_off += n_out
+        work += 2 * capacity * n_out
+    desc[:D_HEADER] = (n_layers, hidden, output, loss, optimizer, capacity, n_weights + sum(sizes[1:]),
+                       n_weights)
+    return desc, work
+
+
+def layer_views(desc, flat):
+    """Per-layer views (W_l of shape (n_l, n_{l-1}), b_l) of a flat buffer laid out like params."""
+    weights, biases = [], []
+    for l in range(int(desc[D_LAYERS])):
+        n_in, n_out, w, b = layer(desc, l)[:4]
+        weights.append(flat[w:w + n_out * n_in].reshape(n_out, n_in))
+        biases.append(flat[b:b + n_out])
+    return weights, biases
+
+
+def layer(desc, l):
+    """The record of layer ``l`` (0-based) as a tuple (n_in, n_out, w_off, b_off, a_off, d_off, act)."""
+    rec = D_HEADER + L_FIELDS * l
+    return tuple(int(v) for v in desc[rec:rec + L_FIELDS])

@@ -1,0 +1,516 @@
+"""Numba kernels: the arithmetic of backpropagation as hand-written loops.
+
+Twin of ``cy_kernels.pyx``: the same functions under the same names, arguments and meaning.
+Layers of this file, bottom up:
+
+* elementwise: ``_activate`` and ``_derivative`` (the latter written on the activation's output);
+* row kernels: ``_forward_rows``, ``_backward_block``, ``_gradient_rows``, ``_update_range`` each
+  compute one slice (a *tile*) of an output; the drivers in ``nb_train.py`` hand tiles to threads;
+* primitives (``codes.KERNELS``): whole arrays, on the calling thread, for tests and for users who
+  write their own training loop. Arguments are marked IN, OUT or IN/OUT; outputs are preallocated.
+
+Arrays are C-contiguous and share one floating dtype; ``rows`` (int64) selects the samples of ``A``
+that form the batch, so a shuffled minibatch is read in place, never gathered into a copy.
+"""
+import math
+
+import numpy as np
+from numba import njit
+
+from .codes import (ADAM, CROSS_ENTROPY, IDENTITY, LEAKY_RELU, LEAKY_SLOPE, MSE, RELU, RMSPROP,
+                    SGD, SIGMOID, SOFTMAX, TANH, H_BETA1, H_BETA2, H_EPS, H_L2, H_LR, H_MOMENTUM,
+                    H_NESTEROV, H_RHO, H_STEP)
+
+# Fast-math flags, defined once: reassociation lets LLVM vectorize the dot products. Never 'nnan' or
+# 'ninf': divergence detection relies on NaN and inf surviving the arithmetic.
+FASTMATH = {"reassoc", "contract", "nsz", "arcp", "afn"}
+jit = njit(fastmath=FASTMATH, cache=True, nogil=True)
+# For helpers called from one place: inlined into their caller (one compilation instead of two).
+jit_inline = njit(fastmath=FASTMATH, cache=True, nogil=True, inline="always")
+
+# Per-update coefficients in the parameters' dtype (see _coefficients).
+(C_LR, C_L2, C_MU, C_NESTEROV, C_1MB1, C_B2, C_1MB2, C_EPS, C_STEP_SIZE, C_INV_SQRT_BC2,
+ C_RHO, C_1MRHO, C_SCALE) = range(13)
+C_SIZE = 13
+
+
+# --------------------------------------------------------------------------- elementwise
+
+@jit
+def _finite(x):
+    """x is neither NaN nor infinite. Written as a comparison because fast-math (reassoc with nsz)
+    lets LLVM fold math.isfinite away. Twin: cy_kernels._finite."""
+    return abs(x) <= 1.7976931348623157e308
+
+
+@jit
+def _activate(code, z):
+    """f(z) in float64 for an elementwise activation code. Twin: cy_kernels._activate."""
+    if code == SIGMOID:
+        return 1.0 / (1.0 + math.exp(-z))
+    if code == TANH:
+        return math.tanh(z)
+    if code == RELU:
+        return z if z > 0.0 else 0.0
+    if code == LEAKY_RELU:
+        return z if z > 0.0 else LEAKY_SLOPE * z
+    return z
+
+
+@jit
+def _derivative(code, a):
+    """f'(z) written on a = f(z), in float64. Twin: cy_kernels._derivative."""
+    if code == SIGMOID:
+        return a * (1.0 - a)
+    if code == TANH:
+        return 1.0 - a * a
+    if code == RELU:
+        return 1.0 if a > 0.0 else 0.0
+    if code == LEAKY_RELU:
+        return 1.0 if a > 0.0 else LEAKY_SLOPE
+    return 1.0
+
+
+@jit
+def _softplus(x):
+    """log(1 + e^x) without overflow. Twin: cy_kernels._softplus."""
+    return math.log1p(math.exp(-abs(x))) + max(x, 0.0)
+
+
+@jit
+def _softmax_row(z):
+    """IN/OUT z: one row of pre-activations becomes softmax(z); returns log-sum-exp(z)."""
+    k = z.shape[0]
+    zmax = z[0]
+    for j in range(1, k):
+        zmax = max(zmax, z[j])
+    total = 0.0
+    for j in range(k):
+        total += math.exp(z[j] - zmax)
+    lse = zmax + math.log(total)
+    for j in range(k):
+        z[j] = math.exp(z[j] - lse)
+    return lse
+
+
+# --------------------------------------------------------------------------- row kernels
+
+@jit
+def _forward_rows(W, b, A, rows, act, Z, j0, j1):
+    """OUT Z[s, j] = f(b[j] + W[j] . A[rows[s]]) for j in [j0, j1) and every sample s.
+
+    Register tile: 4 rows of W by 2 samples, 8 dot products sharing each load.
+    Twin: cy_kernels._forward_rows.
+    """
+    m = rows.shape[0]
+    n = W.shape[1]
+    j = j0
+    while j + 4 <= j1:
+        w0 = W[j]
+        w1 = W[j + 1]
+        w2 = W[j + 2]
+        w3 = W[j + 3]
+        s = 0
+        while s + 2 <= m:
+            x = A[rows[s]]
+            y = A[rows[s + 1]]
+            x0 = b[j]
+            x1 = b[j + 1]
+            x2 = b[j + 2]
+            x3 = b[j + 3]
+            y0 = b[j]
+            y1 = b[j + 1]
+            y2 = b[j + 2]
+            y3 = b[j + 3]
+            for i in range(n):
+                xi = x[i]
+                yi = y[i]
+                x0 += w0[i] * xi
+                x1 += w1[i] * xi
+                x2 += w2[i] * xi
+                x3 += w3[i] * xi
+                y0 += w0[i] * yi
+                y1 += w1[i] * yi
+                y2 += w2[i] * yi
+                y3 += w3[i] * yi
+            Z[s, j] = _activate(act, x0)
+            Z[s, j + 1] = _activate(act, x1)
+            Z[s, j + 2] = _activate(act, x2)
+            Z[s, j + 3] = _activate(act, x3)
+            Z[s + 1, j] = _activate(act, y0)
+            Z[s + 1, j + 1] = _activate(act, y1)
+            Z[s + 1, j + 2] = _activate(act, y2)
+            Z[s + 1, j + 3] = _activate(act, y3)
+            s += 2
+        if s < m:
+            x = A[rows[s]]
+            x0 = b[j]
+            x1 = b[j + 1]
+            x2 = b[j + 2]
+            x3 = b[j + 3]
+            for i in range(n):
+                xi = x[i]
+                x0 += w0[i] * xi
+                x1 += w1[i] * xi
+                x2 += w2[i] * xi
+                x3 += w3[i] * xi
+            Z[s, j] = _activate(act, x0)
+            Z[s, j + 1] = _activate(act, x1)
+            Z[s, j + 2] = _activate(act, x2)
+            Z[s, j + 3] = _activate(act, x3)
+        j += 4
+    while j < j1:
+        w0 = W[j]
+        for s in range(m):
+            x = A[rows[s]]
+            x0 = b[j]
+            for i in range(n):
+                x0 += w0[i] * x[i]
+            Z[s, j] = _activate(act, x0)
+        j += 1
+
+
+@jit
+def _backward_block(W, D, A, act, E, s0, s1, i0, i1):
+    """OUT E[s, i] = (sum_j D[s, j] W[j, i]) * f'(A[s, i]) for s in [s0, s1), i in [i0, i1).
+
+    A holds the lower layer's activations (the derivative is written on them). Register tile: 2
+    samples by 4 rows of W, accumulated along the contiguous columns. Twin: cy_kernels._backward_block.
+    """
+    n_out = W.shape[0]
+    n = i1 - i0
+    s = s0
+    while s < s1:
+        pair = s + 1 < s1
+        e = E[s, i0:i1]
+        f = E[s + 1 if pair else s, i0:i1]
+        for i in range(n):
+            e[i] = 0
+            f[i] = 0
+        j = 0
+        while j < n_out:
+            if j + 4 <= n_out:
+                w0 = W[j, i0:i1]
+                w1 = W[j + 1, i0:i1]
+                w2 = W[j + 2, i0:i1]
+                w3 = W[j + 3, i0:i1]
+                p0 = D[s, j]
+                p1 = D[s, j + 1]
+                p2 = D[s, j + 2]
+                p3 = D[s, j + 3]
+                if pair:
+                    q0 = D[s + 1, j]
+                    q1 = D[s + 1, j + 1]
+                    q2 = D[s + 1, j + 2]
+                    q3 = D[s + 1, j + 3]
+                    for i in range(n):
+                        x0 = w0[i]
+                        x1 = w1[i]
+                        x2 = w2[i]
+                        x3 = w3[i]
+                        e[i] += p0 * x0 + p1 * x1 + p2 * x2 + p3 * x3
+                        f[i] += q0 * x0 + q1 * x1 + q2 * x2 + q3 * x3
+                else:
+                    for i in range(n):
+                        e[i] += p0 * w0[i] + p1 * w1[i] + p2 * w2[i] + p3 * w3[i]
+                j += 4
+            else:
+                w0 = W[j, i0:i1]
+                p0 = D[s, j]
+                q0 = D[s + 1, j] if pair else p0 - p0
+                for i in range(n):
+                    x0 = w0[i]
+                    e[i] += p0 * x0
+                    if pair:
+                        f[i] += q0 * x0
+                j += 1
+        for r in range(s, s + 2 if pair else s + 1):
+            a = A[r, i0:i1]
+            g = E[r, i0:i1]
+            for i in range(n):
+                g[i] *= _derivative(act, a[i])
+        s += 2
+
+
+@jit
+def _gradient_rows(D, A, rows, scale, G, gb, j0, j1):
+    """OUT G[j] = scale * sum_s D[s, j] A[rows[s]] and gb[j] = scale * sum_s D[s, j], j in [j0, j1).
+
+    The outer products of the batch summed row by row: register tile of 2 rows of G by 4 samples.
+    Twin: cy_kernels._gradient_rows.
+    """
+    m = rows.shape[0]
+    n = G.shape[1]
+    for j in range(j0, j1):
+        g = G[j]
+        for i in range(n):
+            g[i] = 0
+    s = 0
+    while s + 4 <= m:
+        a0 = A[rows[s]]
+        a1 = A[rows[s + 1]]
+        a2 = A[rows[s + 2]]
+        a3 = A[rows[s + 3]]
+        j = j0
+        while j + 2 <= j1:
+            g = G[j]
+            h = G[j + 1]
+            p0 = D[s, j]
+            p1 = D[s + 1, j]
+            p2 = D[s + 2, j]
+            p3 = D[s + 3, j]
+            q0 = D[s, j + 1]
+            q1 = D[s + 1, j + 1]
+            q2 = D[s + 2, j + 1]
+            q3 = D[s + 3, j + 1]
+            for i in range(n):
+                x0 = a0[i]
+                x1 = a1[i]
+                x2 = a2[i]
+                x3 = a3[i]
+                g[i] += p0 * x0 + p1 * x1 + p2 * x2 + p3 * x3
+                h[i] += q0 * x0 + q1 * x1 + q2 * x2 + q3 * x3
+            j += 2
+        if j < j1:
+            g = G[j]
+            p0 = D[s, j]
+            p1 = D[s + 1, j]
+            p2 = D[s + 2, j]
+            p3 = D[s + 3, j]
+            for i in range(n):
+                g[i] += p0 * a0[i] + p1 * a1[i] + p2 * a2[i] + p3 * a3[i]
+        s += 4
+    while s < m:
+        a0 = A[rows[s]]
+        for j in range(j0, j1):
+            g = G[j]
+            p0 = D[s, j]
+            for i in range(n):
+                g[i] += p0 * a0[i]
+        s += 1
+    for j in range(j0, j1):
+        g = G[j]
+        for i in range(n):
+            g[i] *= scale
+        total = scale - scale
+        for s in range(m):
+            total += D[s, j]
+        gb[j] = scale * total
+
+
+@jit
+def _update_range(opt, P, G, S0, S1, c, l2, lo, hi):
+    """IN/OUT P[lo:hi] and optimizer state S0, S1 take one step along g = G + l2 * P.
+
+    SGD (momentum mu, Nesterov), Adam and RMSprop, as torch.optim does them; c holds the step's
+    coefficients (_coefficients). Returns the sum of the new values: finite iff they all are.
+    Twin: cy_kernels._update_range.
+    """
+    lr = c[C_LR]
+    total = lr - lr
+    if opt == SGD:
+        mu = c[C_MU]
+        if mu == 0:
+            for i in range(lo, hi):
+                P[i] -= lr * (G[i] + l2 * P[i])
+                total += P[i]
+        elif c[C_NESTEROV] != 0:
+            for i in range(lo, hi):
+                g = G[i] + l2 * P[i]
+                v = mu * S0[i] + g
+                S0[i] = v
+                P[i] -= lr * (g + mu * v)
+                total += P[i]
+        else:
+            for i in range(lo, hi):
+                v = mu * S0[i] + G[i] + l2 * P[i]
+                S0[i] = v
+                P[i] -= lr * v
+                total += P[i]
+    elif opt == ADAM:
+        one_m_b1 = c[C_1MB1]
+        b2 = c[C_B2]
+        one_m_b2 = c[C_1MB2]
+        eps = c[C_EPS]
+        step_size = c[C_STEP_SIZE]
+        inv_sqrt_bc2 = c[C_INV_SQRT_BC2]
+        for i in range(lo, hi):
+            g = G[i] + l2 * P[i]
+            m1 = S0[i] + one_m_b1 * (g - S0[i])
+            m2 = b2 * S1[i] + one_m_b2 * g * g
+            S0[i] = m1
+            S1[i] = m2
+            P[i] -= step_size * m1 / (math.sqrt(m2) * inv_sqrt_bc2 + eps)
+            total += P[i]
+    elif opt == RMSPROP:
+        rho = c[C_RHO]
+        one_m_rho = c[C_1MRHO]
+        eps = c[C_EPS]
+        for i in range(lo, hi):
+            g = G[i] + l2 * P[i]
+            m2 = rho * S1[i] + one_m_rho * g * g
+            S1[i] = m2
+            P[i] -= lr * g / (math.sqrt(m2) + eps)
+            total += P[i]
+    return total
+
+
+@jit
+def _coefficients(opt, hyper, m, c):
+    """IN/OUT hyper: advance the step counter; OUT c: that step's coefficients in c's dtype.
+
+    m is the batch size (the gradient is a mean: scale 1/m). Twin: cy_kernels._coefficients.
+    """
+    hyper[H_STEP] += 1.0
+    step = hyper[H_STEP]
+    c[C_LR] = hyper[H_LR]
+    c[C_L2] = hyper[H_L2]
+    c[C_MU] = hyper[H_MOMENTUM]
+    c[C_NESTEROV] = hyper[H_NESTEROV]
+    c[C_1MB1] = 1.0 - hyper[H_BETA1]
+    c[C_B2] = hyper[H_BETA2]
+    c[C_1MB2] = 1.0 - hyper[H_BETA2]
+    c[C_EPS] = hyper[H_EPS]
+    c[C_RHO] = hyper[H_RHO]
+    c[C_1MRHO] = 1.0 - hyper[H_RHO]
+    c[C_SCALE] = 1.0 / m
+    if opt == ADAM:
+        c[C_STEP_SIZE] = hyper[H_LR] / (1.0 - hyper[H_BETA1] ** step)
+        c[C_INV_SQRT_BC2] = 1.0 / math.sqrt(1.0 - hyper[H_BETA2] ** step)
+
+
+# --------------------------------------------------------------------------- primitives
+
+@jit
+def dense_forward(W, b, A, rows, act, Z):
+    """Forward through one layer: OUT Z (m, n_out) = f(A[rows] W^T + b), m = len(rows).
+
+    IN W (n_out, n_in), b (n_out,), A (n, n_in), rows (m,) int64 sample indices, act code (softmax
+    is applied per row). With one row this is the matrix-vector product z = W a + b.
+    Twin: cy_kernels.dense_forward.
+    """
+    _forward_rows(W, b, A, rows, IDENTITY if act == SOFTMAX else act, Z, 0, W.shape[0])
+    if act == SOFTMAX:
+        for s in range(rows.shape[0]):
+            _softmax_row(Z[s])
+
+
+@jit
+def activation_forward(act, Z):
+    """IN/OUT Z (m, n): pre-activations become activations f(Z), in place (softmax per row).
+
+    Twin: cy_kernels.activation_forward.
+    """
+    for s in range(Z.shape[0]):
+        z = Z[s]
+        if act == SOFTMAX:
+            _softmax_row(z)
+        else:
+            for j in range(z.shape[0]):
+                z[j] = _activate(act, z[j])
+
+
+@jit
+def activation_backward(act, A, D):
+    """IN A (m, n) activations; IN/OUT D (m, n): dC/da becomes dC/dz = f'(z) * dC/da, in place.
+
+    For softmax the Jacobian product: D_j <- a_j (D_j - sum_k a_k D_k). Twin: cy_kernels.activation_backward.
+    """
+    for s in range(A.shape[0]):
+        a = A[s]
+        d = D[s]
+        if act == SOFTMAX:
+            dot = 0.0
+            for j in range(a.shape[0]):
+                dot += a[j] * d[j]
+            for j in range(a.shape[0]):
+                d[j] = a[j] * (d[j] - dot)
+        else:
+            for j in range(a.shape[0]):
+                d[j] *= _derivative(act, a[j])
+
+
+@jit
+def output_error(act, loss, Z, Y, rows, D, cost):
+    """The output layer's error term and cost.
+
+    IN/OUT Z (m, k): pre-activations in, activations a out. IN Y (n, k) targets, sample s being
+    Y[rows[s]]. OUT D (m, k): delta = dC/dz; OUT cost (m,): C_x per sample (float64).
+    mse: C = 1/2 ||a - y||^2, delta = f'(z) * (a - y) (the softmax Jacobian for softmax);
+    cross_entropy with sigmoid: C = -sum[y ln a + (1-y) ln(1-a)], delta = a - y;
+    cross_entropy with softmax: C = -sum y ln a, delta = a sum(y) - y (= a - y for one-hot y).
+    Logarithms are taken of z (softplus, log-sum-exp), so saturated units give finite costs.
+    Twin: cy_kernels.output_error.
+    """
+    k = Z.shape[1]
+    for s in range(Z.shape[0]):
+        z = Z[s]
+        y = Y[rows[s]]
+        d = D[s]
+        c = 0.0
+        if act == SOFTMAX:
+            if loss == CROSS_ENTROPY:
+                ysum = 0.0
+                for j in range(k):
+                    c -= y[j] * z[j]
+                    ysum += y[j]
+                c += ysum * _softmax_row(z)
+                for j in range(k):
+                    d[j] = z[j] * ysum - y[j]
+            else:
+                _softmax_row(z)
+                dot = 0.0
+                for j in range(k):
+                    g = z[j] - y[j]
+                    c += 0.5 * g * g
+                    dot += z[j] * g
+                for j in range(k):
+                    d[j] = z[j] * (z[j] - y[j] - dot)
+        else:
+            for j in range(k):
+                zj = z[j]
+                a = _activate(act, zj)
+                z[j] = a
+                if loss == CROSS_ENTROPY:
+                    c += y[j] * _softplus(-zj) + (1.0 - y[j]) * _softplus(zj)
+                    d[j] = a - y[j]
+                else:
+                    g = a - y[j]
+                    c += 0.5 * g * g
+                    d[j] = g * _derivative(act, a)
+        cost[s] = c
+
+
+@jit
+def backward_error(W, D, A, act, E):
+    """Error terms of the layer below: OUT E (m, n_in) = (D W) * f'(A).
+
+    IN W (n_out, n_in) the weights between the two layers, D (m, n_out) the error terms above,
+    A (m, n_in) the lower layer's activations, act its activation code (not softmax).
+    Twin: cy_kernels.backward_error.
+    """
+    _backward_block(W, D, A, act, E, 0, D.shape[0], 0, W.shape[1])
+
+
+@jit
+def weight_gradient(D, A, rows, scale, G, gb):
+    """Gradients of one layer: OUT G (n_out, n_in) = scale * sum_s D[s] A[rows[s]]^T (outer products),
+    OUT gb (n_out,) = scale * sum_s D[s]. IN D (m, n_out), A (n, n_in), rows (m,), scale (1/m for a
+    mean). Twin: cy_kernels.weight_gradient.
+    """
+    _gradient_rows(D, A, rows, G.dtype.type(scale), G, gb, 0, G.shape[0])
+
+
+@jit
+def update_parameters(opt, P, G, S, hyper, n_weights):
+    """One optimizer step on flat buffers: IN/OUT P (n,) parameters, IN G (n,) gradient (a mean,
+    without L2), IN/OUT S (2, n) optimizer state, IN/OUT hyper (float64, codes.H_*; the step
+    counter advances). L2 (hyper[H_L2]) applies to P[:n_weights] only, never to biases.
+    Returns False if a parameter became non-finite. Twin: cy_kernels.update_parameters.
+    """
+    c = np.empty(C_SIZE, P.dtype)
+    _coefficients(opt, hyper, 1, c)
+    n = P.shape[0]
+    total = _update_range(opt, P, G, S[0], S[1], c, c[C_L2], 0, n_weights)
+    total += _update_range(opt, P, G, S[0], S[1], c, c[C_L2] - c[C_L2], n_weights, n)
+    return _finite(total)

@@ -1,0 +1,302 @@
+"""Numba drivers: forward pass, gradients and the fused training loop, on the flat buffers of codes.py.
+
+Twin of ``cy_train.pyx``. How the work is shared (the same in both backends):
+
+* ``n_threads`` workers (the calling thread and a pool of threads; the compiled worker releases the
+  GIL) each run ``_worker`` over the same sequence of *phases* (forward through layer l, the output error, the error terms below layer l, the gradient and
+  update of layer l, ...), minibatch after minibatch, with no Python in between.
+* A phase is cut into tiles of fixed size (codes.TILE_*). Workers claim tiles with an atomic counter
+  and count the finished ones; a worker waits for the phase to finish before starting the next.
+* A tile owns its outputs (rows of W, a block of error terms): nothing is summed across threads, and
+  what a tile computes does not depend on who computes it, so results are the same for every thread
+  count. A worker waits only for tiles other workers have already claimed, so the workers need not run
+  at the same time: one thread running them one after the other gives the same result.
+"""
+import platform
+from concurrent.futures import ThreadPoolExecutor
+
+import numpy as np
+from llvmlite import ir
+from numba import types
+from numba.core import cgutils
+from numba.extending import intrinsic
+
+from .codes import (COST_NOT_FINITE, D_CAPACITY, D_HEADER, DONE, PARAMS_NOT_FINITE, D_LAYERS, D_LOSS, D_OPTIMIZER, D_OUTPUT,
+                    IDENTITY, L_A, L_ACT, L_B, L_D, L_FIELDS, L_IN, L_OUT, L_W, TILE_COLUMNS,
+                    TILE_ROWS, TILE_SAMPLES)
+from .nb_kernels import (C_L2, C_SCALE, C_SIZE, _backward_block, _coefficients, _finite,
+                         _forward_rows, _gradient_rows, _update_range, activation_forward, jit, jit_inline,
+                         output_error)
+
+# What a call computes (the drivers below), and the phases of one of its batches.
+TRAIN, GRADIENTS, FORWARD = range(3)
+OP_FORWARD, OP_OUTPUT, OP_BACKWARD, OP_UPDATE, OP_GRADIENT = range(5)
+
+
+# --------------------------------------------------------------------------- atomics (LLVM)
+
+def _item_pointer(context, builder, sig, args):
+    aryty = sig.args[0]
+    ary = context.make_array(aryty)(context, builder, args[0])
+    return cgutils.get_item_pointer(context, builder, aryty, ary, [args[1]])
+
+
+@intrinsic
+def _atomic_add(typingctx, counters, i, value):
+    """counters[i] += value atomically (sequentially consistent); returns the old value."""
+    def codegen(context, builder, sig, args):
+        return builder.atomic_rmw("add", _item_pointer(context, builder, sig, args), args[2],
+                                  "seq_cst")
+    return types.int64(counters, i, types.int64), codegen
+
+
+@intrinsic
+def _atomic_set(typingctx, counters, i, value):
+    """counters[i] = value atomically; returns the old value."""
+    def codegen(context, builder, sig, args):
+        return builder.atomic_rmw("xchg", _item_pointer(context, builder, sig, args), args[2],
+                                  "seq_cst")
+    return types.int64(counters, i, types.int64), codegen
+
+
+@intrinsic
+def _atomic_load(typingctx, counters, i):
+    """counters[i], read with acquire ordering (sees every write made before the matching add)."""
+    def codegen(context, builder, sig, args):
+        return builder.load_atomic(_item_pointer(context, builder, sig, args), "acquire", 8)
+    return types.int64(counters, i), codegen
+
+
+@intrinsic
+def _pause(typingctx):
+    """A spin-wait hint to the CPU (x86 'pause'); nothing elsewhere."""
+    def codegen(context, builder, sig, args):
+        if platform.machine().lower() in ("x86_64", "amd64", "i686", "x86"):
+            fn = cgutils.get_or_insert_function(builder.module, ir.FunctionType(ir.VoidType(), []),
+                                                "llvm.x86.sse2.pause")
+            builder.call(fn, [])
+        return context.get_dummy_value()
+    return types.void(), codegen
+
+
+# --------------------------------------------------------------------------- tiles and phases
+
+@jit_inline
+def _output(kind, desc, Y, rows, first_row, work, costs, out, hyper, c, status, batch):
+    """The one-tile phase after the forward pass: the output activations, costs and error terms.
+
+    TRAIN also stops on a non-finite cost and sets this batch's update coefficients; FORWARD copies
+    the activations to out. Twin: cy_train._output.
+    """
+    rec = D_HEADER + L_FIELDS * (desc[D_LAYERS] - 1)
+    k = desc[rec + L_OUT]
+    m = rows.shape[0]
+    a = desc[rec + L_A]
+    d = desc[rec + L_D]
+    Z = work[a:a + m * k].reshape((m, k))
+    cost = costs[first_row:first_row + m]
+    if kind == FORWARD and costs.shape[0] == 0:
+        activation_forward(desc[D_OUTPUT], Z)
+    else:
+        output_error(desc[D_OUTPUT], desc[D_LOSS], Z, Y, rows, work[d:d + m * k].reshape((m, k)),
+                     cost)
+    if kind == FORWARD:
+        for s in range(m):
+            for j in range(k):
+                out[first_row + s, j] = Z[s, j]
+    elif kind == TRAIN:
+        total = 0.0
+        for s in range(m):
+            total += cost[s]
+        if not _finite(total):
+            _atomic_set(status, 1, batch)
+            _atomic_set(status, 0, COST_NOT_FINITE)
+        else:
+            _coefficients(desc[D_OPTIMIZER], hyper, m, c)
+
+
+@jit_inline
+def _tile(op, l, t, kind, desc, params, grads, state, X, Y, rows, first_row, ident, work, costs,
+          out, hyper, c, status, batch):
+    """Tile t of phase `op` of layer l (0-based) for the batch X[rows]. Twin: cy_train._tile."""
+    if op == OP_OUTPUT:
+        _output(kind, desc, Y, rows, first_row, work, costs, out, hyper, c, status, batch)
+        return
+    rec = D_HEADER + L_FIELDS * l
+    n_in = desc[rec + L_IN]
+    n_out = desc[rec + L_OUT]
+    w = desc[rec + L_W]
+    b = desc[rec + L_B]
+    m = rows.shape[0]
+    W = params[w:w + n_out * n_in].reshape((n_out, n_in))
+    if l == 0:
+        A_in = X
+        rows_in = rows
+    else:
+        a_in = desc[rec - L_FIELDS + L_A]
+        A_in = work[a_in:a_in + m * n_in].reshape((m, n_in))
+        rows_in = ident[:m]
+    d = desc[rec + L_D]
+    D = work[d:d + m * n_out].reshape((m, n_out))
+    if op == OP_BACKWARD:
+        n_col = -(-n_in // TILE_COLUMNS)
+        s0 = (t // n_col) * TILE_SAMPLES
+        i0 = (t % n_col) * TILE_COLUMNS
+        d_in = desc[rec - L_FIELDS + L_D]
+        _backward_block(W, D, A_in, desc[rec - L_FIELDS + L_ACT],
+                        work[d_in:d_in + m * n_in].reshape((m, n_in)),
+                        s0, min(s0 + TILE_SAMPLES, m), i0, min(i0 + TILE_COLUMNS, n_in))
+        return
+    j0 = t * TILE_ROWS
+    j1 = min(j0 + TILE_ROWS, n_out)
+    if op == OP_FORWARD:
+        a = desc[rec + L_A]
+        act = desc[rec + L_ACT] if l < desc[D_LAYERS] - 1 else IDENTITY
+        _forward_rows(W, params[b:b + n_out], A_in, rows_in, act,
+                      work[a:a + m * n_out].reshape((m, n_out)), j0, j1)
+        return
+    _gradient_rows(D, A_in, rows_in, c[C_SCALE], grads[w:w + n_out * n_in].reshape((n_out, n_in)),
+                   grads[b:b + n_out], j0, j1)
+    if op == OP_GRADIENT:  # accumulate this block's share of the mean gradient into state[0]
+        total = state[0]
+        for i in range(w + j0 * n_in, w + j1 * n_in):
+            total[i] += grads[i]
+        for i in range(b + j0, b + j1):
+            total[i] += grads[i]
+        return
+    opt = desc[D_OPTIMIZER]
+    check = _update_range(opt, params, grads, state[0], state[1], c, c[C_L2], w + j0 * n_in,
+                          w + j1 * n_in)
+    check += _update_range(opt, params, grads, state[0], state[1], c, c[C_L2] - c[C_L2], b + j0,
+                           b + j1)
+    if not _finite(check):
+        _atomic_set(status, 1, batch)
+        _atomic_set(status, 0, PARAMS_NOT_FINITE)
+
+
+@jit
+def _worker(kind, program, desc, params, grads, state, X, Y, order, batch_size, first, last, hyper,
+            work, costs, out, counters, status, c, ident):
+    """One worker's pass over batches first..last-1: every phase of `program` for every batch.
+
+    program (n, 2): the phases (op, layer) of one batch. Phase k of the call is shared through
+    counters[2k] (tiles claimed) and counters[2k+1] (tiles done). Twin: cy_train._worker.
+    """
+    n = order.shape[0]
+    k = 0
+    for i in range(first, last):
+        start = i * batch_size
+        rows = order[start:min(start + batch_size, n)]
+        m = rows.shape[0]
+        for p in range(program.shape[0]):
+            op = program[p, 0]
+            l = program[p, 1]
+            rec = D_HEADER + L_FIELDS * l
+            if op == OP_OUTPUT:
+                n_tiles = 1
+            elif op == OP_BACKWARD:
+                n_tiles = (-(-m // TILE_SAMPLES)) * (-(-desc[rec + L_IN] // TILE_COLUMNS))
+            else:
+                n_tiles = -(-desc[rec + L_OUT] // TILE_ROWS)
+            while True:
+                t = _atomic_add(counters, 2 * k, 1)
+                if t >= n_tiles:
+                    break
+                _tile(op, l, t, kind, desc, params, grads, state, X, Y, rows, start, ident, work,
+                      costs, out, hyper, c, status, i)
+                _atomic_add(counters, 2 * k + 1, 1)
+            while _atomic_load(counters, 2 * k + 1) < n_tiles:
+                _pause()
+            if _atomic_load(status, 0) != DONE:
+                return
+            k += 1
+
+
+def _program(kind, n_layers):
+    """The phases (op, layer) of one batch for a call of this kind."""
+    phases = [(OP_FORWARD, l) for l in range(n_layers)] + [(OP_OUTPUT, n_layers - 1)]
+    if kind != FORWARD:
+        phases += [(OP_BACKWARD, l) for l in range(n_layers - 1, 0, -1)]
+        op = OP_UPDATE if kind == TRAIN else OP_GRADIENT
+        phases += [(op, l) for l in range(n_layers - 1, -1, -1)]
+    return np.array(phases, dtype=np.int64)
+
+
+# --------------------------------------------------------------------------- drivers
+
+_pool = None
+
+
+def _launch(kind, n_threads, desc, params, grads, state, X, Y, order, batch_size, first, last,
+            hyper, work, costs, out, scale):
+    """Run n_threads workers over batches first..last-1: one on the calling thread, the others on a
+    pool of threads (the worker releases the GIL). Returns the status array."""
+    global _pool
+    program = _program(kind, int(desc[D_LAYERS]))
+    counters = np.zeros(2 * len(program) * max(last - first, 1), np.int64)
+    status = np.zeros(2, np.int64)
+    c = np.zeros(C_SIZE, params.dtype)
+    c[C_SCALE] = scale
+    ident = np.arange(desc[D_CAPACITY])
+    args = (kind, program, desc, params, grads, state, X, Y, order, batch_size, first, last, hyper,
+            work, costs, out, counters, status, c, ident)
+    helpers = []
+    if n_threads > 1:
+        if _pool is None or _pool._max_workers < n_threads - 1:
+            _pool = ThreadPoolExecutor(max_workers=n_threads - 1, thread_name_prefix="fastbp")
+        helpers = [_pool.submit(_worker, *args) for _ in range(n_threads - 1)]
+    interrupted = None
+    try:
+        _worker(*args)
+    except KeyboardInterrupt as error:  # raised when the worker returns: it finished
+        interrupted = error
+    for helper in helpers:  # never leave while helpers still write into the buffers
+        while True:
+            try:
+                helper.result()
+                break
+            except KeyboardInterrupt as error:
+                interrupted = error
+    if interrupted is not None:
+        raise interrupted
+    return status
+
+
+def train_epoch(desc, params, grads, state, X, Y, order, batch_size, first, last, hyper, work,
+                costs, n_threads):
+    """Minibatch training over batches first..last-1 of the epoch that visits X in `order`.
+
+    Batch i is X[order[i*batch_size : (i+1)*batch_size]] (the last may be partial). IN/OUT params,
+    state, hyper (the step counter advances), work; OUT grads (the last batch's mean gradient without
+    L2), costs (n,): each sample's cost before its batch's update, indexed like order. Returns (batches done, status, batch): status COST_NOT_FINITE stops before
+    that batch's update; PARAMS_NOT_FINITE after it (partly applied). Twin: cy_train.train_epoch.
+    """
+    status = _launch(TRAIN, n_threads, desc, params, grads, state, X, Y, order, batch_size, first,
+                     last, hyper, work, costs, params[:0].reshape(0, 1), 0.0)
+    code, batch = int(status[0]), int(status[1])
+    if code == DONE:
+        return last - first, DONE, last
+    return batch - first + (code == PARAMS_NOT_FINITE), code, batch
+
+
+def gradients(desc, params, grads, X, Y, work, costs, n_threads):
+    """OUT grads: the gradient of the mean cost over all samples of X (no L2 term), by backpropagation
+    in blocks of the work buffer's capacity; OUT costs (n,): each sample's cost. Twin: cy_train.gradients.
+    """
+    n = X.shape[0]
+    capacity = int(desc[D_CAPACITY])
+    total = np.zeros((2, params.shape[0]), params.dtype)
+    _launch(GRADIENTS, n_threads, desc, params, grads, total, X, Y, np.arange(n), capacity, 0,
+            -(-n // capacity), np.zeros(9), work, costs, params[:0].reshape(0, 1), 1.0 / n)
+    grads[:] = total[0]
+
+
+def forward(desc, params, X, Y, out, costs, work, n_threads):
+    """OUT out (n, k): the output activations for every sample of X. When costs is not empty,
+    OUT costs (n,): each sample's cost against the targets Y. Twin: cy_train.forward.
+    """
+    n = X.shape[0]
+    capacity = int(desc[D_CAPACITY])
+    no_state = np.zeros((2, 1), params.dtype)
+    _launch(FORWARD, n_threads, desc, params, params, no_state, X, Y, np.arange(n), capacity, 0,
+            -(-n // capacity), np.zeros(9), work, costs, out, 0.0)

@@ -1,0 +1,40 @@
+"""The command line, run in-process: training on the bundled digits, saving, info."""
+import pytest
+
+import fastbp
+from fastbp.cli import main
+
+pytest.importorskip("sklearn")
+
+
+def test_train_on_digits_and_save(tmp_path, capsys, compiled):
+    path = tmp_path / "digits.npz"
+    status = main(["train", "--epochs", "8", "--backend", compiled, "--save", str(path)])
+    out = capsys.readouterr().out
+    assert status == 0
+    assert "epoch   8/8" in out and "test accuracy" in out
+    accuracy = float(out.split("test accuracy ")[1].split()[0])
+    assert accuracy > 0.9
+    net = fastbp.load(path)
+    assert net.layer_sizes == [64, 64, 10]
+
+
+def test_options_reach_the_network(capsys):
+    status = main(["train", "--layers", "64,16,10", "--activation", "sigmoid", "--loss", "mse",
+                   "--epochs", "2", "--batch-size", "10", "--lr", "2.0", "--l2", "0", "--momentum",
+                   "0", "--backend", "numpy", "--threads", "1", "--dtype", "float64", "--seed", "3",
+                   "--quiet"])
+    out = capsys.readouterr().out
+    assert status == 0 and out.startswith("test accuracy")
+
+
+def test_bad_options_are_reported(capsys):
+    assert main(["train", "--layers", "64,16,3", "--epochs", "1", "--quiet"]) == 2
+    assert "labels from 0 to 9" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        main(["train", "--layers", "64,x,10"])
+
+
+def test_info(capsys):
+    assert main(["info"]) == 0
+    assert "numpy   available" in capsys.readouterr().out

@@ -1,0 +1,184 @@
+"""Every primitive kernel of each compiled backend against the numpy reference, in both dtypes.
+
+Shapes are chosen to hit the kernels' register tiles and every remainder: row counts that are not
+multiples of 4, odd sample counts, a single sample, a single unit.
+"""
+import inspect
+
+import numpy as np
+import pytest
+from support import close
+
+from fastbp import backends, reference
+from fastbp.kernels import codes
+
+SHAPES = [(1, 3, 1), (2, 5, 4), (7, 9, 6), (10, 33, 13), (16, 64, 30)]  # (samples, n_in, n_out)
+ELEMENTWISE = ["identity", "sigmoid", "tanh", "relu", "leaky_relu"]
+
+
+def kernels(backend):
+    return backends.kernels(backend)
+
+
+def test_backends_export_the_same_kernels():
+    """Twins: the same kernel names, with the same arguments, in both compiled backends."""
+    modules = {}
+    for name in ("numba", "cython"):
+        try:
+            modules[name] = backends.kernels(name)
+        except backends.BackendUnavailable:
+            pytest.skip(f"{name} unavailable")
+    for kernel in codes.KERNELS:
+        signatures = set()
+        for name, module in modules.items():
+            assert hasattr(module, kernel), f"{name} lacks kernel {kernel}"
+            function = getattr(module, kernel)
+            signatures.add(tuple(inspect.signature(getattr(function, "py_func", function)).parameters))
+        assert len(signatures) == 1, f"{kernel} takes different arguments: {signatures}"
+
+
+def test_backends_export_the_same_drivers():
+    for name in backends.BACKENDS:
+        try:
+            module = backends.get(name)
+        except backends.BackendUnavailable:
+            continue
+        for driver in codes.DRIVERS:
+            parameters = tuple(inspect.signature(getattr(module, driver)).parameters)
+            expected = tuple(inspect.signature(getattr(reference, driver)).parameters)
+            assert parameters == expected, f"{name}.{driver}{parameters}"
+
+
+@pytest.fixture(params=SHAPES, ids=lambda s: "x".join(map(str, s)))
+def shape(request):
+    return request.param
+
+
+def arrays(shape, dtype, seed=0):
+    m, n_in, n_out = shape
+    rng = np.random.default_rng(seed)
+    n = m + 5
+    return dict(
+        W=rng.standard_normal((n_out, n_in)).astype(dtype),
+        b=rng.standard_normal(n_out).astype(dtype),
+        A=rng.standard_normal((n, n_in)).astype(dtype),
+        rows=rng.permutation(n)[:m].astype(np.int64),
+        D=rng.standard_normal((m, n_out)).astype(dtype),
+        A_prev=rng.standard_normal((m, n_in)).astype(dtype),
+    )
+
+
+@pytest.mark.parametrize("act", ELEMENTWISE + ["softmax"])
+def test_dense_forward(compiled, dtype, shape, act):
+    a = arrays(shape, dtype)
+    Z = np.empty((shape[0], shape[2]), dtype)
+    code = codes.ACTIVATIONS[act]
+    kernels(compiled).dense_forward(a["W"], a["b"], a["A"], a["rows"], code, Z)
+    expected = reference.ACTIVATE[code](a["A"][a["rows"]].astype(np.float64) @ a["W"].T + a["b"])
+    close(Z, expected, dtype, factor=10)
+
+
+@pytest.mark.parametrize("act", ELEMENTWISE + ["softmax"])
+def test_activation_forward(compiled, dtype, act):
+    Z = np.random.default_rng(1).standard_normal((5, 7)).astype(dtype)
+    code = codes.ACTIVATIONS[act]
+    expected = reference.ACTIVATE[code](Z.astype(np.float64))
+    kernels(compiled).activation_forward(code, Z)
+    close(Z, expected, dtype)
+
+
+@pytest.mark.parametrize("act", ELEMENTWISE + ["softmax"])
+def test_activation_backward(compiled, dtype, act):
+    rng = np.random.default_rng(2)
+    code = codes.ACTIVATIONS[act]
+    A = reference.ACTIVATE[code](rng.standard_normal((5, 7))).astype(dtype)
+    D = rng.standard_normal((5, 7)).astype(dtype)
+    A64, D64 = A.astype(np.float64), D.astype(np.float64)
+    if act == "softmax":
+        expected = A64 * (D64 - (A64 * D64).sum(axis=1, keepdims=True))
+    else:
+        expected = reference.DERIVATIVE[code](A64) * D64
+    kernels(compiled).activation_backward(code, A, D)
+    close(D, expected, dtype)
+
+
+PAIRS = [(act, "mse") for act in ELEMENTWISE + ["softmax"]] + [("sigmoid", "cross_entropy"),
+                                                              ("softmax", "cross_entropy")]
+
+
+@pytest.mark.parametrize("act,loss", PAIRS)
+def test_output_error(compiled, dtype, act, loss):
+    rng = np.random.default_rng(3)
+    m, k, n = 6, 5, 9
+    Z = (3 * rng.standard_normal((m, k))).astype(dtype)
+    Y = rng.random((n, k)).astype(dtype)
+    rows = rng.permutation(n)[:m]
+    a_code, l_code = codes.ACTIVATIONS[act], codes.LOSSES[loss]
+    A, delta, cost = reference.output_error(a_code, l_code, Z.astype(np.float64), Y[rows].astype(np.float64))
+    D, C = np.empty((m, k), dtype), np.empty(m)
+    kernels(compiled).output_error(a_code, l_code, Z, Y, rows, D, C)
+    close(Z, A, dtype)
+    close(D, delta, dtype, factor=10)
+    close(C, cost, dtype, factor=10)
+
+
+def test_output_error_saturated_units_give_finite_costs(compiled, dtype):
+    """ln a is taken from z, so a sigmoid at z = +-100 costs a finite 100, not inf."""
+    Z = np.array([[100.0, -100.0]], dtype)
+    Y = np.array([[0.0, 1.0]], dtype)
+    C = np.empty(1)
+    kernels(compiled).output_error(codes.SIGMOID, codes.CROSS_ENTROPY, Z, Y, np.array([0]),
+                                   np.empty((1, 2), dtype), C)
+    assert C[0] == pytest.approx(200.0, rel=1e-6)
+
+
+@pytest.mark.parametrize("act", ELEMENTWISE)
+def test_backward_error(compiled, dtype, shape, act):
+    a = arrays(shape, dtype)
+    code = codes.ACTIVATIONS[act]
+    A = reference.ACTIVATE[code](a["A_prev"]).astype(dtype)
+    E = np.empty_like(A)
+    kernels(compiled).backward_error(a["W"], a["D"], A, code, E)
+    expected = (a["D"].astype(np.float64) @ a["W"]) * reference.DERIVATIVE[code](A.astype(np.float64))
+    close(E, expected, dtype, factor=10)
+
+
+def test_weight_gradient(compiled, dtype, shape):
+    a = arrays(shape, dtype)
+    m, n_in, n_out = shape
+    G, gb = np.empty((n_out, n_in), dtype), np.empty(n_out, dtype)
+    kernels(compiled).weight_gradient(a["D"], a["A"], a["rows"], 1.0 / m, G, gb)
+    D64 = a["D"].astype(np.float64)
+    close(G, D64.T @ a["A"][a["rows"]] / m, dtype, factor=10)
+    close(gb, D64.mean(axis=0), dtype, factor=10)
+
+
+OPTIMIZERS = [("sgd", 0.0, 0), ("sgd", 0.9, 0), ("sgd", 0.9, 1), ("adam", 0.0, 0), ("rmsprop", 0.0, 0)]
+
+
+@pytest.mark.parametrize("opt,momentum,nesterov", OPTIMIZERS)
+def test_update_parameters(compiled, dtype, opt, momentum, nesterov):
+    rng = np.random.default_rng(4)
+    n, n_weights = 11, 7
+    P = rng.standard_normal(n).astype(dtype)
+    S = np.zeros((2, n), dtype)
+    hyper = np.zeros(codes.H_SIZE)
+    hyper[[codes.H_LR, codes.H_L2, codes.H_MOMENTUM, codes.H_NESTEROV, codes.H_BETA1, codes.H_BETA2,
+           codes.H_EPS, codes.H_RHO]] = (0.01, 0.1, momentum, nesterov, 0.9, 0.999, 1e-8, 0.99)
+    P_ref, S_ref, hyper_ref = P.astype(np.float64), S.astype(np.float64), hyper.copy()
+    code = codes.OPTIMIZERS[opt]
+    for _ in range(3):
+        G = rng.standard_normal(n).astype(dtype)
+        assert kernels(compiled).update_parameters(code, P, G, S, hyper, n_weights)
+        reference.step(code, P_ref, G.astype(np.float64), S_ref, hyper_ref, n_weights)
+    assert hyper[codes.H_STEP] == 3
+    close(P, P_ref, dtype, factor=10)
+    close(S, S_ref, dtype, factor=10)
+
+
+def test_update_parameters_reports_non_finite(compiled):
+    P = np.ones(4)
+    hyper = np.zeros(codes.H_SIZE)
+    hyper[codes.H_LR] = 1.0
+    assert not kernels(compiled).update_parameters(codes.SGD, P, np.array([0, np.inf, 0, 0.0]),
+                                                   np.zeros((2, 4)), hyper, 4)

@@ -1,0 +1,142 @@
+"""Training: the exact semantics against an independent per-sample implementation, backends against
+each other, thread counts, seeds, dtypes, divergence."""
+import numpy as np
+import pytest
+from support import close, problem
+
+import fastbp
+from fastbp.network import TrainingDiverged
+
+
+def sigmoid(z):
+    return 1 / (1 + np.exp(-z))
+
+
+def nielsen_sgd(weights, biases, X, Y, batch_size, lr, l2, momentum, epochs):
+    """Nielsen's network.py, one sample at a time, with momentum and L2 on the weights: an
+    implementation independent of the project's code. Sigmoid layers, mse cost, no shuffling."""
+    Ws = [w.astype(np.float64).copy() for w in weights]
+    bs = [b.astype(np.float64).copy() for b in biases]
+    vW = [np.zeros_like(w) for w in Ws]
+    vb = [np.zeros_like(b) for b in bs]
+    for _ in range(epochs):
+        for start in range(0, len(X), batch_size):
+            batch = range(start, min(start + batch_size, len(X)))
+            gW = [np.zeros_like(w) for w in Ws]
+            gb = [np.zeros_like(b) for b in bs]
+            for s in batch:
+                activations, a = [X[s]], X[s]
+                for W, b in zip(Ws, bs):
+                    a = sigmoid(W @ a + b)
+                    activations.append(a)
+                delta = (a - Y[s]) * a * (1 - a)
+                for l in range(len(Ws) - 1, -1, -1):
+                    gW[l] += np.outer(delta, activations[l])
+                    gb[l] += delta
+                    if l:
+                        a_prev = activations[l]
+                        delta = (Ws[l].T @ delta) * a_prev * (1 - a_prev)
+            m = len(batch)
+            for l in range(len(Ws)):
+                vW[l] = momentum * vW[l] + gW[l] / m + l2 * Ws[l]
+                vb[l] = momentum * vb[l] + gb[l] / m
+                Ws[l] -= lr * vW[l]
+                bs[l] -= lr * vb[l]
+    return Ws, bs
+
+
+@pytest.mark.parametrize("batch_size", [1, 4, 7])
+def test_training_follows_the_course_exactly(backend, batch_size):
+    """shuffle=False: consecutive batches in order, the last partial one included; mean gradient plus
+    l2*W on weights only; v = mu*v + g, theta -= lr*v."""
+    X, y = problem([6, 5, 4], 23, seed=1, labels=False)
+    net = fastbp.Network([6, 5, 4], "sigmoid", loss="mse", backend=backend, seed=0)
+    expected = nielsen_sgd(net.weights, net.biases, X, y, batch_size, 0.7, 0.05, 0.8, epochs=2)
+    net.fit(X, y, epochs=2, batch_size=batch_size, lr=0.7, l2=0.05, momentum=0.8, shuffle=False)
+    for actual, wanted in zip(net.weights + net.biases, expected[0] + expected[1]):
+        np.testing.assert_allclose(actual, wanted, rtol=1e-10, atol=1e-13)
+
+
+CONFIGS = [
+    dict(sizes=[12, 9, 5], activation="sigmoid", loss="mse"),
+    dict(sizes=[12, 9, 5], activation="sigmoid", output_activation="sigmoid", loss="cross_entropy"),
+    dict(sizes=[12, 17, 6, 5], activation="relu", loss="cross_entropy"),
+    dict(sizes=[12, 7, 5], activation="tanh", output_activation="identity", loss="mse"),
+    dict(sizes=[12, 10, 5], activation="leaky_relu", loss="cross_entropy"),
+]
+
+
+def trained(backend, config, dtype="float64", n_threads=None, seed=3, epochs=1, **fit):
+    sizes = config["sizes"]
+    X, y = problem(sizes, 97, seed=5, dtype=dtype)
+    net = fastbp.Network(sizes, config["activation"], config.get("output_activation"),
+                         config["loss"], dtype, backend, n_threads=n_threads, seed=seed)
+    options = dict(epochs=epochs, batch_size=8, lr=0.3, l2=1e-3, momentum=0.9)
+    options.update(fit)
+    history = net.fit(X, y, **options)
+    return net, history
+
+
+@pytest.mark.parametrize("config", CONFIGS, ids=lambda c: f"{c['activation']}-{c['loss']}")
+def test_backends_agree_after_an_epoch(compiled, dtype, config):
+    reference, ref_history = trained("numpy", config, dtype)
+    net, history = trained(compiled, config, dtype)
+    close(net.parameters, reference.parameters, dtype, factor=100 if dtype == "float64" else 10)
+    close(history["loss"], ref_history["loss"], dtype, factor=100)
+
+
+def test_compiled_backends_agree_with_each_other():
+    names = [name for name in ("numba", "cython") if name in fastbp.available_backends()]
+    if len(names) < 2:
+        pytest.skip("needs both compiled backends")
+    a, _ = trained("numba", CONFIGS[2], epochs=2)
+    b, _ = trained("cython", CONFIGS[2], epochs=2)
+    np.testing.assert_allclose(a.parameters, b.parameters, rtol=1e-10, atol=1e-12)
+
+
+@pytest.mark.parametrize("config", CONFIGS[::2], ids=lambda c: c["activation"])
+def test_thread_count_does_not_change_results(compiled, dtype, config):
+    one, _ = trained(compiled, config, dtype, n_threads=1, epochs=2)
+    two, _ = trained(compiled, config, dtype, n_threads=2, epochs=2)
+    three, _ = trained(compiled, config, dtype, n_threads=3, epochs=2)
+    assert np.array_equal(one.parameters, two.parameters)
+    assert np.array_equal(one.parameters, three.parameters)
+
+
+def test_same_seed_same_result(backend):
+    a, history_a = trained(backend, CONFIGS[0], epochs=2)
+    b, history_b = trained(backend, CONFIGS[0], epochs=2)
+    c, _ = trained(backend, CONFIGS[0], epochs=2, seed=4)
+    assert np.array_equal(a.parameters, b.parameters)
+    assert history_a["loss"] == history_b["loss"]
+    assert not np.array_equal(a.parameters, c.parameters)
+
+
+@pytest.mark.parametrize("optimizer,options", [
+    ("sgd", dict(momentum=0.9, nesterov=True)), ("adam", dict(lr=0.01)), ("rmsprop", dict(lr=0.01))])
+def test_optimizers_agree_with_the_reference(compiled, optimizer, options):
+    options = dict(optimizer=optimizer, **options)
+    reference, _ = trained("numpy", CONFIGS[2], epochs=2, **options)
+    net, _ = trained(compiled, CONFIGS[2], epochs=2, **options)
+    np.testing.assert_allclose(net.parameters, reference.parameters, rtol=1e-9, atol=1e-12)
+
+
+def test_float32_trains_end_to_end(backend):
+    X, y = problem([10, 16, 3], 300, seed=2, dtype="float32")
+    y = (X[:, :3].sum(axis=1) * 2).astype(int) % 3  # a learnable rule
+    net = fastbp.Network([10, 16, 3], "relu", loss="cross_entropy", dtype="float32",
+                         backend=backend, seed=0)
+    history = net.fit(X, y, epochs=30, batch_size=16, lr=0.1, momentum=0.9)
+    assert net.parameters.dtype == np.float32
+    assert history["loss"][-1] < 0.7 * history["loss"][0]
+    assert net.forward(X).dtype == np.float32
+
+
+def test_divergence_stops_with_the_last_finite_parameters(backend):
+    X, y = problem([8, 6, 3], 64, seed=3, labels=False)
+    X *= 1e3
+    net = fastbp.Network([8, 6, 3], "identity", loss="mse", backend=backend, seed=0)
+    with pytest.raises(TrainingDiverged, match="epoch 1, minibatch") as error:
+        net.fit(X, y, epochs=3, batch_size=4, lr=1e3)
+    assert np.isfinite(net.parameters).all()
+    assert error.value.epoch == 1 and error.value.history.epochs == 0
