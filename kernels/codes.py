@@ -45,6 +45,15 @@ D_HEADER = 8
 (L_IN, L_OUT, L_W, L_B, L_A, L_D, L_ACT) = range(7)
 L_FIELDS = 7
 
+# Per-step coefficients, in the parameters' dtype, derived from the hyperparameters by _coefficients.
+(C_LR, C_L2, C_MU, C_NESTEROV, C_1MB1, C_B2, C_1MB2, C_EPS, C_STEP_SIZE, C_INV_SQRT_BC2,
+ C_RHO, C_1MRHO, C_SCALE) = range(13)
+C_SIZE = 13
+
+# What a driver call computes, and the phases ("ops") a minibatch goes through.
+TRAIN, GRADIENTS, FORWARD = range(3)
+OP_FORWARD, OP_OUTPUT, OP_BACKWARD, OP_UPDATE, OP_GRADIENT = range(5)
+
 # Threads work on tiles of fixed size (independent of the thread count, so results are too).
 TILE_ROWS = 4          # weight rows per forward / gradient tile
 TILE_SAMPLES = 8       # samples per backward-error tile
@@ -79,6 +88,18 @@ def describe(sizes, hidden, output, loss, optimizer, capacity):
     desc[:D_HEADER] = (n_layers, hidden, output, loss, optimizer, capacity, n_weights + sum(sizes[1:]),
                        n_weights)
     return desc, work
+
+
+def program(kind, n_layers):
+    """The phases (op, layer) of one minibatch for a driver call of this kind, in order: forward
+    through every layer, the output error; then (TRAIN, GRADIENTS) the error terms of every layer but
+    the first, top down, and every layer's gradient with its update (TRAIN) or accumulation."""
+    phases = [(OP_FORWARD, l) for l in range(n_layers)] + [(OP_OUTPUT, n_layers - 1)]
+    if kind != FORWARD:
+        phases += [(OP_BACKWARD, l) for l in range(n_layers - 1, 0, -1)]
+        op = OP_UPDATE if kind == TRAIN else OP_GRADIENT
+        phases += [(op, l) for l in range(n_layers - 1, -1, -1)]
+    return np.array(phases, dtype=np.int64)
 
 
 def layer_views(desc, flat):

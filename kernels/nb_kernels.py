@@ -17,9 +17,10 @@ import math
 import numpy as np
 from numba import njit
 
-from .codes import (ADAM, CROSS_ENTROPY, IDENTITY, LEAKY_RELU, LEAKY_SLOPE, MSE, RELU, RMSPROP,
-                    SGD, SIGMOID, SOFTMAX, TANH, H_BETA1, H_BETA2, H_EPS, H_L2, H_LR, H_MOMENTUM,
-                    H_NESTEROV, H_RHO, H_STEP)
+from .codes import (ADAM, C_1MB1, C_1MB2, C_1MRHO, C_B2, C_EPS, C_INV_SQRT_BC2, C_L2, C_LR,
+                    C_MU, C_NESTEROV, C_RHO, C_SCALE, C_SIZE, C_STEP_SIZE, CROSS_ENTROPY, H_BETA1,
+                    H_BETA2, H_EPS, H_L2, H_LR, H_MOMENTUM, H_NESTEROV, H_RHO, H_STEP, IDENTITY,
+                    LEAKY_RELU, LEAKY_SLOPE, RELU, RMSPROP, SGD, SIGMOID, SOFTMAX, TANH)
 
 # Fast-math flags, defined once: reassociation lets LLVM vectorize the dot products. Never 'nnan' or
 # 'ninf': divergence detection relies on NaN and inf surviving the arithmetic.
@@ -27,11 +28,6 @@ FASTMATH = {"reassoc", "contract", "nsz", "arcp", "afn"}
 jit = njit(fastmath=FASTMATH, cache=True, nogil=True)
 # For helpers called from one place: inlined into their caller (one compilation instead of two).
 jit_inline = njit(fastmath=FASTMATH, cache=True, nogil=True, inline="always")
-
-# Per-update coefficients in the parameters' dtype (see _coefficients).
-(C_LR, C_L2, C_MU, C_NESTEROV, C_1MB1, C_B2, C_1MB2, C_EPS, C_STEP_SIZE, C_INV_SQRT_BC2,
- C_RHO, C_1MRHO, C_SCALE) = range(13)
-C_SIZE = 13
 
 
 # --------------------------------------------------------------------------- elementwise

@@ -3,8 +3,9 @@
 Twin of ``cy_train.pyx``. How the work is shared (the same in both backends):
 
 * ``n_threads`` workers (the calling thread and a pool of threads; the compiled worker releases the
-  GIL) each run ``_worker`` over the same sequence of *phases* (forward through layer l, the output error, the error terms below layer l, the gradient and
-  update of layer l, ...), minibatch after minibatch, with no Python in between.
+  GIL) each run ``_worker`` over the same sequence of *phases* (``codes.program``: forward through
+  layer l, the output error, the error terms below layer l, the gradient and update of layer l),
+  minibatch after minibatch, with no Python in between.
 * A phase is cut into tiles of fixed size (codes.TILE_*). Workers claim tiles with an atomic counter
   and count the finished ones; a worker waits for the phase to finish before starting the next.
 * A tile owns its outputs (rows of W, a block of error terms): nothing is summed across threads, and
@@ -21,16 +22,13 @@ from numba import types
 from numba.core import cgutils
 from numba.extending import intrinsic
 
-from .codes import (COST_NOT_FINITE, D_CAPACITY, D_HEADER, DONE, PARAMS_NOT_FINITE, D_LAYERS, D_LOSS, D_OPTIMIZER, D_OUTPUT,
-                    IDENTITY, L_A, L_ACT, L_B, L_D, L_FIELDS, L_IN, L_OUT, L_W, TILE_COLUMNS,
-                    TILE_ROWS, TILE_SAMPLES)
-from .nb_kernels import (C_L2, C_SCALE, C_SIZE, _backward_block, _coefficients, _finite,
-                         _forward_rows, _gradient_rows, _update_range, activation_forward, jit, jit_inline,
-                         output_error)
-
-# What a call computes (the drivers below), and the phases of one of its batches.
-TRAIN, GRADIENTS, FORWARD = range(3)
-OP_FORWARD, OP_OUTPUT, OP_BACKWARD, OP_UPDATE, OP_GRADIENT = range(5)
+from . import codes
+from .codes import (C_L2, C_SCALE, C_SIZE, COST_NOT_FINITE, D_CAPACITY, D_HEADER, D_LAYERS, D_LOSS,
+                    D_OPTIMIZER, D_OUTPUT, DONE, FORWARD, GRADIENTS, IDENTITY, L_A, L_ACT, L_B, L_D,
+                    L_FIELDS, L_IN, L_OUT, L_W, OP_BACKWARD, OP_FORWARD, OP_GRADIENT, OP_OUTPUT,
+                    OP_UPDATE, PARAMS_NOT_FINITE, TILE_COLUMNS, TILE_ROWS, TILE_SAMPLES, TRAIN)
+from .nb_kernels import (_backward_block, _coefficients, _finite, _forward_rows, _gradient_rows,
+                         _update_range, activation_forward, jit, jit_inline, output_error)
 
 
 # --------------------------------------------------------------------------- atomics (LLVM)
@@ -212,16 +210,6 @@ def _worker(kind, program, desc, params, grads, state, X, Y, order, batch_size, 
             k += 1
 
 
-def _program(kind, n_layers):
-    """The phases (op, layer) of one batch for a call of this kind."""
-    phases = [(OP_FORWARD, l) for l in range(n_layers)] + [(OP_OUTPUT, n_layers - 1)]
-    if kind != FORWARD:
-        phases += [(OP_BACKWARD, l) for l in range(n_layers - 1, 0, -1)]
-        op = OP_UPDATE if kind == TRAIN else OP_GRADIENT
-        phases += [(op, l) for l in range(n_layers - 1, -1, -1)]
-    return np.array(phases, dtype=np.int64)
-
-
 # --------------------------------------------------------------------------- drivers
 
 _pool = None
@@ -232,7 +220,7 @@ def _launch(kind, n_threads, desc, params, grads, state, X, Y, order, batch_size
     """Run n_threads workers over batches first..last-1: one on the calling thread, the others on a
     pool of threads (the worker releases the GIL). Returns the status array."""
     global _pool
-    program = _program(kind, int(desc[D_LAYERS]))
+    program = codes.program(kind, int(desc[D_LAYERS]))
     counters = np.zeros(2 * len(program) * max(last - first, 1), np.int64)
     status = np.zeros(2, np.int64)
     c = np.zeros(C_SIZE, params.dtype)
