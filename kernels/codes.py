@@ -62,7 +62,7 @@ TILE_FLAT = 4096       # elements per tile of a flat update
 
 # The primitive kernels every compiled backend exports under these names (a test checks it).
 KERNELS = ("dense_forward", "activation_forward", "activation_backward", "output_error",
-           "backward_error", "accumulate_gradient", "update_parameters")
+           "backward_error", "weight_gradient", "update_parameters")
 # The drivers every backend (the numpy reference too) exports with the same arguments.
 DRIVERS = ("forward", "gradients", "train_epoch")
 
@@ -100,6 +100,16 @@ def program(kind, n_layers):
         op = OP_UPDATE if kind == TRAIN else OP_GRADIENT
         phases += [(op, l) for l in range(n_layers - 1, -1, -1)]
     return np.array(phases, dtype=np.int64)
+
+
+def outcome(status, first, last):
+    """What train_epoch returns, from the kernels' status pair (code, batch) after batches first..last-1:
+    (batches done, code, batch). COST_NOT_FINITE stops before that batch's update; PARAMS_NOT_FINITE
+    after it (partly applied)."""
+    code, batch = int(status[0]), int(status[1])
+    if code == DONE:
+        return last - first, DONE, last
+    return batch - first + (code == PARAMS_NOT_FINITE), code, batch
 
 
 def layer_views(desc, flat):

@@ -256,15 +256,12 @@ def train_epoch(desc, params, grads, state, X, Y, order, batch_size, first, last
 
     Batch i is X[order[i*batch_size : (i+1)*batch_size]] (the last may be partial). IN/OUT params,
     state, hyper (the step counter advances), work; OUT grads (the last batch's mean gradient without
-    L2), costs (n,): each sample's cost before its batch's update, indexed like order. Returns (batches done, status, batch): status COST_NOT_FINITE stops before
-    that batch's update; PARAMS_NOT_FINITE after it (partly applied). Twin: cy_train.train_epoch.
+    L2), costs (n,): each sample's cost before its batch's update, indexed like order. Returns
+    codes.outcome: (batches done, status, batch). Twin: cy_train.train_epoch.
     """
     status = _launch(TRAIN, n_threads, desc, params, grads, state, X, Y, order, batch_size, first,
                      last, hyper, work, costs, params[:0].reshape(0, 1), 0.0)
-    code, batch = int(status[0]), int(status[1])
-    if code == DONE:
-        return last - first, DONE, last
-    return batch - first + (code == PARAMS_NOT_FINITE), code, batch
+    return codes.outcome(status, first, last)
 
 
 def gradients(desc, params, grads, X, Y, work, costs, n_threads):
@@ -275,7 +272,7 @@ def gradients(desc, params, grads, X, Y, work, costs, n_threads):
     capacity = int(desc[D_CAPACITY])
     total = np.zeros((2, params.shape[0]), params.dtype)
     _launch(GRADIENTS, n_threads, desc, params, grads, total, X, Y, np.arange(n), capacity, 0,
-            -(-n // capacity), np.zeros(9), work, costs, params[:0].reshape(0, 1), 1.0 / n)
+            -(-n // capacity), np.zeros(codes.H_SIZE), work, costs, params[:0].reshape(0, 1), 1.0 / n)
     grads[:] = total[0]
 
 
@@ -287,4 +284,4 @@ def forward(desc, params, X, Y, out, costs, work, n_threads):
     capacity = int(desc[D_CAPACITY])
     no_state = np.zeros((2, 1), params.dtype)
     _launch(FORWARD, n_threads, desc, params, params, no_state, X, Y, np.arange(n), capacity, 0,
-            -(-n // capacity), np.zeros(9), work, costs, out, 0.0)
+            -(-n // capacity), np.zeros(codes.H_SIZE), work, costs, out, 0.0)

@@ -1,0 +1,70 @@
+# Declarations of the Cython kernels (cy_kernels.pyx) for cy_train.pyx, and the elementwise helpers,
+# inlined wherever they are used. Twin of the first part of nb_kernels.py.
+from cython cimport floating
+from libc.math cimport exp, fabs, log1p, tanh
+from libc.stdint cimport int64_t
+
+include "cy_codes.pxi"
+
+
+cdef inline bint _finite(double x) noexcept nogil:
+    """x is neither NaN nor infinite, as a comparison (fast-math may fold isfinite away).
+    Twin: nb_kernels._finite."""
+    return fabs(x) <= 1.7976931348623157e308
+
+
+cdef inline double _activate(int code, double z) noexcept nogil:
+    """f(z) in double for an elementwise activation code. Twin: nb_kernels._activate."""
+    if code == SIGMOID:
+        return 1.0 / (1.0 + exp(-z))
+    if code == TANH:
+        return tanh(z)
+    if code == RELU:
+        return z if z > 0.0 else 0.0
+    if code == LEAKY_RELU:
+        return z if z > 0.0 else LEAKY_SLOPE * z
+    return z
+
+
+cdef inline double _derivative(int code, double a) noexcept nogil:
+    """f'(z) written on a = f(z), in double. Twin: nb_kernels._derivative."""
+    if code == SIGMOID:
+        return a * (1.0 - a)
+    if code == TANH:
+        return 1.0 - a * a
+    if code == RELU:
+        return 1.0 if a > 0.0 else 0.0
+    if code == LEAKY_RELU:
+        return 1.0 if a > 0.0 else LEAKY_SLOPE
+    return 1.0
+
+
+cdef inline double _softplus(double x) noexcept nogil:
+    """log(1 + e^x) without overflow. Twin: nb_kernels._softplus."""
+    return log1p(exp(-fabs(x))) + (x if x > 0.0 else 0.0)
+
+
+cdef double _softmax_row(floating* z, Py_ssize_t k) noexcept nogil
+
+cdef void _forward_rows(const floating* W, const floating* b, const floating* A, const int64_t* rows,
+                        Py_ssize_t m, Py_ssize_t n_in, Py_ssize_t n_out, int act, floating* Z,
+                        Py_ssize_t j0, Py_ssize_t j1) noexcept nogil
+
+cdef void _backward_block(const floating* W, const floating* D, const floating* A, int act,
+                          floating* E, Py_ssize_t n_in, Py_ssize_t n_out, Py_ssize_t s0,
+                          Py_ssize_t s1, Py_ssize_t i0, Py_ssize_t i1) noexcept nogil
+
+cdef void _gradient_rows(const floating* D, const floating* A, const int64_t* rows, Py_ssize_t m,
+                         Py_ssize_t n_in, Py_ssize_t n_out, floating scale, floating* G,
+                         floating* gb, Py_ssize_t j0, Py_ssize_t j1) noexcept nogil
+
+cdef floating _update_range(int opt, floating* P, const floating* G, floating* S0, floating* S1,
+                            const floating* c, floating l2, Py_ssize_t lo,
+                            Py_ssize_t hi) noexcept nogil
+
+cdef void _coefficients(int opt, double* hyper, Py_ssize_t m, floating* c) noexcept nogil
+
+cdef void _activation_forward(int act, floating* Z, Py_ssize_t m, Py_ssize_t n) noexcept nogil
+
+cdef void _output_error(int act, int loss, floating* Z, const floating* Y, const int64_t* rows,
+                        Py_ssize_t m, Py_ssize_t k, floating* D, double* cost) noexcept nogil

@@ -1,0 +1,474 @@
+# cython: language_level=3, boundscheck=False, wraparound=False, cdivision=True, initializedcheck=False
+"""Cython kernels: the arithmetic of backpropagation as hand-written loops.
+
+Twin of ``nb_kernels.py``: the same functions under the same names and meaning. Layers, bottom up:
+
+* elementwise (in cy_kernels.pxd, inlined): ``_finite``, ``_activate``, ``_derivative``, ``_softplus``;
+* row kernels: ``_forward_rows``, ``_backward_block``, ``_gradient_rows``, ``_update_range`` compute
+  one slice (a *tile*) of an output, on raw pointers of the fused type, ``nogil``; the drivers in
+  ``cy_train.pyx`` hand tiles to threads. Matrices are row-major: ``W`` is ``(n_out, n_in)``, a batch
+  ``(m, n)``; ``rows`` (int64) selects the samples of ``A`` that form the batch;
+* primitives (``codes.KERNELS``): thin ``def`` wrappers on typed memoryviews with the arguments of
+  their Numba twins, for tests and for users who write their own training loop (IN, OUT, IN/OUT as
+  documented in nb_kernels.py).
+"""
+from cython cimport floating
+from libc.math cimport exp, log, pow, sqrt
+from libc.stdint cimport int64_t
+
+
+# --------------------------------------------------------------------------- row kernels
+
+cdef double _softmax_row(floating* z, Py_ssize_t k) noexcept nogil:
+    """IN/OUT z: one row of pre-activations becomes softmax(z); returns log-sum-exp(z)."""
+    cdef Py_ssize_t j
+    cdef double zmax = z[0], total = 0.0, lse
+    for j in range(1, k):
+        if z[j] > zmax:
+            zmax = z[j]
+    for j in range(k):
+        total += exp(z[j] - zmax)
+    lse = zmax + log(total)
+    for j in range(k):
+        z[j] = <floating>exp(z[j] - lse)
+    return lse
+
+
+cdef void _forward_rows(const floating* W, const floating* b, const floating* A, const int64_t* rows,
+                        Py_ssize_t m, Py_ssize_t n_in, Py_ssize_t n_out, int act, floating* Z,
+                        Py_ssize_t j0, Py_ssize_t j1) noexcept nogil:
+    """OUT Z[s, j] = f(b[j] + W[j] . A[rows[s]]) for j in [j0, j1) and every sample s.
+
+    Register tile: 4 rows of W by 2 samples, 8 dot products sharing each load.
+    Twin: nb_kernels._forward_rows.
+    """
+    cdef Py_ssize_t i, s, j = j0
+    cdef const floating *w0
+    cdef const floating *w1
+    cdef const floating *w2
+    cdef const floating *w3
+    cdef const floating *x
+    cdef const floating *y
+    cdef floating x0, x1, x2, x3, y0, y1, y2, y3, xi, yi
+    while j + 4 <= j1:
+        w0 = W + j * n_in
+        w1 = w0 + n_in
+        w2 = w1 + n_in
+        w3 = w2 + n_in
+        s = 0
+        while s + 2 <= m:
+            x = A + rows[s] * n_in
+            y = A + rows[s + 1] * n_in
+            x0 = b[j]
+            x1 = b[j + 1]
+            x2 = b[j + 2]
+            x3 = b[j + 3]
+            y0 = b[j]
+            y1 = b[j + 1]
+            y2 = b[j + 2]
+            y3 = b[j + 3]
+            for i in range(n_in):
+                xi = x[i]
+                yi = y[i]
+                x0 += w0[i] * xi
+                x1 += w1[i] * xi
+                x2 += w2[i] * xi
+                x3 += w3[i] * xi
+                y0 += w0[i] * yi
+                y1 += w1[i] * yi
+                y2 += w2[i] * yi
+                y3 += w3[i] * yi
+            Z[s * n_out + j] = <floating>_activate(act, x0)
+            Z[s * n_out + j + 1] = <floating>_activate(act, x1)
+            Z[s * n_out + j + 2] = <floating>_activate(act, x2)
+            Z[s * n_out + j + 3] = <floating>_activate(act, x3)
+            Z[(s + 1) * n_out + j] = <floating>_activate(act, y0)
+            Z[(s + 1) * n_out + j + 1] = <floating>_activate(act, y1)
+            Z[(s + 1) * n_out + j + 2] = <floating>_activate(act, y2)
+            Z[(s + 1) * n_out + j + 3] = <floating>_activate(act, y3)
+            s += 2
+        if s < m:
+            x = A + rows[s] * n_in
+            x0 = b[j]
+            x1 = b[j + 1]
+            x2 = b[j + 2]
+            x3 = b[j + 3]
+            for i in range(n_in):
+                xi = x[i]
+                x0 += w0[i] * xi
+                x1 += w1[i] * xi
+                x2 += w2[i] * xi
+                x3 += w3[i] * xi
+            Z[s * n_out + j] = <floating>_activate(act, x0)
+            Z[s * n_out + j + 1] = <floating>_activate(act, x1)
+            Z[s * n_out + j + 2] = <floating>_activate(act, x2)
+            Z[s * n_out + j + 3] = <floating>_activate(act, x3)
+        j += 4
+    while j < j1:
+        w0 = W + j * n_in
+        for s in range(m):
+            x = A + rows[s] * n_in
+            x0 = b[j]
+            for i in range(n_in):
+                x0 += w0[i] * x[i]
+            Z[s * n_out + j] = <floating>_activate(act, x0)
+        j += 1
+
+
+cdef void _backward_block(const floating* W, const floating* D, const floating* A, int act,
+                          floating* E, Py_ssize_t n_in, Py_ssize_t n_out, Py_ssize_t s0,
+                          Py_ssize_t s1, Py_ssize_t i0, Py_ssize_t i1) noexcept nogil:
+    """OUT E[s, i] = (sum_j D[s, j] W[j, i]) * f'(A[s, i]) for s in [s0, s1), i in [i0, i1).
+
+    A holds the lower layer's activations (the derivative is written on them). Register tile: 2
+    samples by 4 rows of W, accumulated along the contiguous columns. Twin: nb_kernels._backward_block.
+    """
+    cdef Py_ssize_t n = i1 - i0, i, j, r, s = s0
+    cdef bint pair
+    cdef floating *e
+    cdef floating *f
+    cdef floating *g
+    cdef const floating *a
+    cdef const floating *w0
+    cdef const floating *w1
+    cdef const floating *w2
+    cdef const floating *w3
+    cdef floating p0, p1, p2, p3, q0, q1, q2, q3, x0, x1, x2, x3
+    while s < s1:
+        pair = s + 1 < s1
+        e = E + s * n_in + i0
+        f = E + ((s + 1) if pair else s) * n_in + i0
+        for i in range(n):
+            e[i] = 0
+            f[i] = 0
+        j = 0
+        while j < n_out:
+            if j + 4 <= n_out:
+                w0 = W + j * n_in + i0
+                w1 = w0 + n_in
+                w2 = w1 + n_in
+                w3 = w2 + n_in
+                p0 = D[s * n_out + j]
+                p1 = D[s * n_out + j + 1]
+                p2 = D[s * n_out + j + 2]
+                p3 = D[s * n_out + j + 3]
+                if pair:
+                    q0 = D[(s + 1) * n_out + j]
+                    q1 = D[(s + 1) * n_out + j + 1]
+                    q2 = D[(s + 1) * n_out + j + 2]
+                    q3 = D[(s + 1) * n_out + j + 3]
+                    for i in range(n):
+                        x0 = w0[i]
+                        x1 = w1[i]
+                        x2 = w2[i]
+                        x3 = w3[i]
+                        e[i] += p0 * x0 + p1 * x1 + p2 * x2 + p3 * x3
+                        f[i] += q0 * x0 + q1 * x1 + q2 * x2 + q3 * x3
+                else:
+                    for i in range(n):
+                        e[i] += p0 * w0[i] + p1 * w1[i] + p2 * w2[i] + p3 * w3[i]
+                j += 4
+            else:
+                w0 = W + j * n_in + i0
+                p0 = D[s * n_out + j]
+                q0 = D[(s + 1) * n_out + j] if pair else 0
+                for i in range(n):
+                    x0 = w0[i]
+                    e[i] += p0 * x0
+                    if pair:
+                        f[i] += q0 * x0
+                j += 1
+        for r in range(s, (s + 2) if pair else (s + 1)):
+            a = A + r * n_in + i0
+            g = E + r * n_in + i0
+            for i in range(n):
+                g[i] = <floating>(g[i] * _derivative(act, a[i]))
+        s += 2
+
+
+cdef void _gradient_rows(const floating* D, const floating* A, const int64_t* rows, Py_ssize_t m,
+                         Py_ssize_t n_in, Py_ssize_t n_out, floating scale, floating* G,
+                         floating* gb, Py_ssize_t j0, Py_ssize_t j1) noexcept nogil:
+    """OUT G[j] = scale * sum_s D[s, j] A[rows[s]] and gb[j] = scale * sum_s D[s, j], j in [j0, j1).
+
+    The outer products of the batch summed row by row: register tile of 2 rows of G by 4 samples.
+    Twin: nb_kernels._gradient_rows.
+    """
+    cdef Py_ssize_t i, j, s
+    cdef floating *g
+    cdef floating *h
+    cdef const floating *a0
+    cdef const floating *a1
+    cdef const floating *a2
+    cdef const floating *a3
+    cdef floating p0, p1, p2, p3, q0, q1, q2, q3, x0, x1, x2, x3, total
+    for j in range(j0, j1):
+        g = G + j * n_in
+        for i in range(n_in):
+            g[i] = 0
+    s = 0
+    while s + 4 <= m:
+        a0 = A + rows[s] * n_in
+        a1 = A + rows[s + 1] * n_in
+        a2 = A + rows[s + 2] * n_in
+        a3 = A + rows[s + 3] * n_in
+        j = j0
+        while j + 2 <= j1:
+            g = G + j * n_in
+            h = g + n_in
+            p0 = D[s * n_out + j]
+            p1 = D[(s + 1) * n_out + j]
+            p2 = D[(s + 2) * n_out + j]
+            p3 = D[(s + 3) * n_out + j]
+            q0 = D[s * n_out + j + 1]
+            q1 = D[(s + 1) * n_out + j + 1]
+            q2 = D[(s + 2) * n_out + j + 1]
+            q3 = D[(s + 3) * n_out + j + 1]
+            for i in range(n_in):
+                x0 = a0[i]
+                x1 = a1[i]
+                x2 = a2[i]
+                x3 = a3[i]
+                g[i] += p0 * x0 + p1 * x1 + p2 * x2 + p3 * x3
+                h[i] += q0 * x0 + q1 * x1 + q2 * x2 + q3 * x3
+            j += 2
+        if j < j1:
+            g = G + j * n_in
+            p0 = D[s * n_out + j]
+            p1 = D[(s + 1) * n_out + j]
+            p2 = D[(s + 2) * n_out + j]
+            p3 = D[(s + 3) * n_out + j]
+            for i in range(n_in):
+                g[i] += p0 * a0[i] + p1 * a1[i] + p2 * a2[i] + p3 * a3[i]
+        s += 4
+    while s < m:
+        a0 = A + rows[s] * n_in
+        for j in range(j0, j1):
+            g = G + j * n_in
+            p0 = D[s * n_out + j]
+            for i in range(n_in):
+                g[i] += p0 * a0[i]
+        s += 1
+    for j in range(j0, j1):
+        g = G + j * n_in
+        for i in range(n_in):
+            g[i] *= scale
+        total = 0
+        for s in range(m):
+            total += D[s * n_out + j]
+        gb[j] = scale * total
+
+
+cdef floating _update_range(int opt, floating* P, const floating* G, floating* S0, floating* S1,
+                            const floating* c, floating l2, Py_ssize_t lo,
+                            Py_ssize_t hi) noexcept nogil:
+    """IN/OUT P[lo:hi] and optimizer state S0, S1 take one step along g = G + l2 * P.
+
+    SGD (momentum mu, Nesterov), Adam and RMSprop, as torch.optim does them; c holds the step's
+    coefficients (_coefficients). Returns the sum of the new values: finite iff they all are.
+    Twin: nb_kernels._update_range.
+    """
+    cdef Py_ssize_t i
+    cdef floating lr = c[C_LR], mu, g, v, m1, m2, total = 0
+    cdef floating one_m_b1, b2, one_m_b2, eps, step_size, inv_sqrt_bc2, rho, one_m_rho
+    if opt == SGD:
+        mu = c[C_MU]
+        if mu == 0:
+            for i in range(lo, hi):
+                P[i] -= lr * (G[i] + l2 * P[i])
+                total += P[i]
+        elif c[C_NESTEROV] != 0:
+            for i in range(lo, hi):
+                g = G[i] + l2 * P[i]
+                v = mu * S0[i] + g
+                S0[i] = v
+                P[i] -= lr * (g + mu * v)
+                total += P[i]
+        else:
+            for i in range(lo, hi):
+                v = mu * S0[i] + G[i] + l2 * P[i]
+                S0[i] = v
+                P[i] -= lr * v
+                total += P[i]
+    elif opt == ADAM:
+        one_m_b1 = c[C_1MB1]
+        b2 = c[C_B2]
+        one_m_b2 = c[C_1MB2]
+        eps = c[C_EPS]
+        step_size = c[C_STEP_SIZE]
+        inv_sqrt_bc2 = c[C_INV_SQRT_BC2]
+        for i in range(lo, hi):
+            g = G[i] + l2 * P[i]
+            m1 = S0[i] + one_m_b1 * (g - S0[i])
+            m2 = b2 * S1[i] + one_m_b2 * g * g
+            S0[i] = m1
+            S1[i] = m2
+            P[i] -= <floating>(step_size * m1 / (sqrt(m2) * inv_sqrt_bc2 + eps))
+            total += P[i]
+    elif opt == RMSPROP:
+        rho = c[C_RHO]
+        one_m_rho = c[C_1MRHO]
+        eps = c[C_EPS]
+        for i in range(lo, hi):
+            g = G[i] + l2 * P[i]
+            m2 = rho * S1[i] + one_m_rho * g * g
+            S1[i] = m2
+            P[i] -= <floating>(lr * g / (sqrt(m2) + eps))
+            total += P[i]
+    return total
+
+
+cdef void _coefficients(int opt, double* hyper, Py_ssize_t m, floating* c) noexcept nogil:
+    """IN/OUT hyper: advance the step counter; OUT c: that step's coefficients in c's dtype.
+
+    m is the batch size (the gradient is a mean: scale 1/m). Twin: nb_kernels._coefficients.
+    """
+    cdef double step
+    hyper[H_STEP] += 1.0
+    step = hyper[H_STEP]
+    c[C_LR] = <floating>hyper[H_LR]
+    c[C_L2] = <floating>hyper[H_L2]
+    c[C_MU] = <floating>hyper[H_MOMENTUM]
+    c[C_NESTEROV] = <floating>hyper[H_NESTEROV]
+    c[C_1MB1] = <floating>(1.0 - hyper[H_BETA1])
+    c[C_B2] = <floating>hyper[H_BETA2]
+    c[C_1MB2] = <floating>(1.0 - hyper[H_BETA2])
+    c[C_EPS] = <floating>hyper[H_EPS]
+    c[C_RHO] = <floating>hyper[H_RHO]
+    c[C_1MRHO] = <floating>(1.0 - hyper[H_RHO])
+    c[C_SCALE] = <floating>(1.0 / m)
+    if opt == ADAM:
+        c[C_STEP_SIZE] = <floating>(hyper[H_LR] / (1.0 - pow(hyper[H_BETA1], step)))
+        c[C_INV_SQRT_BC2] = <floating>(1.0 / sqrt(1.0 - pow(hyper[H_BETA2], step)))
+
+
+cdef void _activation_forward(int act, floating* Z, Py_ssize_t m, Py_ssize_t n) noexcept nogil:
+    """IN/OUT Z (m, n): pre-activations become activations. Twin: nb_kernels.activation_forward."""
+    cdef Py_ssize_t s, j
+    for s in range(m):
+        if act == SOFTMAX:
+            _softmax_row(Z + s * n, n)
+        else:
+            for j in range(n):
+                Z[s * n + j] = <floating>_activate(act, Z[s * n + j])
+
+
+cdef void _output_error(int act, int loss, floating* Z, const floating* Y, const int64_t* rows,
+                        Py_ssize_t m, Py_ssize_t k, floating* D, double* cost) noexcept nogil:
+    """The output layer's error term and cost; see output_error. Twin: nb_kernels.output_error."""
+    cdef Py_ssize_t s, j
+    cdef floating* z
+    cdef floating* d
+    cdef const floating* y
+    cdef double c, ysum, dot, g, zj, a
+    for s in range(m):
+        z = Z + s * k
+        y = Y + rows[s] * k
+        d = D + s * k
+        c = 0.0
+        if act == SOFTMAX:
+            if loss == CROSS_ENTROPY:
+                ysum = 0.0
+                for j in range(k):
+                    c -= y[j] * z[j]
+                    ysum += y[j]
+                c += ysum * _softmax_row(z, k)
+                for j in range(k):
+                    d[j] = <floating>(z[j] * ysum - y[j])
+            else:
+                _softmax_row(z, k)
+                dot = 0.0
+                for j in range(k):
+                    g = z[j] - y[j]
+                    c += 0.5 * g * g
+                    dot += z[j] * g
+                for j in range(k):
+                    d[j] = <floating>(z[j] * (z[j] - y[j] - dot))
+        else:
+            for j in range(k):
+                zj = z[j]
+                a = _activate(act, zj)
+                z[j] = <floating>a
+                if loss == CROSS_ENTROPY:
+                    c += y[j] * _softplus(-zj) + (1.0 - y[j]) * _softplus(zj)
+                    d[j] = <floating>(a - y[j])
+                else:
+                    g = a - y[j]
+                    c += 0.5 * g * g
+                    d[j] = <floating>(g * _derivative(act, a))
+        cost[s] = c
+
+
+# --------------------------------------------------------------------------- primitives
+
+def dense_forward(const floating[:, ::1] W, const floating[::1] b, const floating[:, ::1] A,
+                  const int64_t[::1] rows, int act, floating[:, ::1] Z):
+    """Forward through one layer: OUT Z (m, n_out) = f(A[rows] W^T + b). Twin: nb_kernels.dense_forward."""
+    cdef Py_ssize_t s, m = rows.shape[0], n_out = W.shape[0]
+    with nogil:
+        _forward_rows(&W[0, 0], &b[0], &A[0, 0], &rows[0], m, W.shape[1], n_out,
+                      IDENTITY if act == SOFTMAX else act, &Z[0, 0], 0, n_out)
+        if act == SOFTMAX:
+            for s in range(m):
+                _softmax_row(&Z[s, 0], n_out)
+
+
+def activation_forward(int act, floating[:, ::1] Z):
+    """IN/OUT Z (m, n): pre-activations become f(Z), in place. Twin: nb_kernels.activation_forward."""
+    with nogil:
+        _activation_forward(act, &Z[0, 0], Z.shape[0], Z.shape[1])
+
+
+def activation_backward(int act, const floating[:, ::1] A, floating[:, ::1] D):
+    """IN A (m, n) activations; IN/OUT D: dC/da becomes dC/dz. Twin: nb_kernels.activation_backward."""
+    cdef Py_ssize_t s, j
+    cdef double dot
+    with nogil:
+        for s in range(A.shape[0]):
+            if act == SOFTMAX:
+                dot = 0.0
+                for j in range(A.shape[1]):
+                    dot += A[s, j] * D[s, j]
+                for j in range(A.shape[1]):
+                    D[s, j] = <floating>(A[s, j] * (D[s, j] - dot))
+            else:
+                for j in range(A.shape[1]):
+                    D[s, j] = <floating>(D[s, j] * _derivative(act, A[s, j]))
+
+
+def output_error(int act, int loss, floating[:, ::1] Z, const floating[:, ::1] Y,
+                 const int64_t[::1] rows, floating[:, ::1] D, double[::1] cost):
+    """The output layer's error term and cost per sample. Twin: nb_kernels.output_error."""
+    with nogil:
+        _output_error(act, loss, &Z[0, 0], &Y[0, 0], &rows[0], Z.shape[0], Z.shape[1], &D[0, 0],
+                      &cost[0])
+
+
+def backward_error(const floating[:, ::1] W, const floating[:, ::1] D, const floating[:, ::1] A,
+                   int act, floating[:, ::1] E):
+    """Error terms of the layer below: OUT E = (D W) * f'(A). Twin: nb_kernels.backward_error."""
+    with nogil:
+        _backward_block(&W[0, 0], &D[0, 0], &A[0, 0], act, &E[0, 0], W.shape[1], W.shape[0], 0,
+                        D.shape[0], 0, W.shape[1])
+
+
+def weight_gradient(const floating[:, ::1] D, const floating[:, ::1] A, const int64_t[::1] rows,
+                    double scale, floating[:, ::1] G, floating[::1] gb):
+    """OUT G = scale * sum_s D[s] A[rows[s]]^T, gb = scale * sum_s D[s]. Twin: nb_kernels.weight_gradient."""
+    with nogil:
+        _gradient_rows(&D[0, 0], &A[0, 0], &rows[0], rows.shape[0], G.shape[1], G.shape[0],
+                       <floating>scale, &G[0, 0], &gb[0], 0, G.shape[0])
+
+
+def update_parameters(int opt, floating[::1] P, const floating[::1] G, floating[:, ::1] S,
+                      double[::1] hyper, Py_ssize_t n_weights):
+    """One optimizer step on flat buffers (L2 on P[:n_weights] only); False if a parameter became
+    non-finite. Twin: nb_kernels.update_parameters."""
+    cdef floating c[C_SIZE]
+    cdef floating total
+    with nogil:
+        _coefficients(opt, &hyper[0], 1, c)
+        total = _update_range(opt, &P[0], &G[0], &S[0, 0], &S[1, 0], c, c[C_L2], 0, n_weights)
+        total += _update_range(opt, &P[0], &G[0], &S[0, 0], &S[1, 0], c, <floating>0, n_weights,
+                               P.shape[0])
+    return _finite(total)

@@ -1,0 +1,262 @@
+# cython: language_level=3, boundscheck=False, wraparound=False, cdivision=True, initializedcheck=False
+"""Cython drivers: forward pass, gradients and the fused training loop, on the flat buffers of codes.py.
+
+Twin of ``nb_train.py``; the way work is shared is described there. Here the workers are the threads of
+one OpenMP parallel region (``prange`` over the workers, static schedule: one worker per thread), and
+the atomic counters are C11-style builtins. Without OpenMP the workers run one after the other on the
+calling thread, which gives the same results.
+"""
+import numpy as np
+
+from cython cimport floating
+from cython.parallel cimport prange
+from libc.stdint cimport int64_t
+
+from fastbp.kernels cimport cy_kernels as K
+from fastbp.kernels.cy_kernels cimport (C_L2, C_SCALE, C_SIZE, COST_NOT_FINITE, D_CAPACITY,
+                                        D_HEADER, D_LAYERS, D_LOSS, D_OPTIMIZER, D_OUTPUT, DONE,
+                                        FORWARD, GRADIENTS, IDENTITY, L_A, L_ACT, L_B, L_D,
+                                        L_FIELDS, L_IN, L_OUT, L_W, OP_BACKWARD, OP_FORWARD,
+                                        OP_GRADIENT, OP_OUTPUT, OP_UPDATE, PARAMS_NOT_FINITE,
+                                        TILE_COLUMNS, TILE_ROWS, TILE_SAMPLES, TRAIN, _finite)
+
+from . import codes
+
+cdef extern from *:
+    """
+    #include <stdint.h>
+    #if defined(_MSC_VER)
+    #include <intrin.h>
+    static int64_t fbp_atomic_add(int64_t *p, int64_t v) { return _InterlockedExchangeAdd64((volatile __int64 *)p, v); }
+    static int64_t fbp_atomic_set(int64_t *p, int64_t v) { return _InterlockedExchange64((volatile __int64 *)p, v); }
+    static int64_t fbp_atomic_load(int64_t *p) { return _InterlockedCompareExchange64((volatile __int64 *)p, 0, 0); }
+    static void fbp_pause(void) { _mm_pause(); }
+    #else
+    static int64_t fbp_atomic_add(int64_t *p, int64_t v) { return __atomic_fetch_add(p, v, __ATOMIC_SEQ_CST); }
+    static int64_t fbp_atomic_set(int64_t *p, int64_t v) { return __atomic_exchange_n(p, v, __ATOMIC_SEQ_CST); }
+    static int64_t fbp_atomic_load(int64_t *p) { return __atomic_load_n(p, __ATOMIC_ACQUIRE); }
+    #if defined(__x86_64__) || defined(__i386__)
+    static void fbp_pause(void) { __builtin_ia32_pause(); }
+    #elif defined(__aarch64__)
+    static void fbp_pause(void) { __asm__ __volatile__("yield"); }
+    #else
+    static void fbp_pause(void) { }
+    #endif
+    #endif
+    #ifdef _OPENMP
+    #define FBP_OPENMP 1
+    #else
+    #define FBP_OPENMP 0
+    #endif
+    """
+    int64_t _atomic_add "fbp_atomic_add"(int64_t* counters, int64_t value) noexcept nogil
+    int64_t _atomic_set "fbp_atomic_set"(int64_t* counters, int64_t value) noexcept nogil
+    int64_t _atomic_load "fbp_atomic_load"(int64_t* counters) noexcept nogil
+    void _pause "fbp_pause"() noexcept nogil
+    const int FBP_OPENMP
+
+OPENMP = bool(FBP_OPENMP)  # whether this build runs its workers on OpenMP threads
+
+
+# --------------------------------------------------------------------------- tiles and phases
+
+cdef void _output(int kind, const int64_t* desc, const floating* Y, const int64_t* rows,
+                  Py_ssize_t m, Py_ssize_t first_row, floating* work, double* costs,
+                  Py_ssize_t n_costs, floating* out, double* hyper, floating* c, int64_t* status,
+                  int64_t batch) noexcept nogil:
+    """The one-tile phase after the forward pass: the output activations, costs and error terms.
+
+    TRAIN also stops on a non-finite cost and sets this batch's update coefficients; FORWARD copies
+    the activations to out. Twin: nb_train._output.
+    """
+    cdef Py_ssize_t rec = D_HEADER + L_FIELDS * (desc[D_LAYERS] - 1), s, j
+    cdef Py_ssize_t k = desc[rec + L_OUT]
+    cdef floating* Z = work + desc[rec + L_A]
+    cdef double* cost = costs + first_row
+    cdef double total
+    if kind == FORWARD and n_costs == 0:
+        K._activation_forward(desc[D_OUTPUT], Z, m, k)
+    else:
+        K._output_error(desc[D_OUTPUT], desc[D_LOSS], Z, Y, rows, m, k, work + desc[rec + L_D], cost)
+    if kind == FORWARD:
+        for s in range(m):
+            for j in range(k):
+                out[(first_row + s) * k + j] = Z[s * k + j]
+    elif kind == TRAIN:
+        total = 0.0
+        for s in range(m):
+            total += cost[s]
+        if not _finite(total):
+            _atomic_set(status + 1, batch)
+            _atomic_set(status, COST_NOT_FINITE)
+        else:
+            K._coefficients(desc[D_OPTIMIZER], hyper, m, c)
+
+
+cdef void _tile(int op, Py_ssize_t l, Py_ssize_t t, int kind, const int64_t* desc,
+                floating* params, floating* grads, floating* S0, floating* S1, const floating* X,
+                const floating* Y, const int64_t* rows, Py_ssize_t m, Py_ssize_t first_row,
+                const int64_t* ident, floating* work, double* costs, Py_ssize_t n_costs,
+                floating* out, double* hyper, floating* c, int64_t* status,
+                int64_t batch) noexcept nogil:
+    """Tile t of phase `op` of layer l (0-based) for the batch X[rows]. Twin: nb_train._tile."""
+    cdef Py_ssize_t rec, n_in, n_out, w, b, n_col, s0, i0, j0, j1, i
+    cdef int act
+    cdef const floating* A_in
+    cdef const int64_t* rows_in
+    cdef floating check
+    if op == OP_OUTPUT:
+        _output(kind, desc, Y, rows, m, first_row, work, costs, n_costs, out, hyper, c, status, batch)
+        return
+    rec = D_HEADER + L_FIELDS * l
+    n_in = desc[rec + L_IN]
+    n_out = desc[rec + L_OUT]
+    w = desc[rec + L_W]
+    b = desc[rec + L_B]
+    if l == 0:
+        A_in = X
+        rows_in = rows
+    else:
+        A_in = work + desc[rec - L_FIELDS + L_A]
+        rows_in = ident
+    if op == OP_BACKWARD:
+        n_col = (n_in + TILE_COLUMNS - 1) // TILE_COLUMNS
+        s0 = (t // n_col) * TILE_SAMPLES
+        i0 = (t % n_col) * TILE_COLUMNS
+        K._backward_block(params + w, work + desc[rec + L_D], A_in, desc[rec - L_FIELDS + L_ACT],
+                          work + desc[rec - L_FIELDS + L_D], n_in, n_out, s0,
+                          min(s0 + TILE_SAMPLES, m), i0, min(i0 + TILE_COLUMNS, n_in))
+        return
+    j0 = t * TILE_ROWS
+    j1 = min(j0 + TILE_ROWS, n_out)
+    if op == OP_FORWARD:
+        act = desc[rec + L_ACT] if l < desc[D_LAYERS] - 1 else IDENTITY
+        K._forward_rows(params + w, params + b, A_in, rows_in, m, n_in, n_out, act,
+                        work + desc[rec + L_A], j0, j1)
+        return
+    K._gradient_rows(work + desc[rec + L_D], A_in, rows_in, m, n_in, n_out, c[C_SCALE], grads + w,
+                     grads + b, j0, j1)
+    if op == OP_GRADIENT:  # accumulate this block's share of the mean gradient into S0
+        for i in range(w + j0 * n_in, w + j1 * n_in):
+            S0[i] += grads[i]
+        for i in range(b + j0, b + j1):
+            S0[i] += grads[i]
+        return
+    check = K._update_range(desc[D_OPTIMIZER], params, grads, S0, S1, c, c[C_L2], w + j0 * n_in,
+                            w + j1 * n_in)
+    check += K._update_range(desc[D_OPTIMIZER], params, grads, S0, S1, c, <floating>0, b + j0,
+                             b + j1)
+    if not _finite(check):
+        _atomic_set(status + 1, batch)
+        _atomic_set(status, PARAMS_NOT_FINITE)
+
+
+cdef void _worker(int kind, const int64_t* program, Py_ssize_t n_program, const int64_t* desc,
+                  floating* params, floating* grads, floating* S0, floating* S1, const floating* X,
+                  const floating* Y, const int64_t* order, Py_ssize_t n, Py_ssize_t batch_size,
+                  Py_ssize_t first, Py_ssize_t last, double* hyper, floating* work, double* costs,
+                  Py_ssize_t n_costs, floating* out, int64_t* counters, int64_t* status,
+                  floating* c, const int64_t* ident) noexcept nogil:
+    """One worker's pass over batches first..last-1: every phase of `program` for every batch.
+
+    Phase k of the call is shared through counters[2k] (tiles claimed) and counters[2k+1] (tiles
+    done). Twin: nb_train._worker.
+    """
+    cdef Py_ssize_t i, p, l, rec, start, m, n_tiles, k = 0
+    cdef int64_t t
+    cdef int op
+    cdef const int64_t* rows
+    for i in range(first, last):
+        start = i * batch_size
+        rows = order + start
+        m = min(start + batch_size, n) - start
+        for p in range(n_program):
+            op = program[2 * p]
+            l = program[2 * p + 1]
+            rec = D_HEADER + L_FIELDS * l
+            if op == OP_OUTPUT:
+                n_tiles = 1
+            elif op == OP_BACKWARD:
+                n_tiles = ((m + TILE_SAMPLES - 1) // TILE_SAMPLES) * (
+                    (desc[rec + L_IN] + TILE_COLUMNS - 1) // TILE_COLUMNS)
+            else:
+                n_tiles = (desc[rec + L_OUT] + TILE_ROWS - 1) // TILE_ROWS
+            while True:
+                t = _atomic_add(counters + 2 * k, 1)
+                if t >= n_tiles:
+                    break
+                _tile(op, l, t, kind, desc, params, grads, S0, S1, X, Y, rows, m, start, ident,
+                      work, costs, n_costs, out, hyper, c, status, i)
+                _atomic_add(counters + 2 * k + 1, 1)
+            while _atomic_load(counters + 2 * k + 1) < n_tiles:
+                _pause()
+            if _atomic_load(status) != DONE:
+                return
+            k += 1
+
+
+# --------------------------------------------------------------------------- drivers
+
+cdef _launch(int kind, int n_threads, const int64_t[::1] desc, floating[::1] params,
+             floating[::1] grads, floating[:, ::1] state, const floating[:, ::1] X,
+             const floating[:, ::1] Y, const int64_t[::1] order, Py_ssize_t batch_size,
+             Py_ssize_t first, Py_ssize_t last, double[::1] hyper, floating[::1] work,
+             double[::1] costs, floating[:, ::1] out, double scale):
+    """Run n_threads workers (OpenMP threads) over batches first..last-1; returns the status pair."""
+    cdef int64_t[:, ::1] program = codes.program(kind, desc[D_LAYERS])
+    cdef int64_t[::1] counters = np.zeros(2 * program.shape[0] * max(last - first, 1), np.int64)
+    cdef int64_t[::1] status = np.zeros(2, np.int64)
+    cdef floating[::1] c = np.zeros(C_SIZE, np.asarray(params).dtype)
+    cdef int64_t[::1] ident = np.arange(desc[D_CAPACITY])
+    cdef int worker, n_workers = max(1, n_threads)
+    cdef const floating* Y_data = &Y[0, 0] if Y.shape[0] > 0 else NULL
+    cdef floating* out_data = &out[0, 0] if out.shape[0] > 0 else NULL
+    cdef double* costs_data = &costs[0] if costs.shape[0] > 0 else NULL
+    c[C_SCALE] = <floating>scale
+    for worker in prange(n_workers, nogil=True, schedule="static", num_threads=n_workers):
+        _worker(kind, &program[0, 0], program.shape[0], &desc[0], &params[0], &grads[0],
+                &state[0, 0], &state[1, 0], &X[0, 0], Y_data, &order[0], order.shape[0],
+                batch_size, first, last, &hyper[0], &work[0], costs_data, costs.shape[0],
+                out_data, &counters[0], &status[0], &c[0], &ident[0])
+    return np.asarray(status)
+
+
+def train_epoch(const int64_t[::1] desc, floating[::1] params, floating[::1] grads,
+                floating[:, ::1] state, const floating[:, ::1] X, const floating[:, ::1] Y,
+                const int64_t[::1] order, Py_ssize_t batch_size, Py_ssize_t first,
+                Py_ssize_t last, double[::1] hyper, floating[::1] work, double[::1] costs,
+                int n_threads):
+    """Minibatch training over batches first..last-1 of the epoch that visits X in `order`; see
+    nb_train.train_epoch. Returns codes.outcome: (batches done, status, batch). Twin: nb_train.train_epoch.
+    """
+    cdef floating[:, ::1] no_out = np.zeros((0, 1), np.asarray(params).dtype)
+    status = _launch(TRAIN, n_threads, desc, params, grads, state, X, Y, order, batch_size, first,
+                     last, hyper, work, costs, no_out, 0.0)
+    return codes.outcome(status, first, last)
+
+
+def gradients(const int64_t[::1] desc, floating[::1] params, floating[::1] grads,
+              const floating[:, ::1] X, const floating[:, ::1] Y, floating[::1] work,
+              double[::1] costs, int n_threads):
+    """OUT grads: the gradient of the mean cost over X (no L2); OUT costs. Twin: nb_train.gradients."""
+    cdef Py_ssize_t n = X.shape[0], capacity = desc[D_CAPACITY]
+    dtype = np.asarray(params).dtype
+    cdef floating[:, ::1] total = np.zeros((2, params.shape[0]), dtype)
+    cdef floating[:, ::1] no_out = np.zeros((0, 1), dtype)
+    cdef int64_t[::1] order = np.arange(n)
+    cdef double[::1] no_hyper = np.zeros(codes.H_SIZE)
+    _launch(GRADIENTS, n_threads, desc, params, grads, total, X, Y, order, capacity, 0,
+            (n + capacity - 1) // capacity, no_hyper, work, costs, no_out, 1.0 / n)
+    grads[:] = total[0]
+
+
+def forward(const int64_t[::1] desc, floating[::1] params, const floating[:, ::1] X,
+            const floating[:, ::1] Y, floating[:, ::1] out, double[::1] costs, floating[::1] work,
+            int n_threads):
+    """OUT out: the output activations for X; OUT costs when not empty. Twin: nb_train.forward."""
+    cdef Py_ssize_t n = X.shape[0], capacity = desc[D_CAPACITY]
+    cdef floating[:, ::1] no_state = np.zeros((2, 1), np.asarray(params).dtype)
+    cdef int64_t[::1] order = np.arange(n)
+    cdef double[::1] no_hyper = np.zeros(codes.H_SIZE)
+    _launch(FORWARD, n_threads, desc, params, params, no_state, X, Y, order, capacity, 0,
+            (n + capacity - 1) // capacity, no_hyper, work, costs, out, 0.0)
