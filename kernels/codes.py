@@ -54,11 +54,17 @@ C_SIZE = 13
 TRAIN, GRADIENTS, FORWARD = range(3)
 OP_FORWARD, OP_OUTPUT, OP_BACKWARD, OP_UPDATE, OP_GRADIENT = range(5)
 
-# Threads work on tiles of fixed size (independent of the thread count, so results are too).
-TILE_ROWS = 4          # weight rows per forward / gradient tile
-TILE_SAMPLES = 8       # samples per backward-error tile
-TILE_COLUMNS = 512     # columns per backward-error tile
-TILE_FLAT = 4096       # elements per tile of a flat update
+# Threads work on tiles whose size depends on the shapes only (never on the thread count, so neither
+# do the results). A tile is made big enough to be worth handing to another thread.
+TILE_ROWS = 4            # weight rows per forward / gradient tile: a multiple of this
+TILE_COLUMNS = 512       # columns per error-term tile, at most
+MIN_TILE_WORK = 16384    # multiply-adds per tile, at least (when the phase is that big)
+
+# A driver's program: one row per phase of a minibatch. Rows with the same P_STEP form a step; the
+# workers finish a step before starting the next. A parallel step's tiles are its rows' tiles, which
+# are independent; a serial step is one tile that runs its rows in order.
+(P_OP, P_LAYER, P_STEP, P_SERIAL, P_ROWS, P_SAMPLES, P_COLUMNS) = range(7)
+P_FIELDS = 7
 
 # The primitive kernels every compiled backend exports under these names (a test checks it).
 KERNELS = ("dense_forward", "activation_forward", "activation_backward", "output_error",
@@ -90,16 +96,61 @@ def describe(sizes, hidden, output, loss, optimizer, capacity):
     return desc, work
 
 
-def program(kind, n_layers):
-    """The phases (op, layer) of one minibatch for a driver call of this kind, in order: forward
-    through every layer, the output error; then (TRAIN, GRADIENTS) the error terms of every layer but
-    the first, top down, and every layer's gradient with its update (TRAIN) or accumulation."""
-    phases = [(OP_FORWARD, l) for l in range(n_layers)] + [(OP_OUTPUT, n_layers - 1)]
+def part_tiles(phase, n_in, n_out, m):
+    """How many tiles one program row has for a batch of m samples (the same arithmetic is in
+    both backends' workers)."""
+    op, rows, samples, columns = phase[P_OP], phase[P_ROWS], phase[P_SAMPLES], phase[P_COLUMNS]
+    if op == OP_OUTPUT:
+        return 1
+    if op == OP_BACKWARD:
+        return -(-m // samples) * -(-n_in // columns)
+    return -(-n_out // rows)
+
+
+def program(kind, desc, batch_size):
+    """The phases of one minibatch of `batch_size` samples for a driver call of this kind, with their
+    tiles, as an int64 array of P_FIELDS columns.
+
+    Forward through every layer, then the output error; for TRAIN and GRADIENTS, the error terms of
+    every layer but the first, top down, then every layer's gradient with its update (TRAIN) or
+    accumulation (GRADIENTS), all layers in one step: they are independent. Consecutive phases of one
+    tile each are merged into one serial step (no waiting between them).
+    """
+    n_layers = int(desc[D_LAYERS])
+    m = batch_size
+    phases = []
+    for l in range(n_layers):
+        n_in, n_out = layer(desc, l)[:2]
+        rows = TILE_ROWS * max(1, -(-MIN_TILE_WORK // (TILE_ROWS * m * n_in)))
+        phases.append([OP_FORWARD, l, rows, 0, 0])
+    phases.append([OP_OUTPUT, n_layers - 1, 0, 0, 0])
     if kind != FORWARD:
-        phases += [(OP_BACKWARD, l) for l in range(n_layers - 1, 0, -1)]
+        for l in range(n_layers - 1, 0, -1):
+            n_in, n_out = layer(desc, l)[:2]
+            columns = min(n_in, TILE_COLUMNS)
+            samples = min(m, max(2, 2 * -(-MIN_TILE_WORK // (2 * columns * n_out))))
+            phases.append([OP_BACKWARD, l, 0, samples, columns])
         op = OP_UPDATE if kind == TRAIN else OP_GRADIENT
-        phases += [(op, l) for l in range(n_layers - 1, -1, -1)]
-    return np.array(phases, dtype=np.int64)
+        for l in range(n_layers - 1, -1, -1):
+            n_in, n_out = layer(desc, l)[:2]
+            rows = TILE_ROWS * max(1, -(-MIN_TILE_WORK // (TILE_ROWS * m * n_in)))
+            phases.append([op, l, rows, 0, 0])
+    table = np.zeros((len(phases), P_FIELDS), dtype=np.int64)
+    step, previous = -1, None
+    for i, (op, l, rows, samples, columns) in enumerate(phases):
+        row = table[i]
+        row[[P_OP, P_LAYER, P_ROWS, P_SAMPLES, P_COLUMNS]] = op, l, rows, samples, columns
+        n_in, n_out = layer(desc, l)[:2]
+        single = part_tiles(row, n_in, n_out, m) == 1
+        together = previous is not None and (
+            (single and previous[P_SERIAL]) or (op == previous[P_OP] and op in (OP_UPDATE, OP_GRADIENT)
+                                                and not previous[P_SERIAL]))
+        if not together:
+            step += 1
+        row[P_STEP] = step
+        row[P_SERIAL] = single and (not together or previous[P_SERIAL])
+        previous = row
+    return table
 
 
 def outcome(status, first, last):

@@ -17,8 +17,9 @@ from fastbp.kernels.cy_kernels cimport (C_L2, C_SCALE, C_SIZE, COST_NOT_FINITE, 
                                         D_HEADER, D_LAYERS, D_LOSS, D_OPTIMIZER, D_OUTPUT, DONE,
                                         FORWARD, GRADIENTS, IDENTITY, L_A, L_ACT, L_B, L_D,
                                         L_FIELDS, L_IN, L_OUT, L_W, OP_BACKWARD, OP_FORWARD,
-                                        OP_GRADIENT, OP_OUTPUT, OP_UPDATE, PARAMS_NOT_FINITE,
-                                        TILE_COLUMNS, TILE_ROWS, TILE_SAMPLES, TRAIN, _finite)
+                                        OP_GRADIENT, OP_OUTPUT, OP_UPDATE, P_COLUMNS, P_FIELDS,
+                                        P_LAYER, P_OP, P_ROWS, P_SAMPLES, P_SERIAL, P_STEP,
+                                        PARAMS_NOT_FINITE, TRAIN, _finite)
 
 from . import codes
 
@@ -93,15 +94,29 @@ cdef void _output(int kind, const int64_t* desc, const floating* Y, const int64_
             K._coefficients(desc[D_OPTIMIZER], hyper, m, c)
 
 
-cdef void _tile(int op, Py_ssize_t l, Py_ssize_t t, int kind, const int64_t* desc,
+cdef inline Py_ssize_t _part_tiles(const int64_t* phase, const int64_t* desc,
+                                   Py_ssize_t m) noexcept nogil:
+    """How many tiles program row `phase` has for a batch of m samples. Twin: nb_train._part_tiles."""
+    cdef Py_ssize_t rec
+    if phase[P_OP] == OP_OUTPUT:
+        return 1
+    rec = D_HEADER + L_FIELDS * phase[P_LAYER]
+    if phase[P_OP] == OP_BACKWARD:
+        return ((m + phase[P_SAMPLES] - 1) // phase[P_SAMPLES]) * (
+            (desc[rec + L_IN] + phase[P_COLUMNS] - 1) // phase[P_COLUMNS])
+    return (desc[rec + L_OUT] + phase[P_ROWS] - 1) // phase[P_ROWS]
+
+
+cdef void _tile(const int64_t* phase, Py_ssize_t t, int kind, const int64_t* desc,
                 floating* params, floating* grads, floating* S0, floating* S1, const floating* X,
                 const floating* Y, const int64_t* rows, Py_ssize_t m, Py_ssize_t first_row,
                 const int64_t* ident, floating* work, double* costs, Py_ssize_t n_costs,
                 floating* out, double* hyper, floating* c, int64_t* status,
                 int64_t batch) noexcept nogil:
-    """Tile t of phase `op` of layer l (0-based) for the batch X[rows]. Twin: nb_train._tile."""
-    cdef Py_ssize_t rec, n_in, n_out, w, b, n_col, s0, i0, j0, j1, i
-    cdef int act
+    """Tile t of program row `phase` for the batch X[rows]. Twin: nb_train._tile."""
+    cdef Py_ssize_t rec, n_in, n_out, w, b, n_col, s0, i0, j0, j1, i, samples, columns
+    cdef Py_ssize_t l = phase[P_LAYER]
+    cdef int op = phase[P_OP], act
     cdef const floating* A_in
     cdef const int64_t* rows_in
     cdef floating check
@@ -120,15 +135,17 @@ cdef void _tile(int op, Py_ssize_t l, Py_ssize_t t, int kind, const int64_t* des
         A_in = work + desc[rec - L_FIELDS + L_A]
         rows_in = ident
     if op == OP_BACKWARD:
-        n_col = (n_in + TILE_COLUMNS - 1) // TILE_COLUMNS
-        s0 = (t // n_col) * TILE_SAMPLES
-        i0 = (t % n_col) * TILE_COLUMNS
+        samples = phase[P_SAMPLES]
+        columns = phase[P_COLUMNS]
+        n_col = (n_in + columns - 1) // columns
+        s0 = (t // n_col) * samples
+        i0 = (t % n_col) * columns
         K._backward_block(params + w, work + desc[rec + L_D], A_in, desc[rec - L_FIELDS + L_ACT],
                           work + desc[rec - L_FIELDS + L_D], n_in, n_out, s0,
-                          min(s0 + TILE_SAMPLES, m), i0, min(i0 + TILE_COLUMNS, n_in))
+                          min(s0 + samples, m), i0, min(i0 + columns, n_in))
         return
-    j0 = t * TILE_ROWS
-    j1 = min(j0 + TILE_ROWS, n_out)
+    j0 = t * phase[P_ROWS]
+    j1 = min(j0 + phase[P_ROWS], n_out)
     if op == OP_FORWARD:
         act = desc[rec + L_ACT] if l < desc[D_LAYERS] - 1 else IDENTITY
         K._forward_rows(params + w, params + b, A_in, rows_in, m, n_in, n_out, act,
@@ -157,42 +174,59 @@ cdef void _worker(int kind, const int64_t* program, Py_ssize_t n_program, const 
                   Py_ssize_t first, Py_ssize_t last, double* hyper, floating* work, double* costs,
                   Py_ssize_t n_costs, floating* out, int64_t* counters, int64_t* status,
                   floating* c, const int64_t* ident) noexcept nogil:
-    """One worker's pass over batches first..last-1: every phase of `program` for every batch.
+    """One worker's pass over batches first..last-1: every step of `program` for every batch.
 
-    Phase k of the call is shared through counters[2k] (tiles claimed) and counters[2k+1] (tiles
-    done). Twin: nb_train._worker.
+    Tiles are numbered by one running count over the whole call: counters[0] hands out tickets,
+    counters[8] counts finished tiles (another cache line). A ticket beyond the current step is kept
+    for the step it belongs to; a step is over when every ticket before its end is finished.
+    Twin: nb_train._worker.
     """
-    cdef Py_ssize_t i, p, l, rec, start, m, n_tiles, k = 0
-    cdef int64_t t
-    cdef int op
+    cdef Py_ssize_t i, p, q, r, u, start, m, n_tiles, parts, t, base = 0
+    cdef int64_t ticket = -1
+    cdef bint serial
     cdef const int64_t* rows
     for i in range(first, last):
         start = i * batch_size
         rows = order + start
         m = min(start + batch_size, n) - start
-        for p in range(n_program):
-            op = program[2 * p]
-            l = program[2 * p + 1]
-            rec = D_HEADER + L_FIELDS * l
-            if op == OP_OUTPUT:
-                n_tiles = 1
-            elif op == OP_BACKWARD:
-                n_tiles = ((m + TILE_SAMPLES - 1) // TILE_SAMPLES) * (
-                    (desc[rec + L_IN] + TILE_COLUMNS - 1) // TILE_COLUMNS)
-            else:
-                n_tiles = (desc[rec + L_OUT] + TILE_ROWS - 1) // TILE_ROWS
+        p = 0
+        while p < n_program:
+            q = p + 1
+            while q < n_program and program[q * P_FIELDS + P_STEP] == program[p * P_FIELDS + P_STEP]:
+                q += 1
+            serial = program[p * P_FIELDS + P_SERIAL] != 0
+            n_tiles = 1
+            if not serial:
+                n_tiles = 0
+                for r in range(p, q):
+                    n_tiles += _part_tiles(program + r * P_FIELDS, desc, m)
             while True:
-                t = _atomic_add(counters + 2 * k, 1)
+                if ticket < 0:
+                    ticket = _atomic_add(counters, 1)
+                t = ticket - base
                 if t >= n_tiles:
                     break
-                _tile(op, l, t, kind, desc, params, grads, S0, S1, X, Y, rows, m, start, ident,
-                      work, costs, n_costs, out, hyper, c, status, i)
-                _atomic_add(counters + 2 * k + 1, 1)
-            while _atomic_load(counters + 2 * k + 1) < n_tiles:
+                for r in range(p, q):
+                    parts = _part_tiles(program + r * P_FIELDS, desc, m)
+                    if serial:
+                        for u in range(parts):
+                            _tile(program + r * P_FIELDS, u, kind, desc, params, grads, S0, S1, X,
+                                  Y, rows, m, start, ident, work, costs, n_costs, out, hyper, c,
+                                  status, i)
+                    elif t < parts:
+                        _tile(program + r * P_FIELDS, t, kind, desc, params, grads, S0, S1, X, Y,
+                              rows, m, start, ident, work, costs, n_costs, out, hyper, c, status, i)
+                        break
+                    else:
+                        t -= parts
+                _atomic_add(counters + 8, 1)
+                ticket = -1
+            base += n_tiles
+            while _atomic_load(counters + 8) < base:
                 _pause()
             if _atomic_load(status) != DONE:
                 return
-            k += 1
+            p = q
 
 
 # --------------------------------------------------------------------------- drivers
@@ -203,8 +237,8 @@ cdef _launch(int kind, int n_threads, const int64_t[::1] desc, floating[::1] par
              Py_ssize_t first, Py_ssize_t last, double[::1] hyper, floating[::1] work,
              double[::1] costs, floating[:, ::1] out, double scale):
     """Run n_threads workers (OpenMP threads) over batches first..last-1; returns the status pair."""
-    cdef int64_t[:, ::1] program = codes.program(kind, desc[D_LAYERS])
-    cdef int64_t[::1] counters = np.zeros(2 * program.shape[0] * max(last - first, 1), np.int64)
+    cdef int64_t[:, ::1] program = codes.program(kind, np.asarray(desc), batch_size)
+    cdef int64_t[::1] counters = np.zeros(16, np.int64)
     cdef int64_t[::1] status = np.zeros(2, np.int64)
     cdef floating[::1] c = np.zeros(C_SIZE, np.asarray(params).dtype)
     cdef int64_t[::1] ident = np.arange(desc[D_CAPACITY])

@@ -26,7 +26,8 @@ from . import codes
 from .codes import (C_L2, C_SCALE, C_SIZE, COST_NOT_FINITE, D_CAPACITY, D_HEADER, D_LAYERS, D_LOSS,
                     D_OPTIMIZER, D_OUTPUT, DONE, FORWARD, GRADIENTS, IDENTITY, L_A, L_ACT, L_B, L_D,
                     L_FIELDS, L_IN, L_OUT, L_W, OP_BACKWARD, OP_FORWARD, OP_GRADIENT, OP_OUTPUT,
-                    OP_UPDATE, PARAMS_NOT_FINITE, TILE_COLUMNS, TILE_ROWS, TILE_SAMPLES, TRAIN)
+                    P_COLUMNS, P_LAYER, P_OP, P_ROWS, P_SAMPLES, P_SERIAL, P_STEP, PARAMS_NOT_FINITE,
+                    TRAIN)
 from .nb_kernels import (_backward_block, _coefficients, _finite, _forward_rows, _gradient_rows,
                          _update_range, activation_forward, jit, jit_inline, output_error)
 
@@ -113,10 +114,25 @@ def _output(kind, desc, Y, rows, first_row, work, costs, out, hyper, c, status, 
             _coefficients(desc[D_OPTIMIZER], hyper, m, c)
 
 
+@jit
+def _part_tiles(phase, desc, m):
+    """How many tiles program row `phase` has for a batch of m samples. Twin: cy_train._part_tiles;
+    the same arithmetic as codes.part_tiles."""
+    op = phase[P_OP]
+    if op == OP_OUTPUT:
+        return 1
+    rec = D_HEADER + L_FIELDS * phase[P_LAYER]
+    if op == OP_BACKWARD:
+        return -(-m // phase[P_SAMPLES]) * -(-desc[rec + L_IN] // phase[P_COLUMNS])
+    return -(-desc[rec + L_OUT] // phase[P_ROWS])
+
+
 @jit_inline
-def _tile(op, l, t, kind, desc, params, grads, state, X, Y, rows, first_row, ident, work, costs,
+def _tile(phase, t, kind, desc, params, grads, state, X, Y, rows, first_row, ident, work, costs,
           out, hyper, c, status, batch):
-    """Tile t of phase `op` of layer l (0-based) for the batch X[rows]. Twin: cy_train._tile."""
+    """Tile t of program row `phase` for the batch X[rows]. Twin: cy_train._tile."""
+    op = phase[P_OP]
+    l = phase[P_LAYER]
     if op == OP_OUTPUT:
         _output(kind, desc, Y, rows, first_row, work, costs, out, hyper, c, status, batch)
         return
@@ -137,16 +153,18 @@ def _tile(op, l, t, kind, desc, params, grads, state, X, Y, rows, first_row, ide
     d = desc[rec + L_D]
     D = work[d:d + m * n_out].reshape((m, n_out))
     if op == OP_BACKWARD:
-        n_col = -(-n_in // TILE_COLUMNS)
-        s0 = (t // n_col) * TILE_SAMPLES
-        i0 = (t % n_col) * TILE_COLUMNS
+        samples = phase[P_SAMPLES]
+        columns = phase[P_COLUMNS]
+        n_col = -(-n_in // columns)
+        s0 = (t // n_col) * samples
+        i0 = (t % n_col) * columns
         d_in = desc[rec - L_FIELDS + L_D]
         _backward_block(W, D, A_in, desc[rec - L_FIELDS + L_ACT],
                         work[d_in:d_in + m * n_in].reshape((m, n_in)),
-                        s0, min(s0 + TILE_SAMPLES, m), i0, min(i0 + TILE_COLUMNS, n_in))
+                        s0, min(s0 + samples, m), i0, min(i0 + columns, n_in))
         return
-    j0 = t * TILE_ROWS
-    j1 = min(j0 + TILE_ROWS, n_out)
+    j0 = t * phase[P_ROWS]
+    j1 = min(j0 + phase[P_ROWS], n_out)
     if op == OP_FORWARD:
         a = desc[rec + L_A]
         act = desc[rec + L_ACT] if l < desc[D_LAYERS] - 1 else IDENTITY
@@ -175,39 +193,58 @@ def _tile(op, l, t, kind, desc, params, grads, state, X, Y, rows, first_row, ide
 @jit
 def _worker(kind, program, desc, params, grads, state, X, Y, order, batch_size, first, last, hyper,
             work, costs, out, counters, status, c, ident):
-    """One worker's pass over batches first..last-1: every phase of `program` for every batch.
+    """One worker's pass over batches first..last-1: every step of `program` for every batch.
 
-    program (n, 2): the phases (op, layer) of one batch. Phase k of the call is shared through
-    counters[2k] (tiles claimed) and counters[2k+1] (tiles done). Twin: cy_train._worker.
+    Tiles are numbered by one running count over the whole call: counters[0] hands out tickets,
+    counters[8] counts finished tiles (another cache line). A ticket beyond the current step is kept
+    for the step it belongs to; a step is over when every ticket before its end is finished.
+    Twin: cy_train._worker.
     """
     n = order.shape[0]
-    k = 0
+    n_program = program.shape[0]
+    ticket = -1
+    base = 0
     for i in range(first, last):
         start = i * batch_size
         rows = order[start:min(start + batch_size, n)]
         m = rows.shape[0]
-        for p in range(program.shape[0]):
-            op = program[p, 0]
-            l = program[p, 1]
-            rec = D_HEADER + L_FIELDS * l
-            if op == OP_OUTPUT:
-                n_tiles = 1
-            elif op == OP_BACKWARD:
-                n_tiles = (-(-m // TILE_SAMPLES)) * (-(-desc[rec + L_IN] // TILE_COLUMNS))
-            else:
-                n_tiles = -(-desc[rec + L_OUT] // TILE_ROWS)
+        p = 0
+        while p < n_program:
+            q = p + 1
+            while q < n_program and program[q, P_STEP] == program[p, P_STEP]:
+                q += 1
+            serial = program[p, P_SERIAL] != 0
+            n_tiles = 1
+            if not serial:
+                n_tiles = 0
+                for r in range(p, q):
+                    n_tiles += _part_tiles(program[r], desc, m)
             while True:
-                t = _atomic_add(counters, 2 * k, 1)
+                if ticket < 0:
+                    ticket = _atomic_add(counters, 0, 1)
+                t = ticket - base
                 if t >= n_tiles:
                     break
-                _tile(op, l, t, kind, desc, params, grads, state, X, Y, rows, start, ident, work,
-                      costs, out, hyper, c, status, i)
-                _atomic_add(counters, 2 * k + 1, 1)
-            while _atomic_load(counters, 2 * k + 1) < n_tiles:
+                for r in range(p, q):
+                    parts = _part_tiles(program[r], desc, m)
+                    if serial:
+                        for u in range(parts):
+                            _tile(program[r], u, kind, desc, params, grads, state, X, Y, rows, start,
+                                  ident, work, costs, out, hyper, c, status, i)
+                    elif t < parts:
+                        _tile(program[r], t, kind, desc, params, grads, state, X, Y, rows, start,
+                              ident, work, costs, out, hyper, c, status, i)
+                        break
+                    else:
+                        t -= parts
+                _atomic_add(counters, 8, 1)
+                ticket = -1
+            base += n_tiles
+            while _atomic_load(counters, 8) < base:
                 _pause()
             if _atomic_load(status, 0) != DONE:
                 return
-            k += 1
+            p = q
 
 
 # --------------------------------------------------------------------------- drivers
@@ -220,8 +257,8 @@ def _launch(kind, n_threads, desc, params, grads, state, X, Y, order, batch_size
     """Run n_threads workers over batches first..last-1: one on the calling thread, the others on a
     pool of threads (the worker releases the GIL). Returns the status array."""
     global _pool
-    program = codes.program(kind, int(desc[D_LAYERS]))
-    counters = np.zeros(2 * len(program) * max(last - first, 1), np.int64)
+    program = codes.program(kind, desc, batch_size)
+    counters = np.zeros(16, np.int64)
     status = np.zeros(2, np.int64)
     c = np.zeros(C_SIZE, params.dtype)
     c[C_SCALE] = scale
