@@ -11,7 +11,7 @@ from collections import namedtuple
 
 import numpy as np
 
-from . import backends, initializers, validation
+from . import backends, initializers, schedules, validation
 from .kernels import codes
 
 FORWARD_BLOCK = 256   # samples per block when predicting or evaluating
@@ -30,9 +30,14 @@ class TrainingDiverged(FloatingPointError):
 
 
 class History(dict):
-    """What fit measured, one entry per epoch: ``loss`` (the mean cost of the epoch's samples, each
-    computed before its minibatch's update), ``seconds``; with ``monitor_training``, ``train_loss`` and
-    ``train_accuracy`` (after the epoch); with validation data, ``val_loss`` and ``val_accuracy``."""
+    """What fit measured, one list per metric with an entry per epoch: ``loss`` (the mean cost of the
+    epoch's samples, each computed before its minibatch's update), ``lr``, ``seconds``, and the
+    metrics asked for (``train_loss``, ``train_accuracy``, ``val_loss``, ``val_accuracy``).
+    ``best_epoch`` (1-based) is set by early stopping, ``stopped_epoch`` when training stopped early.
+    """
+
+    best_epoch = None
+    stopped_epoch = None
 
     @property
     def epochs(self):
@@ -110,7 +115,7 @@ class Network:
         self.parameters = np.zeros(n_params, self.dtype)
         self._grads = np.zeros(n_params, self.dtype)
         self._state = np.zeros((2, n_params), self.dtype)
-        self._hyper = np.zeros(codes.H_SIZE)
+        self._hyper = codes.hyperparameters(len(self.layer_sizes) - 1)
         self._optimizer = None
         self.weights, self.biases = codes.layer_views(self._desc, self.parameters)
         self._rng = np.random.default_rng(seed)
@@ -206,18 +211,49 @@ class Network:
 
     def fit(self, X, y, epochs=10, batch_size=32, lr=0.1, l2=0.0, momentum=0.0, shuffle=True,
             validation_data=None, verbose=False, optimizer="sgd", nesterov=False, beta1=0.9,
-            beta2=0.999, eps=1e-8, rho=0.99, monitor_training=False, callback=None):
+            beta2=0.999, eps=1e-8, rho=0.99, schedule=None, dropout=0.0, early_stopping=False,
+            monitor=None, patience=10, min_delta=0.0, metrics=None, l2_in_cost=False,
+            callback=None, progress=False):
         """Train by minibatch gradient descent; returns the History (also kept as ``self.history``).
 
-        Each epoch visits X in a fresh random order (``shuffle``) or in order, in minibatches of
-        ``batch_size`` (the last one may be smaller). A minibatch's gradient is the mean of its
-        samples' gradients plus ``l2 * W`` for the weights (never the biases). Optimizers, as in
-        torch.optim: ``sgd`` with ``momentum`` (``v = momentum*v + g``, ``theta -= lr*v``) and
-        ``nesterov``; ``adam`` (``beta1``, ``beta2``, ``eps``); ``rmsprop`` (smoothing ``rho``, ``eps``).
-        Optimizer state carries over to the next ``fit`` with the same optimizer.
-        ``monitor_training`` adds ``train_loss`` and ``train_accuracy`` to the history: the whole
-        training set evaluated after each epoch (a forward pass over it). ``callback(epoch, metrics)``
-        is called after each epoch with that epoch's metrics (a dict); returning True stops training.
+        Parameters
+        ----------
+        X : array (n, layer_sizes[0]); y : labels (n,) or targets (n, layer_sizes[-1])
+        epochs, batch_size : int
+            Each epoch visits X in a fresh random order (``shuffle``) or in order, in minibatches of
+            ``batch_size`` (the last one may be smaller).
+        lr, l2 : float
+            Learning rate; L2 penalty: the gradient of a minibatch is the mean of its samples'
+            gradients plus ``l2 * W`` for the weights (never the biases).
+        optimizer : {"sgd", "adam", "rmsprop"}
+            As in torch.optim: ``sgd`` with ``momentum`` (``v = momentum*v + g``, ``theta -= lr*v``)
+            and ``nesterov``; ``adam`` (``beta1``, ``beta2``, ``eps``); ``rmsprop`` (square-average
+            smoothing ``rho``, ``eps``). L2 enters the gradient (torch's ``weight_decay``), weights
+            only. The optimizer state carries over to the next ``fit`` with the same optimizer.
+        schedule : str or fastbp.schedules.Schedule
+            The learning rate per epoch: ``constant``, ``step``, ``exponential``, ``inverse``,
+            ``cosine``, ``plateau`` (reduce on plateau of the monitored loss), or a Schedule.
+        dropout : float or sequence of float
+            Inverted dropout rate of each hidden layer's outputs (one rate for all, or one per hidden
+            layer); masks are drawn from the network's seed; no dropout when predicting.
+        validation_data : pair (X_val, y_val)
+            Evaluated after each epoch (``val_loss``, ``val_accuracy``).
+        metrics : iterable of str
+            What to measure after each epoch, among ``train_loss``, ``train_accuracy`` (the whole
+            training set, one forward pass), ``val_loss``, ``val_accuracy``. Default: the validation
+            ones when there is validation data. ``loss`` (the mean cost of the epoch's samples, each
+            computed before its minibatch's update) is always recorded.
+        l2_in_cost : bool
+            Report costs with the L2 term ``l2/2 * sum(W**2)`` added (the cost the gradient descends).
+        early_stopping : bool
+            Stop when ``monitor`` (default ``val_loss`` with validation data, else ``loss``) has not
+            improved by more than ``min_delta`` for ``patience`` epochs; the parameters (and optimizer
+            state) of the best epoch are restored at the end. ``history.best_epoch`` tells which.
+        callback : callable
+            ``callback(epoch, metrics)`` after each epoch (epoch from 1, metrics a dict); returning
+            True stops training.
+        verbose, progress : bool
+            Print a line per epoch; show a progress bar (tqdm) over the minibatches.
 
         Raises TrainingDiverged if the cost or a parameter becomes NaN or infinite; the network then
         holds the parameters of the last finite step. On KeyboardInterrupt the network holds the
@@ -228,8 +264,8 @@ class Network:
         epochs = validation.integer("epochs", epochs, 0)
         batch_size = validation.integer("batch_size", batch_size, 1)
         opt = validation.choice("optimizer", optimizer, codes.OPTIMIZERS)
-        hyper = np.zeros(codes.H_SIZE)
-        hyper[codes.H_LR] = validation.real("lr", lr, low=0, low_open=True)
+        base_lr = validation.real("lr", lr, low=0, low_open=True)
+        hyper = codes.hyperparameters(len(self.weights))
         hyper[codes.H_L2] = validation.real("l2", l2, low=0)
         hyper[codes.H_MOMENTUM] = validation.real("momentum", momentum, 0, 1, high_open=True)
         hyper[codes.H_NESTEROV] = bool(nesterov)
@@ -239,11 +275,33 @@ class Network:
         hyper[codes.H_BETA2] = validation.real("beta2", beta2, 0, 1, high_open=True)
         hyper[codes.H_EPS] = validation.real("eps", eps, low=0, low_open=True)
         hyper[codes.H_RHO] = validation.real("rho", rho, 0, 1, high_open=True)
+        hyper[codes.H_DROPOUT:codes.H_DROPOUT + len(self.weights) - 1] = self._dropout(dropout)
+        hyper[codes.H_SEED] = self._rng.integers(0, 2 ** 53)
+        schedule = schedules.get(schedule)
         if validation_data is not None:
-            if len(validation_data) != 2:
+            if not isinstance(validation_data, (tuple, list)) or len(validation_data) != 2:
                 raise ValueError("validation_data must be a pair (X_val, y_val)")
             X_val = self._X(validation_data[0], "validation X")
             Y_val = self._Y(validation_data[1], X_val.shape[0], "validation y")
+        if metrics is None:
+            metrics = ("val_loss", "val_accuracy") if validation_data is not None else ()
+        metrics = set(metrics)
+        known = {"train_loss", "train_accuracy", "val_loss", "val_accuracy"}
+        if not metrics <= known:
+            raise ValueError(f"unknown metrics {sorted(metrics - known)}; choose from "
+                             f"{', '.join(sorted(known))}")
+        if monitor is None:
+            monitor = "val_loss" if validation_data is not None else "loss"
+        if monitor not in known | {"loss"}:
+            raise ValueError(f"unknown monitor {monitor!r}; choose loss or one of {', '.join(sorted(known))}")
+        if monitor.startswith("val_") and validation_data is None:
+            raise ValueError(f"monitoring {monitor} needs validation_data")
+        patience = validation.integer("patience", patience, 0)
+        min_delta = validation.real("min_delta", min_delta, low=0)
+        stopper = _EarlyStopping(monitor, patience, min_delta) if early_stopping else None
+        if monitor != "loss" and (stopper or isinstance(schedule, schedules.ReduceOnPlateau)):
+            metrics.add(monitor)
+        bar = _progress_bar(progress, epochs * -(-X.shape[0] // batch_size))
 
         with self._exclusive():
             if self._optimizer != (optimizer, bool(nesterov)):  # new optimizer: fresh state
@@ -254,27 +312,54 @@ class Network:
             self._hyper = hyper
             history = self.history = History(loss=[])
             desc, work = self._buffers(min(batch_size, X.shape[0]), opt)
-            for epoch in range(1, epochs + 1):
-                started = time.perf_counter()
-                order = self._rng.permutation(X.shape[0]) if shuffle else np.arange(X.shape[0])
-                costs = self._train_epoch(desc, work, X, Y, order, batch_size, epoch, history)
-                metrics = {"loss": costs.mean()}
-                if monitor_training:
-                    outputs, train_costs = self._forward(X, Y)
-                    metrics.update(train_loss=train_costs.mean(), train_accuracy=accuracy(outputs, Y))
-                if validation_data is not None:
-                    outputs, val_costs = self._forward(X_val, Y_val)
-                    metrics.update(val_loss=val_costs.mean(), val_accuracy=accuracy(outputs, Y_val))
-                metrics["seconds"] = time.perf_counter() - started
-                history.add(**metrics)
-                if verbose:
-                    print(f"epoch {epoch}/{epochs}  " + "  ".join(
-                        f"{name} {value:.4f}" for name, value in metrics.items()), flush=True)
-                if callback is not None and callback(epoch, metrics):
-                    break
+            schedule.reset(epochs)
+            try:
+                for epoch in range(1, epochs + 1):
+                    started = time.perf_counter()
+                    hyper[codes.H_LR] = schedule.lr(epoch - 1, base_lr)
+                    order = self._rng.permutation(X.shape[0]) if shuffle else np.arange(X.shape[0])
+                    costs = self._train_epoch(desc, work, X, Y, order, batch_size, epoch, history, bar)
+                    penalty = 0.5 * hyper[codes.H_L2] * self._squared_weights() if l2_in_cost else 0.0
+                    values = {"loss": costs.mean() + penalty, "lr": hyper[codes.H_LR]}
+                    for prefix, data in (("train_", (X, Y)), ("val_", validation_data and (X_val, Y_val))):
+                        if metrics & {prefix + "loss", prefix + "accuracy"}:
+                            outputs, cost = self._forward(*data)
+                            values[prefix + "loss"] = cost.mean() + penalty
+                            values[prefix + "accuracy"] = accuracy(outputs, data[1])
+                    values = {name: value for name, value in values.items()
+                              if name in ("loss", "lr") or name in metrics}
+                    values["seconds"] = time.perf_counter() - started
+                    history.add(**values)
+                    schedule.observe(values[monitor] if monitor in values else values["loss"])
+                    if verbose:
+                        print(f"epoch {epoch}/{epochs}  " + "  ".join(
+                            f"{name} {value:.4g}" for name, value in values.items()), flush=True)
+                    stop = stopper is not None and stopper.update(epoch, values[monitor], self)
+                    if callback is not None and callback(epoch, dict(values)):
+                        stop = True
+                    if stop:
+                        history.stopped_epoch = epoch
+                        break
+            finally:
+                if bar is not None:
+                    bar.close()
+                if stopper is not None and stopper.best is not None:
+                    stopper.restore(self)
+                    history.best_epoch = stopper.best_epoch
         return history
 
-    def _train_epoch(self, desc, work, X, Y, order, batch_size, epoch, history):
+    def _dropout(self, dropout):
+        """Per-hidden-layer dropout rates from one rate or a sequence of them."""
+        n_hidden = len(self.weights) - 1
+        rates = [dropout] * n_hidden if np.ndim(dropout) == 0 else list(dropout)
+        if len(rates) != n_hidden:
+            raise ValueError(f"dropout needs one rate per hidden layer ({n_hidden}), got {len(rates)}")
+        return [validation.real("dropout", rate, 0, 1, high_open=True) for rate in rates]
+
+    def _squared_weights(self):
+        return float(sum(np.dot(w.ravel(), w.ravel()) for w in self.weights))
+
+    def _train_epoch(self, desc, work, X, Y, order, batch_size, epoch, history, bar=None):
         """One epoch, in chunks of minibatches timed to CHUNK_SECONDS. Returns each sample's cost."""
         n_batches = -(-X.shape[0] // batch_size)
         costs = np.zeros(X.shape[0])
@@ -305,6 +390,8 @@ class Network:
                     f"minibatch {batch + 1} of {n_batches}; the network keeps the parameters of the "
                     f"last finite step (try a smaller learning rate)", epoch, batch, history)
             elapsed = time.perf_counter() - started
+            if bar is not None:
+                bar.update(last - first)
             if self.backend != "numpy":
                 chunk = int(np.clip(chunk * CHUNK_SECONDS / max(elapsed, 1e-6), 1, 1 << 20))
             first = last
@@ -316,6 +403,39 @@ class Network:
         """Write the network (configuration, parameters, optimizer state) to an .npz file."""
         from . import modelfile
         modelfile.save(self, path)
+
+
+class _EarlyStopping:
+    """Tracks the monitored metric; keeps the best epoch's parameters, optimizer state and counters."""
+
+    def __init__(self, monitor, patience, min_delta):
+        self.sign = -1.0 if monitor.endswith("accuracy") else 1.0  # minimize sign * value
+        self.patience, self.min_delta = patience, min_delta
+        self.best = self.best_epoch = None
+        self.waited = 0
+
+    def update(self, epoch, value, net):
+        """Record this epoch; True when training should stop."""
+        if self.best is None or self.sign * value < self.sign * self.best[0] - self.min_delta:
+            self.best = (value, net.parameters.copy(), net._state.copy(), net._hyper.copy())
+            self.best_epoch, self.waited = epoch, 0
+            return False
+        self.waited += 1
+        return self.waited >= self.patience
+
+    def restore(self, net):
+        _, parameters, state, hyper = self.best
+        net.parameters[:], net._state[:], net._hyper[:] = parameters, state, hyper
+
+
+def _progress_bar(progress, total):
+    if not progress:
+        return None
+    try:
+        from tqdm.auto import tqdm
+    except ImportError:
+        raise ImportError("progress bars need tqdm: pip install tqdm") from None
+    return tqdm(total=total, unit="batch", leave=False, dynamic_ncols=True)
 
 
 class _Release:

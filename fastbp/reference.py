@@ -11,10 +11,11 @@ them unchanged. Arguments only the compiled backends need (``work``, ``n_threads
 """
 import numpy as np
 
-from .kernels.codes import (ADAM, COST_NOT_FINITE, CROSS_ENTROPY, D_LOSS, DONE, PARAMS_NOT_FINITE, D_NWEIGHTS, D_OPTIMIZER,
-                            D_OUTPUT, H_BETA1, H_BETA2, H_EPS, H_L2, H_LR, H_MOMENTUM, H_NESTEROV,
-                            H_RHO, H_STEP, IDENTITY, LEAKY_RELU, LEAKY_SLOPE, RELU, RMSPROP, SGD,
-                            SIGMOID, SOFTMAX, TANH, layer, layer_views)
+from .kernels.codes import (ADAM, COST_NOT_FINITE, CROSS_ENTROPY, D_LOSS, D_NWEIGHTS, D_OPTIMIZER,
+                            D_OUTPUT, DONE, H_BETA1, H_BETA2, H_DROPOUT, H_EPS, H_KEY, H_L2, H_LR,
+                            H_MOMENTUM, H_NESTEROV, H_RHO, H_SEED, H_STEP, IDENTITY, LEAKY_RELU,
+                            LEAKY_SLOPE, PARAMS_NOT_FINITE, RELU, RMSPROP, SGD, SIGMOID, SOFTMAX,
+                            TANH, dropout_keep, layer, layer_views)
 
 
 def sigmoid(z):
@@ -48,14 +49,28 @@ def softplus(x):
     return np.log1p(np.exp(-np.abs(x))) + np.maximum(x, 0)
 
 
-def feedforward(desc, params, X):
-    """Activations of every layer (X first) and the output layer's pre-activations Z_L."""
+def dropout_factor(hyper, l, A):
+    """Inverted dropout of layer l's outputs A (m, n): the factor each unit is multiplied by, 0 or
+    1/(1-rate), from the masks of codes.dropout_keep; None without dropout."""
+    rate = 0.0 if hyper is None else hyper[H_DROPOUT + l]
+    if rate == 0:
+        return None
+    m, n = A.shape
+    keep = dropout_keep(hyper[H_SEED], hyper[H_STEP], l, np.arange(m)[:, None], np.arange(n), rate)
+    return np.where(keep, 1 / (1 - rate), 0).astype(A.dtype)
+
+
+def feedforward(desc, params, X, hyper=None):
+    """Activations of every layer (X first; with dropout, as the next layer sees them) and the output
+    layer's pre-activations Z_L. Dropout (training only) comes from hyper's rates."""
     Ws, bs = layer_views(desc, params)
     activations = [X]
     for l, (W, b) in enumerate(zip(Ws, bs)):
         Z = activations[-1] @ W.T + b
         if l < len(Ws) - 1:
-            activations.append(ACTIVATE[layer(desc, l)[6]](Z))
+            A = ACTIVATE[layer(desc, l)[6]](Z)
+            factor = dropout_factor(hyper, l, A)
+            activations.append(A if factor is None else A * factor)
     return activations, Z
 
 
@@ -80,10 +95,10 @@ def output_error(act, loss, Z, Y):
     return A, delta, cost.astype(np.float64)
 
 
-def backprop(desc, params, X, Y):
+def backprop(desc, params, X, Y, hyper=None):
     """Gradients of the mean cost over the rows of X (flat, like params) and each sample's cost."""
     Ws, bs = layer_views(desc, params)
-    activations, Z = feedforward(desc, params, X)
+    activations, Z = feedforward(desc, params, X, hyper)
     _, delta, cost = output_error(int(desc[D_OUTPUT]), int(desc[D_LOSS]), Z, Y)
     grads = np.empty_like(params)
     dWs, dbs = layer_views(desc, grads)
@@ -92,7 +107,13 @@ def backprop(desc, params, X, Y):
         dWs[l][:] = delta.T @ activations[l] / m
         dbs[l][:] = delta.mean(axis=0)
         if l > 0:
-            delta = (delta @ Ws[l]) * DERIVATIVE[layer(desc, l - 1)[6]](activations[l])
+            derivative = DERIVATIVE[layer(desc, l - 1)[6]]
+            factor = dropout_factor(hyper, l - 1, activations[l])
+            if factor is None:
+                delta = (delta @ Ws[l]) * derivative(activations[l])
+            else:  # f'(z) of the kept units, whose activations were scaled by 1/(1-rate)
+                rate = hyper[H_DROPOUT + l - 1]
+                delta = (delta @ Ws[l]) * derivative(activations[l] * (1 - rate)) * factor
     return grads, cost
 
 
@@ -131,10 +152,11 @@ def train_epoch(desc, params, grads, state, X, Y, order, batch_size, first, last
     for i in range(first, last):
         rows = order[i * batch_size:min((i + 1) * batch_size, n)]
         with np.errstate(over="ignore", invalid="ignore"):  # divergence is reported, not warned
-            grads[:], cost = backprop(desc, params, X[rows], Y[rows])
+            grads[:], cost = backprop(desc, params, X[rows], Y[rows], hyper)
         costs[i * batch_size:i * batch_size + len(rows)] = cost
         if not np.isfinite(cost.sum()):
             return i - first, COST_NOT_FINITE, i
+        hyper[H_KEY] = hyper[H_STEP]
         with np.errstate(over="ignore", invalid="ignore"):
             step(int(desc[D_OPTIMIZER]), params, grads, state, hyper, int(desc[D_NWEIGHTS]))
         if not np.isfinite(params.sum()):

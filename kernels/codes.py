@@ -35,9 +35,13 @@ OPTIMIZERS = {"sgd": SGD, "adam": ADAM, "rmsprop": RMSPROP}
 # Why train_epoch stopped before its last batch.
 DONE, COST_NOT_FINITE, PARAMS_NOT_FINITE = range(3)
 
-# Hyperparameters: a float64 array of H_SIZE entries, indexed by these names.
-(H_LR, H_L2, H_MOMENTUM, H_NESTEROV, H_BETA1, H_BETA2, H_EPS, H_RHO, H_STEP) = range(9)
-H_SIZE = 9
+# Hyperparameters: a float64 array of H_SIZE + n_layers entries, indexed by these names. H_STEP
+# counts the updates made (Adam's t); H_KEY is its value when the current minibatch started (the
+# dropout masks' key); H_SEED seeds the dropout masks; H_DROPOUT + l is the dropout rate of layer
+# l's outputs (0 for the output layer, and everywhere when predicting).
+(H_LR, H_L2, H_MOMENTUM, H_NESTEROV, H_BETA1, H_BETA2, H_EPS, H_RHO, H_STEP, H_KEY, H_SEED,
+ H_DROPOUT) = range(12)
+H_SIZE = H_DROPOUT
 
 # The descriptor: a header, then one record per layer.
 (D_LAYERS, D_HIDDEN, D_OUTPUT, D_LOSS, D_OPTIMIZER, D_CAPACITY, D_NPARAMS, D_NWEIGHTS) = range(8)
@@ -161,6 +165,34 @@ def outcome(status, first, last):
     if code == DONE:
         return last - first, DONE, last
     return batch - first + (code == PARAMS_NOT_FINITE), code, batch
+
+
+def hyperparameters(n_layers):
+    """A zeroed hyperparameter array for a network of n_layers weight layers (no dropout)."""
+    return np.zeros(H_SIZE + n_layers)
+
+
+def dropout_keep(seed, key, layer, sample, unit, rate):
+    """Whether inverted dropout keeps unit `unit` of layer `layer` for the sample at position `sample`
+    of the minibatch whose key is `key`: a counter-based hash (splitmix64), so a mask depends on
+    nothing else (not on threads, tiles or backend). Vectorized over numpy arrays; the compiled
+    backends compute the same bits (nb_kernels._keep, cy_kernels._keep)."""
+    with np.errstate(over="ignore"):
+        x = _mix(np.uint64(seed) + GOLDEN * (np.uint64(key) + np.uint64(1)))
+        x = _mix(x + GOLDEN * (np.uint64(layer) * np.uint64(1 << 32) + np.asarray(unit, np.uint64)
+                               + np.uint64(1)))
+        x = _mix(x + GOLDEN * (np.asarray(sample, np.uint64) + np.uint64(1)))
+    return (x >> np.uint64(11)).astype(np.float64) * 2.0 ** -53 >= rate
+
+
+GOLDEN = np.uint64(0x9E3779B97F4A7C15)
+
+
+def _mix(x):
+    """splitmix64's finalizer."""
+    x = (x ^ (x >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
+    x = (x ^ (x >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
+    return x ^ (x >> np.uint64(31))
 
 
 def layer_views(desc, flat):

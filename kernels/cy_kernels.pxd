@@ -2,7 +2,7 @@
 # inlined wherever they are used. Twin of the first part of nb_kernels.py.
 from cython cimport floating
 from libc.math cimport exp, fabs, log1p, tanh
-from libc.stdint cimport int64_t
+from libc.stdint cimport int64_t, uint64_t
 
 include "cy_codes.pxi"
 
@@ -44,6 +44,26 @@ cdef inline double _softplus(double x) noexcept nogil:
     return log1p(exp(-fabs(x))) + (x if x > 0.0 else 0.0)
 
 
+cdef inline uint64_t _mix(uint64_t x) noexcept nogil:
+    """splitmix64's finalizer. Twin: nb_kernels._mix."""
+    x = (x ^ (x >> 30)) * <uint64_t>0xBF58476D1CE4E5B9
+    x = (x ^ (x >> 27)) * <uint64_t>0x94D049BB133111EB
+    return x ^ (x >> 31)
+
+
+cdef inline bint _keep(double seed, double key, Py_ssize_t layer, Py_ssize_t sample, Py_ssize_t unit,
+                       double rate) noexcept nogil:
+    """Whether dropout keeps this unit: the hash of codes.dropout_keep. Twin: nb_kernels._keep."""
+    cdef uint64_t golden = <uint64_t>0x9E3779B97F4A7C15
+    cdef uint64_t x = _mix(<uint64_t>seed + golden * (<uint64_t>key + 1))
+    x = _mix(x + golden * (<uint64_t>layer * <uint64_t>4294967296 + <uint64_t>unit + 1))
+    x = _mix(x + golden * (<uint64_t>sample + 1))
+    return <double>(x >> 11) * 1.1102230246251565e-16 >= rate
+
+
+cdef void _dropout_rows(floating* Z, Py_ssize_t m, Py_ssize_t n, double rate, double seed, double key,
+                        Py_ssize_t layer, Py_ssize_t j0, Py_ssize_t j1) noexcept nogil
+
 cdef double _softmax_row(floating* z, Py_ssize_t k) noexcept nogil
 
 cdef void _forward_rows(const floating* W, const floating* b, const floating* A, const int64_t* rows,
@@ -52,7 +72,8 @@ cdef void _forward_rows(const floating* W, const floating* b, const floating* A,
 
 cdef void _backward_block(const floating* W, const floating* D, const floating* A, int act,
                           floating* E, Py_ssize_t n_in, Py_ssize_t n_out, Py_ssize_t s0,
-                          Py_ssize_t s1, Py_ssize_t i0, Py_ssize_t i1) noexcept nogil
+                          Py_ssize_t s1, Py_ssize_t i0, Py_ssize_t i1, double rate, double seed,
+                          double key, Py_ssize_t layer) noexcept nogil
 
 cdef void _gradient_rows(const floating* D, const floating* A, const int64_t* rows, Py_ssize_t m,
                          Py_ssize_t n_in, Py_ssize_t n_out, floating scale, floating* G,

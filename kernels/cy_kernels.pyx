@@ -19,6 +19,20 @@ from libc.stdint cimport int64_t
 
 # --------------------------------------------------------------------------- row kernels
 
+cdef void _dropout_rows(floating* Z, Py_ssize_t m, Py_ssize_t n, double rate, double seed, double key,
+                        Py_ssize_t layer, Py_ssize_t j0, Py_ssize_t j1) noexcept nogil:
+    """IN/OUT Z[:, j0:j1] of an (m, n) block: inverted dropout, each unit kept (times 1/(1-rate)) or
+    zeroed. Twin: nb_kernels._dropout_rows."""
+    cdef Py_ssize_t s, j
+    cdef double scale = 1.0 / (1.0 - rate)
+    for s in range(m):
+        for j in range(j0, j1):
+            if _keep(seed, key, layer, s, j, rate):
+                Z[s * n + j] = <floating>(Z[s * n + j] * scale)
+            else:
+                Z[s * n + j] = 0
+
+
 cdef double _softmax_row(floating* z, Py_ssize_t k) noexcept nogil:
     """IN/OUT z: one row of pre-activations becomes softmax(z); returns log-sum-exp(z)."""
     cdef Py_ssize_t j
@@ -117,11 +131,14 @@ cdef void _forward_rows(const floating* W, const floating* b, const floating* A,
 
 cdef void _backward_block(const floating* W, const floating* D, const floating* A, int act,
                           floating* E, Py_ssize_t n_in, Py_ssize_t n_out, Py_ssize_t s0,
-                          Py_ssize_t s1, Py_ssize_t i0, Py_ssize_t i1) noexcept nogil:
+                          Py_ssize_t s1, Py_ssize_t i0, Py_ssize_t i1, double rate, double seed,
+                          double key, Py_ssize_t layer) noexcept nogil:
     """OUT E[s, i] = (sum_j D[s, j] W[j, i]) * f'(A[s, i]) for s in [s0, s1), i in [i0, i1).
 
-    A holds the lower layer's activations (the derivative is written on them). Register tile: 2
-    samples by 4 rows of W, accumulated along the contiguous columns. Twin: nb_kernels._backward_block.
+    A holds the lower layer's activations (the derivative is written on them); with dropout (rate >
+    0, that layer's masks keyed by seed, key, layer) the dropped units get 0 and the kept ones the
+    factor 1/(1-rate). Register tile: 2 samples by 4 rows of W, accumulated along the contiguous
+    columns. Twin: nb_kernels._backward_block.
     """
     cdef Py_ssize_t n = i1 - i0, i, j, r, s = s0
     cdef bint pair
@@ -181,8 +198,15 @@ cdef void _backward_block(const floating* W, const floating* D, const floating* 
         for r in range(s, (s + 2) if pair else (s + 1)):
             a = A + r * n_in + i0
             g = E + r * n_in + i0
-            for i in range(n):
-                g[i] = <floating>(g[i] * _derivative(act, a[i]))
+            if rate == 0:
+                for i in range(n):
+                    g[i] = <floating>(g[i] * _derivative(act, a[i]))
+            else:  # A holds dropped-out activations a * mask / (1 - rate)
+                for i in range(n):
+                    if _keep(seed, key, layer, r, i0 + i, rate):
+                        g[i] = <floating>(g[i] * _derivative(act, a[i] * (1.0 - rate)) / (1.0 - rate))
+                    else:
+                        g[i] = 0
         s += 2
 
 
@@ -449,7 +473,7 @@ def backward_error(const floating[:, ::1] W, const floating[:, ::1] D, const flo
     """Error terms of the layer below: OUT E = (D W) * f'(A). Twin: nb_kernels.backward_error."""
     with nogil:
         _backward_block(&W[0, 0], &D[0, 0], &A[0, 0], act, &E[0, 0], W.shape[1], W.shape[0], 0,
-                        D.shape[0], 0, W.shape[1])
+                        D.shape[0], 0, W.shape[1], 0.0, 0.0, 0.0, 0)
 
 
 def weight_gradient(const floating[:, ::1] D, const floating[:, ::1] A, const int64_t[::1] rows,

@@ -15,7 +15,8 @@ from libc.stdint cimport int64_t
 from fastbp.kernels cimport cy_kernels as K
 from fastbp.kernels.cy_kernels cimport (C_L2, C_SCALE, C_SIZE, COST_NOT_FINITE, D_CAPACITY,
                                         D_HEADER, D_LAYERS, D_LOSS, D_OPTIMIZER, D_OUTPUT, DONE,
-                                        FORWARD, GRADIENTS, IDENTITY, L_A, L_ACT, L_B, L_D,
+                                        FORWARD, GRADIENTS, H_DROPOUT, H_KEY, H_SEED, H_STEP,
+                                        IDENTITY, L_A, L_ACT, L_B, L_D,
                                         L_FIELDS, L_IN, L_OUT, L_W, OP_BACKWARD, OP_FORWARD,
                                         OP_GRADIENT, OP_OUTPUT, OP_UPDATE, P_COLUMNS, P_FIELDS,
                                         P_LAYER, P_OP, P_ROWS, P_SAMPLES, P_SERIAL, P_STEP,
@@ -91,6 +92,7 @@ cdef void _output(int kind, const int64_t* desc, const floating* Y, const int64_
             _atomic_set(status + 1, batch)
             _atomic_set(status, COST_NOT_FINITE)
         else:
+            hyper[H_KEY] = hyper[H_STEP]  # the dropout masks' key, for the error terms
             K._coefficients(desc[D_OPTIMIZER], hyper, m, c)
 
 
@@ -142,7 +144,8 @@ cdef void _tile(const int64_t* phase, Py_ssize_t t, int kind, const int64_t* des
         i0 = (t % n_col) * columns
         K._backward_block(params + w, work + desc[rec + L_D], A_in, desc[rec - L_FIELDS + L_ACT],
                           work + desc[rec - L_FIELDS + L_D], n_in, n_out, s0,
-                          min(s0 + samples, m), i0, min(i0 + columns, n_in))
+                          min(s0 + samples, m), i0, min(i0 + columns, n_in),
+                          hyper[H_DROPOUT + l - 1], hyper[H_SEED], hyper[H_KEY], l - 1)
         return
     j0 = t * phase[P_ROWS]
     j1 = min(j0 + phase[P_ROWS], n_out)
@@ -150,6 +153,9 @@ cdef void _tile(const int64_t* phase, Py_ssize_t t, int kind, const int64_t* des
         act = desc[rec + L_ACT] if l < desc[D_LAYERS] - 1 else IDENTITY
         K._forward_rows(params + w, params + b, A_in, rows_in, m, n_in, n_out, act,
                         work + desc[rec + L_A], j0, j1)
+        if hyper[H_DROPOUT + l] > 0:
+            K._dropout_rows(work + desc[rec + L_A], m, n_out, hyper[H_DROPOUT + l], hyper[H_SEED],
+                            hyper[H_STEP], l, j0, j1)
         return
     K._gradient_rows(work + desc[rec + L_D], A_in, rows_in, m, n_in, n_out, c[C_SCALE], grads + w,
                      grads + b, j0, j1)
@@ -278,7 +284,7 @@ def gradients(const int64_t[::1] desc, floating[::1] params, floating[::1] grads
     cdef floating[:, ::1] total = np.zeros((2, params.shape[0]), dtype)
     cdef floating[:, ::1] no_out = np.zeros((0, 1), dtype)
     cdef int64_t[::1] order = np.arange(n)
-    cdef double[::1] no_hyper = np.zeros(codes.H_SIZE)
+    cdef double[::1] no_hyper = codes.hyperparameters(desc[D_LAYERS])
     _launch(GRADIENTS, n_threads, desc, params, grads, total, X, Y, order, capacity, 0,
             (n + capacity - 1) // capacity, no_hyper, work, costs, no_out, 1.0 / n)
     grads[:] = total[0]
@@ -291,6 +297,6 @@ def forward(const int64_t[::1] desc, floating[::1] params, const floating[:, ::1
     cdef Py_ssize_t n = X.shape[0], capacity = desc[D_CAPACITY]
     cdef floating[:, ::1] no_state = np.zeros((2, 1), np.asarray(params).dtype)
     cdef int64_t[::1] order = np.arange(n)
-    cdef double[::1] no_hyper = np.zeros(codes.H_SIZE)
+    cdef double[::1] no_hyper = codes.hyperparameters(desc[D_LAYERS])
     _launch(FORWARD, n_threads, desc, params, params, no_state, X, Y, order, capacity, 0,
             (n + capacity - 1) // capacity, no_hyper, work, costs, out, 0.0)

@@ -73,6 +73,39 @@ def _softplus(x):
     return math.log1p(math.exp(-abs(x))) + max(x, 0.0)
 
 
+_GOLDEN = np.uint64(0x9E3779B97F4A7C15)
+
+
+@jit
+def _mix(x):
+    """splitmix64's finalizer, on uint64. Twin: cy_kernels._mix."""
+    x = (x ^ (x >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
+    x = (x ^ (x >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
+    return x ^ (x >> np.uint64(31))
+
+
+@jit
+def _keep(seed, key, layer, sample, unit, rate):
+    """Whether dropout keeps this unit: the hash of codes.dropout_keep. Twin: cy_kernels._keep."""
+    x = _mix(np.uint64(seed) + _GOLDEN * (np.uint64(key) + np.uint64(1)))
+    x = _mix(x + _GOLDEN * (np.uint64(layer) * np.uint64(4294967296) + np.uint64(unit) + np.uint64(1)))
+    x = _mix(x + _GOLDEN * (np.uint64(sample) + np.uint64(1)))
+    return np.float64(x >> np.uint64(11)) * 1.1102230246251565e-16 >= rate
+
+
+@jit
+def _dropout_rows(Z, rate, seed, key, layer, j0, j1):
+    """IN/OUT Z[:, j0:j1]: inverted dropout, each unit kept (times 1/(1-rate)) or zeroed.
+    Twin: cy_kernels._dropout_rows."""
+    scale = 1.0 / (1.0 - rate)
+    for s in range(Z.shape[0]):
+        for j in range(j0, j1):
+            if _keep(seed, key, layer, s, j, rate):
+                Z[s, j] *= scale
+            else:
+                Z[s, j] = 0
+
+
 @jit
 def _softmax_row(z):
     """IN/OUT z: one row of pre-activations becomes softmax(z); returns log-sum-exp(z)."""
@@ -167,11 +200,13 @@ def _forward_rows(W, b, A, rows, act, Z, j0, j1):
 
 
 @jit
-def _backward_block(W, D, A, act, E, s0, s1, i0, i1):
+def _backward_block(W, D, A, act, E, s0, s1, i0, i1, rate, seed, key, layer):
     """OUT E[s, i] = (sum_j D[s, j] W[j, i]) * f'(A[s, i]) for s in [s0, s1), i in [i0, i1).
 
-    A holds the lower layer's activations (the derivative is written on them). Register tile: 2
-    samples by 4 rows of W, accumulated along the contiguous columns. Twin: cy_kernels._backward_block.
+    A holds the lower layer's activations (the derivative is written on them); with dropout (rate >
+    0, that layer's masks keyed by seed, key, layer) the dropped units get 0 and the kept ones the
+    factor 1/(1-rate). Register tile: 2 samples by 4 rows of W, accumulated along the contiguous
+    columns. Twin: cy_kernels._backward_block.
     """
     n_out = W.shape[0]
     n = i1 - i0
@@ -223,8 +258,15 @@ def _backward_block(W, D, A, act, E, s0, s1, i0, i1):
         for r in range(s, s + 2 if pair else s + 1):
             a = A[r, i0:i1]
             g = E[r, i0:i1]
-            for i in range(n):
-                g[i] *= _derivative(act, a[i])
+            if rate == 0:
+                for i in range(n):
+                    g[i] *= _derivative(act, a[i])
+            else:  # A holds dropped-out activations a * mask / (1 - rate)
+                for i in range(n):
+                    if _keep(seed, key, layer, r, i0 + i, rate):
+                        g[i] *= _derivative(act, a[i] * (1.0 - rate)) / (1.0 - rate)
+                    else:
+                        g[i] = 0
         s += 2
 
 
@@ -485,7 +527,7 @@ def backward_error(W, D, A, act, E):
     A (m, n_in) the lower layer's activations, act its activation code (not softmax).
     Twin: cy_kernels.backward_error.
     """
-    _backward_block(W, D, A, act, E, 0, D.shape[0], 0, W.shape[1])
+    _backward_block(W, D, A, act, E, 0, D.shape[0], 0, W.shape[1], 0.0, 0, 0, 0)
 
 
 @jit

@@ -24,11 +24,12 @@ from numba.extending import intrinsic
 
 from . import codes
 from .codes import (C_L2, C_SCALE, C_SIZE, COST_NOT_FINITE, D_CAPACITY, D_HEADER, D_LAYERS, D_LOSS,
-                    D_OPTIMIZER, D_OUTPUT, DONE, FORWARD, GRADIENTS, IDENTITY, L_A, L_ACT, L_B, L_D,
-                    L_FIELDS, L_IN, L_OUT, L_W, OP_BACKWARD, OP_FORWARD, OP_GRADIENT, OP_OUTPUT,
-                    P_COLUMNS, P_LAYER, P_OP, P_ROWS, P_SAMPLES, P_SERIAL, P_STEP, PARAMS_NOT_FINITE,
-                    TRAIN)
-from .nb_kernels import (_backward_block, _coefficients, _finite, _forward_rows, _gradient_rows,
+                    D_OPTIMIZER, D_OUTPUT, DONE, FORWARD, GRADIENTS, H_DROPOUT, H_KEY, H_SEED, H_STEP,
+                    IDENTITY, L_A, L_ACT, L_B, L_D, L_FIELDS, L_IN, L_OUT, L_W, OP_BACKWARD,
+                    OP_FORWARD, OP_GRADIENT, OP_OUTPUT, P_COLUMNS, P_LAYER, P_OP, P_ROWS, P_SAMPLES,
+                    P_SERIAL, P_STEP, PARAMS_NOT_FINITE, TRAIN)
+from .nb_kernels import (_backward_block, _coefficients, _dropout_rows, _finite, _forward_rows,
+                         _gradient_rows,
                          _update_range, activation_forward, jit, jit_inline, output_error)
 
 
@@ -111,6 +112,7 @@ def _output(kind, desc, Y, rows, first_row, work, costs, out, hyper, c, status, 
             _atomic_set(status, 1, batch)
             _atomic_set(status, 0, COST_NOT_FINITE)
         else:
+            hyper[H_KEY] = hyper[H_STEP]  # the dropout masks' key, for the error terms
             _coefficients(desc[D_OPTIMIZER], hyper, m, c)
 
 
@@ -161,15 +163,18 @@ def _tile(phase, t, kind, desc, params, grads, state, X, Y, rows, first_row, ide
         d_in = desc[rec - L_FIELDS + L_D]
         _backward_block(W, D, A_in, desc[rec - L_FIELDS + L_ACT],
                         work[d_in:d_in + m * n_in].reshape((m, n_in)),
-                        s0, min(s0 + samples, m), i0, min(i0 + columns, n_in))
+                        s0, min(s0 + samples, m), i0, min(i0 + columns, n_in),
+                        hyper[H_DROPOUT + l - 1], hyper[H_SEED], hyper[H_KEY], l - 1)
         return
     j0 = t * phase[P_ROWS]
     j1 = min(j0 + phase[P_ROWS], n_out)
     if op == OP_FORWARD:
         a = desc[rec + L_A]
         act = desc[rec + L_ACT] if l < desc[D_LAYERS] - 1 else IDENTITY
-        _forward_rows(W, params[b:b + n_out], A_in, rows_in, act,
-                      work[a:a + m * n_out].reshape((m, n_out)), j0, j1)
+        Z = work[a:a + m * n_out].reshape((m, n_out))
+        _forward_rows(W, params[b:b + n_out], A_in, rows_in, act, Z, j0, j1)
+        if hyper[H_DROPOUT + l] > 0:
+            _dropout_rows(Z, hyper[H_DROPOUT + l], hyper[H_SEED], hyper[H_STEP], l, j0, j1)
         return
     _gradient_rows(D, A_in, rows_in, c[C_SCALE], grads[w:w + n_out * n_in].reshape((n_out, n_in)),
                    grads[b:b + n_out], j0, j1)
@@ -309,7 +314,7 @@ def gradients(desc, params, grads, X, Y, work, costs, n_threads):
     capacity = int(desc[D_CAPACITY])
     total = np.zeros((2, params.shape[0]), params.dtype)
     _launch(GRADIENTS, n_threads, desc, params, grads, total, X, Y, np.arange(n), capacity, 0,
-            -(-n // capacity), np.zeros(codes.H_SIZE), work, costs, params[:0].reshape(0, 1), 1.0 / n)
+            -(-n // capacity), codes.hyperparameters(int(desc[D_LAYERS])), work, costs, params[:0].reshape(0, 1), 1.0 / n)
     grads[:] = total[0]
 
 
@@ -321,4 +326,4 @@ def forward(desc, params, X, Y, out, costs, work, n_threads):
     capacity = int(desc[D_CAPACITY])
     no_state = np.zeros((2, 1), params.dtype)
     _launch(FORWARD, n_threads, desc, params, params, no_state, X, Y, np.arange(n), capacity, 0,
-            -(-n // capacity), np.zeros(codes.H_SIZE), work, costs, out, 0.0)
+            -(-n // capacity), codes.hyperparameters(int(desc[D_LAYERS])), work, costs, out, 0.0)

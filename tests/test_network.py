@@ -58,10 +58,10 @@ def test_history(backend):
     X, y = problem([5, 4, 3], 30, seed=1)
     net = fastbp.Network([5, 4, 3], backend=backend, seed=0)
     history = net.fit(X, y, epochs=3, batch_size=4, lr=1.0, validation_data=(X[:10], y[:10]),
-                      monitor_training=True)
+                      metrics=("train_loss", "train_accuracy", "val_loss", "val_accuracy"))
     assert history.epochs == 3 and net.history is history
-    assert set(history) == {"loss", "val_loss", "val_accuracy", "train_loss", "train_accuracy",
-                            "seconds"}
+    assert set(history) == {"loss", "lr", "val_loss", "val_accuracy", "train_loss",
+                            "train_accuracy", "seconds"}
     assert history["val_loss"][-1] == pytest.approx(net.evaluate(X[:10], y[:10]).loss)
     assert history["train_accuracy"][-1] == net.evaluate(X, y).accuracy
 
