@@ -5,6 +5,7 @@ The arithmetic happens in a backend (``backends.py``); this class validates inpu
 chunk of minibatches, sized to take a fraction of a second, so that progress is shown, Ctrl-C is
 answered and divergence is caught without Python between minibatches.
 """
+import signal
 import threading
 import time
 from collections import namedtuple
@@ -33,11 +34,13 @@ class History(dict):
     """What fit measured, one list per metric with an entry per epoch: ``loss`` (the mean cost of the
     epoch's samples, each computed before its minibatch's update), ``lr``, ``seconds``, and the
     metrics asked for (``train_loss``, ``train_accuracy``, ``val_loss``, ``val_accuracy``).
-    ``best_epoch`` (1-based) is set by early stopping, ``stopped_epoch`` when training stopped early.
+    ``best_epoch`` (1-based) is set by early stopping, ``stopped_epoch`` when training stopped early,
+    ``interrupted`` when Ctrl-C did.
     """
 
     best_epoch = None
     stopped_epoch = None
+    interrupted = None  # (epoch, minibatches of it completed) when Ctrl-C stopped training
 
     @property
     def epochs(self):
@@ -364,20 +367,16 @@ class Network:
         n_batches = -(-X.shape[0] // batch_size)
         costs = np.zeros(X.shape[0])
         threads = self._threads()
-        chunk = 1 if self.backend == "numpy" else max(1, 4096 // batch_size)
+        chunk = max(1, 4096 // batch_size)
         first = 0
         while first < n_batches:
             last = min(first + chunk, n_batches)
             saved = self.parameters.copy(), self._state.copy(), self._hyper.copy()
             started = time.perf_counter()
-            try:
+            with _DeferredInterrupt() as interrupt:  # a chunk runs whole: Ctrl-C waits for its end
                 done, status, batch = self._driver.train_epoch(
                     desc, self.parameters, self._grads, self._state, X, Y, order, batch_size, first,
                     last, self._hyper, work, costs, threads)
-            except KeyboardInterrupt:
-                if self.backend == "numpy":  # interrupted inside a minibatch: undo it
-                    self.parameters[:], self._state[:], self._hyper[:] = saved
-                raise
             if status != codes.DONE:
                 if status == codes.PARAMS_NOT_FINITE:  # back to the last finite step
                     self.parameters[:], self._state[:], self._hyper[:] = saved
@@ -389,11 +388,13 @@ class Network:
                     f"training diverged: the {what} became NaN or infinite at epoch {epoch}, "
                     f"minibatch {batch + 1} of {n_batches}; the network keeps the parameters of the "
                     f"last finite step (try a smaller learning rate)", epoch, batch, history)
+            if interrupt.pending:
+                history.interrupted = (epoch, last)
+                raise KeyboardInterrupt
             elapsed = time.perf_counter() - started
             if bar is not None:
                 bar.update(last - first)
-            if self.backend != "numpy":
-                chunk = int(np.clip(chunk * CHUNK_SECONDS / max(elapsed, 1e-6), 1, 1 << 20))
+            chunk = int(np.clip(chunk * CHUNK_SECONDS / max(elapsed, 1e-6), 1, 1 << 20))
             first = last
         return costs
 
@@ -436,6 +437,30 @@ def _progress_bar(progress, total):
     except ImportError:
         raise ImportError("progress bars need tqdm: pip install tqdm") from None
     return tqdm(total=total, unit="batch", leave=False, dynamic_ncols=True)
+
+
+class _DeferredInterrupt:
+    """Holds SIGINT (Ctrl-C) back during a block, so that a call into the backend is never cut in the
+    middle of a minibatch; ``pending`` tells whether one arrived. Only in the main thread (the only
+    one Python delivers signals to)."""
+
+    def __enter__(self):
+        self.pending = False
+        self._previous = None
+        if threading.current_thread() is threading.main_thread() and signal.getsignal(signal.SIGINT):
+            try:
+                self._previous = signal.signal(signal.SIGINT, self._hold)
+            except ValueError:  # signals unavailable (e.g. an embedded interpreter)
+                self._previous = None
+        return self
+
+    def _hold(self, signum, frame):
+        self.pending = True
+
+    def __exit__(self, *exc):
+        if self._previous is not None:
+            signal.signal(signal.SIGINT, self._previous)
+        return False
 
 
 class _Release:

@@ -77,22 +77,23 @@ def feedforward(desc, params, X, hyper=None):
 def output_error(act, loss, Z, Y):
     """Output activations A, error terms delta = dC/dZ and the cost of each sample (float64)."""
     A = ACTIVATE[act](Z)
+    Z64, A64, Y = Z.astype(np.float64), A.astype(np.float64), Y.astype(np.float64)  # costs in double
     if loss == CROSS_ENTROPY and act == SOFTMAX:
-        log_a = Z - Z.max(axis=1, keepdims=True)
+        log_a = Z64 - Z64.max(axis=1, keepdims=True)
         log_a -= np.log(np.exp(log_a).sum(axis=1, keepdims=True))
         cost = -(Y * log_a).sum(axis=1)
-        delta = A * Y.sum(axis=1, keepdims=True) - Y
+        delta = A64 * Y.sum(axis=1, keepdims=True) - Y
     elif loss == CROSS_ENTROPY:  # sigmoid: -[y ln a + (1-y) ln(1-a)], with ln a = -softplus(-z)
-        cost = (Y * softplus(-Z) + (1 - Y) * softplus(Z)).sum(axis=1)
-        delta = A - Y
+        cost = (Y * softplus(-Z64) + (1 - Y) * softplus(Z64)).sum(axis=1)
+        delta = A64 - Y
     else:
-        cost = 0.5 * ((A - Y) ** 2).sum(axis=1)
+        cost = 0.5 * ((A64 - Y) ** 2).sum(axis=1)
         if act == SOFTMAX:  # the softmax Jacobian applied to dC/da = a - y
-            g = A - Y
-            delta = A * (g - (A * g).sum(axis=1, keepdims=True))
+            g = A64 - Y
+            delta = A64 * (g - (A64 * g).sum(axis=1, keepdims=True))
         else:
-            delta = DERIVATIVE[act](A) * (A - Y)
-    return A, delta, cost.astype(np.float64)
+            delta = DERIVATIVE[act](A64) * (A64 - Y)
+    return A, delta.astype(Z.dtype), cost
 
 
 def backprop(desc, params, X, Y, hyper=None):
@@ -159,7 +160,7 @@ def train_epoch(desc, params, grads, state, X, Y, order, batch_size, first, last
         hyper[H_KEY] = hyper[H_STEP]
         with np.errstate(over="ignore", invalid="ignore"):
             step(int(desc[D_OPTIMIZER]), params, grads, state, hyper, int(desc[D_NWEIGHTS]))
-        if not np.isfinite(params.sum()):
+        if not np.isfinite(params).all():
             return i - first + 1, PARAMS_NOT_FINITE, i
     return last - first, DONE, last
 

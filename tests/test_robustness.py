@@ -1,0 +1,277 @@
+"""Bad input, divergence, interruption, threads, damaged model files, leaks: clear errors, nothing lost."""
+import os
+import signal
+import threading
+import time
+
+import numpy as np
+import pytest
+from support import problem
+
+import fastbp
+from fastbp.network import TrainingDiverged
+
+SIZES = [4, 5, 3]
+
+
+def fresh(backend="numpy", **kwargs):
+    return fastbp.Network(SIZES, backend=backend, seed=0, **kwargs)
+
+
+# ----------------------------------------------------------------------------- bad input
+
+X_OK, Y_OK = problem(SIZES, 12, seed=0)
+NAN_X = X_OK.copy()
+NAN_X[3, 2] = np.nan
+BAD_INPUTS = [
+    ("complex X", dict(X=X_OK.astype(complex)), TypeError, "X must hold real numbers, got dtype complex128"),
+    ("string X", dict(X=np.full((12, 4), "a")), TypeError, "X must hold real numbers"),
+    ("object X", dict(X=np.array([[object()] * 4] * 12)), TypeError, "X must hold real numbers"),
+    ("1-D X", dict(X=X_OK[0]), ValueError, "X must be 2-D"),
+    ("3-D X", dict(X=X_OK[None]), ValueError, "X must be 2-D"),
+    ("wrong width", dict(X=X_OK[:, :3]), ValueError, "X has 3 features per sample; the network's input layer has 4"),
+    ("empty X", dict(X=X_OK[:0], y=Y_OK[:0]), ValueError, "X has no samples"),
+    ("NaN in X", dict(X=NAN_X), ValueError, r"X must be finite; X\[3, 2\] is nan"),
+    ("inf in targets", dict(y=np.full((12, 3), np.inf)), ValueError, r"y must be finite; y\[0, 0\] is inf"),
+    ("short y", dict(y=Y_OK[:5]), ValueError, "y has 5 samples but X has 12"),
+    ("label out of range", dict(y=np.full(12, 3)), ValueError, "labels from 3 to 3, but the network has 3 output units"),
+    ("negative label", dict(y=np.full(12, -1)), ValueError, "labels from -1 to -1"),
+    ("fractional labels", dict(y=np.full(12, 0.5)), ValueError, "integer class labels"),
+    ("wrong target width", dict(y=np.ones((12, 2))), ValueError, "y has 2 columns; the network has 3 outputs"),
+    ("3-D y", dict(y=np.ones((12, 3, 1))), ValueError, "y must be 1-D class labels or 2-D targets"),
+    ("string labels", dict(y=np.array(["a"] * 12)), TypeError, "y must hold real numbers"),
+    ("batch_size 0", dict(batch_size=0), ValueError, "batch_size must be >= 1, got 0"),
+    ("batch_size float", dict(batch_size=2.5), TypeError, "batch_size must be an integer"),
+    ("negative epochs", dict(epochs=-1), ValueError, "epochs must be >= 0"),
+    ("lr 0", dict(lr=0.0), ValueError, "lr must be > 0"),
+    ("lr nan", dict(lr=float("nan")), ValueError, "lr must be finite"),
+    ("lr string", dict(lr="0.1"), TypeError, "lr must be a real number"),
+    ("negative l2", dict(l2=-0.1), ValueError, "l2 must be >= 0"),
+    ("momentum 1", dict(momentum=1.0), ValueError, "momentum must be < 1"),
+    ("negative momentum", dict(momentum=-0.1), ValueError, "momentum must be >= 0"),
+    ("unknown optimizer", dict(optimizer="lbfgs"), ValueError, "unknown optimizer 'lbfgs'; choose one of sgd, adam, rmsprop"),
+    ("nesterov without momentum", dict(nesterov=True), ValueError, "nesterov needs optimizer='sgd' with momentum > 0"),
+    ("bad validation_data", dict(validation_data=X_OK), ValueError, "validation_data must be a pair"),
+]
+
+
+@pytest.mark.parametrize("what,changes,error,message", BAD_INPUTS, ids=[b[0] for b in BAD_INPUTS])
+def test_bad_fit_input_is_refused_and_changes_nothing(backend, what, changes, error, message):
+    net = fresh(backend)
+    before = net.parameters.copy(), net._state.copy()
+    arguments = dict(X=X_OK, y=Y_OK, epochs=1, batch_size=4)
+    arguments.update(changes)
+    with pytest.raises(error, match=message):
+        net.fit(arguments.pop("X"), arguments.pop("y"), **arguments)
+    assert np.array_equal(net.parameters, before[0]) and np.array_equal(net._state, before[1])
+    assert net.evaluate(X_OK, Y_OK).loss > 0  # still usable
+
+
+@pytest.mark.parametrize("method", ["forward", "predict", "evaluate", "gradients"])
+def test_bad_input_to_the_other_entry_points(method):
+    net = fresh()
+    call = getattr(net, method)
+    args = (NAN_X,) if method in ("forward", "predict") else (NAN_X, Y_OK)
+    with pytest.raises(ValueError, match=r"X\[3, 2\] is nan"):
+        call(*args)
+    args = (X_OK[:, :2],) if method in ("forward", "predict") else (X_OK[:, :2], Y_OK)
+    with pytest.raises(ValueError, match="features per sample"):
+        call(*args)
+
+
+def test_odd_layouts_and_dtypes_give_the_same_results(compiled):
+    """Fortran order, non-contiguous views, integer and float16 data are converted once."""
+    X, y = problem(SIZES, 20, seed=1)
+    expected = fresh(compiled)
+    expected.fit(X, y, epochs=2, batch_size=4, shuffle=False)
+    for variant in (np.asfortranarray(X), np.repeat(X, 2, axis=1)[:, ::2], X.astype(np.float32)):
+        net = fresh(compiled)
+        net.fit(variant, y, epochs=2, batch_size=4, shuffle=False)
+        np.testing.assert_allclose(net.parameters, expected.parameters, rtol=1e-6)
+    ints = fresh(compiled)
+    ints.fit((X * 10).astype(np.int32), y.astype(np.uint8), epochs=1, batch_size=4)
+    assert np.isfinite(ints.parameters).all()
+    readonly = X.copy()
+    readonly.flags.writeable = False
+    assert np.array_equal(fresh(compiled).forward(readonly), fresh(compiled).forward(X))
+
+
+def test_epochs_zero_and_batch_larger_than_the_data(compiled):
+    X, y = problem(SIZES, 7, seed=2)
+    net = fresh(compiled)
+    before = net.parameters.copy()
+    assert net.fit(X, y, epochs=0).epochs == 0
+    assert np.array_equal(net.parameters, before)
+    net.fit(X, y, epochs=1, batch_size=100, shuffle=False)  # one batch of all 7 samples
+    reference = fresh("numpy")
+    reference.fit(X, y, epochs=1, batch_size=7, shuffle=False)
+    np.testing.assert_allclose(net.parameters, reference.parameters, rtol=1e-12)
+
+
+@pytest.mark.parametrize("n_threads,error", [(0, ValueError), (-2, ValueError), (1.5, TypeError),
+                                             ("2", TypeError)])
+def test_bad_thread_counts(n_threads, error):
+    with pytest.raises(error, match="n_threads"):
+        fresh(n_threads=n_threads)
+
+
+# ----------------------------------------------------------------------------- divergence
+
+def test_overflowing_parameters_are_rolled_back_to_the_last_finite_step(backend):
+    """float32: the first update makes the weights ~1e30 (finite), the second overflows them."""
+    X = np.ones((8, 4), np.float32)
+    Y = np.zeros((8, 3), np.float32)
+    net = fastbp.Network([4, 3], "identity", dtype="float32", backend=backend, seed=0)
+    with pytest.raises(TrainingDiverged, match="the parameters became NaN or infinite at epoch 1, "
+                                               "minibatch 2 of 2") as error:
+        net.fit(X, Y, epochs=1, batch_size=4, lr=1e30, shuffle=False)
+    assert error.value.batch == 1 and error.value.epoch == 1
+    one_step = fastbp.Network([4, 3], "identity", dtype="float32", backend=backend, seed=0)
+    one_step.fit(X[:4], Y[:4], epochs=1, batch_size=4, lr=1e30, shuffle=False)
+    assert np.isfinite(net.parameters).all() and np.abs(net.parameters).max() > 1e20
+    assert np.array_equal(net.parameters, one_step.parameters)
+
+
+def test_divergence_keeps_the_history_so_far(compiled):
+    X, y = problem(SIZES, 40, seed=3)
+    net = fresh(compiled, activation="identity")
+    net.fit(X, y, epochs=2, batch_size=4, lr=0.01)
+    with pytest.raises(TrainingDiverged) as error:
+        net.fit(X * 1e6, y, epochs=5, batch_size=4, lr=10.0)
+    assert error.value.history is net.history and np.isfinite(net.parameters).all()
+
+
+# ----------------------------------------------------------------------------- interruption
+
+def test_ctrl_c_stops_at_a_minibatch_boundary(compiled):
+    X, y = problem([20, 64, 3], 40000, seed=4)
+    net = fastbp.Network([20, 64, 3], "relu", loss="cross_entropy", backend=compiled, seed=0)
+    net.fit(X[:100], y[:100], epochs=1, batch_size=10)  # compile first
+    start = net.parameters.copy(), net._state.copy()
+    timer = threading.Timer(0.5, lambda: os.kill(os.getpid(), signal.SIGINT))
+    timer.start()
+    with pytest.raises(KeyboardInterrupt):
+        net.fit(X, y, epochs=100, batch_size=10, lr=0.01, momentum=0.9, shuffle=False)
+    timer.join()
+    epoch, batches = net.history.interrupted
+    assert net.history.epochs == epoch - 1 and 0 < epoch * 4000 + batches
+    replay = fastbp.Network([20, 64, 3], "relu", loss="cross_entropy", backend=compiled, seed=0)
+    replay.parameters[:], replay._state[:] = start
+    replay._optimizer = net._optimizer
+    if epoch > 1:
+        replay.fit(X, y, epochs=epoch - 1, batch_size=10, lr=0.01, momentum=0.9, shuffle=False)
+    if batches:
+        replay.fit(X[:batches * 10], y[:batches * 10], epochs=1, batch_size=10, lr=0.01,
+                   momentum=0.9, shuffle=False)
+    assert np.array_equal(net.parameters, replay.parameters)
+    assert np.isfinite(net.forward(X[:5])).all()  # usable
+
+
+# ----------------------------------------------------------------------------- threads
+
+def test_two_networks_in_two_threads_equal_one_after_the_other(compiled):
+    X, y = problem([30, 40, 3], 3000, seed=5)
+
+    def train(seed, out):
+        net = fastbp.Network([30, 40, 3], "tanh", loss="cross_entropy", backend=compiled, seed=seed)
+        net.fit(X, y, epochs=3, batch_size=16, lr=0.05, momentum=0.9)
+        out[seed] = net.parameters.copy()
+
+    sequential, parallel = {}, {}
+    for seed in (1, 2):
+        train(seed, sequential)
+    threads = [threading.Thread(target=train, args=(seed, parallel)) for seed in (1, 2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    for seed in (1, 2):
+        assert np.array_equal(sequential[seed], parallel[seed])
+
+
+def test_one_network_from_two_threads_is_refused(compiled):
+    X, y = problem([30, 40, 3], 20000, seed=6)
+    net = fastbp.Network([30, 40, 3], backend=compiled, seed=0)
+    net.fit(X[:50], y[:50], epochs=1)
+    errors = []
+    trainer = threading.Thread(target=lambda: net.fit(X, y, epochs=5, batch_size=8))
+    trainer.start()
+    time.sleep(0.2)
+    try:
+        net.predict(X[:5])
+    except RuntimeError as error:
+        errors.append(str(error))
+    trainer.join()
+    assert errors and "being used by another thread" in errors[0]
+    assert np.isfinite(net.parameters).all()
+
+
+# ----------------------------------------------------------------------------- model files
+
+def saved(tmp_path):
+    net = fresh()
+    path = tmp_path / "model.npz"
+    net.save(path)
+    return net, path
+
+
+def test_corrupted_model_files(tmp_path):
+    net, path = saved(tmp_path)
+    data = bytearray(path.read_bytes())
+    for i in range(len(data) // 3, len(data) // 3 + 64):
+        data[i] ^= 0xFF
+    (tmp_path / "flipped.npz").write_bytes(bytes(data))
+    with pytest.raises(ValueError, match="fastbp model"):
+        fastbp.load(tmp_path / "flipped.npz")
+    (tmp_path / "empty.npz").write_bytes(b"")
+    with pytest.raises(ValueError, match="not a readable fastbp model"):
+        fastbp.load(tmp_path / "empty.npz")
+    with pytest.raises(ValueError, match="not a readable fastbp model"):
+        fastbp.load(tmp_path / "missing.npz")
+
+
+def test_tampered_model_files(tmp_path):
+    import json
+    net, path = saved(tmp_path)
+    with np.load(path) as archive:
+        arrays = {name: archive[name] for name in archive.files}
+    config = json.loads(str(arrays["config"]))
+    for change, message in [({"layer_sizes": [4, 6, 3]}, "parameters has shape"),
+                            ({"activation": "swish"}, "unknown activation"),
+                            ({"version": 99}, "format version 99"),
+                            ({"format": "other"}, "not a fastbp model"),
+                            ({"layer_sizes": "4,5,3"}, "invalid model configuration")]:
+        bad = dict(arrays, config=np.array(json.dumps(dict(config, **change))))
+        np.savez(tmp_path / "bad.npz", **bad)
+        with pytest.raises(ValueError, match=message):
+            fastbp.load(tmp_path / "bad.npz")
+    np.savez(tmp_path / "nan.npz", **dict(arrays, parameters=np.full_like(arrays["parameters"], np.nan)))
+    with pytest.raises(ValueError, match="NaN or infinite"):
+        fastbp.load(tmp_path / "nan.npz")
+    np.savez(tmp_path / "pickle.npz", **dict(arrays, parameters=np.array([object()], dtype=object)))
+    with pytest.raises(ValueError, match="not a readable fastbp model"):  # never unpickled
+        fastbp.load(tmp_path / "pickle.npz")
+
+
+# ----------------------------------------------------------------------------- leaks
+
+def resident_kib():
+    with open(f"/proc/{os.getpid()}/statm") as f:
+        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") // 1024
+
+
+@pytest.mark.skipif(not os.path.exists("/proc/self/statm"), reason="needs /proc")
+def test_memory_stays_flat_over_many_fits_and_predictions(compiled):
+    X, y = problem([50, 64, 10], 2000, seed=7)
+    for _ in range(5):  # warm up: compile, caches, pools
+        net = fastbp.Network([50, 64, 10], backend=compiled, seed=0)
+        net.fit(X, y, epochs=1, batch_size=32)
+        net.predict(X)
+    before = resident_kib()
+    for _ in range(60):
+        net = fastbp.Network([50, 64, 10], backend=compiled, seed=0)
+        net.fit(X, y, epochs=1, batch_size=32, validation_data=(X[:100], y[:100]))
+        net.predict(X)
+        net.evaluate(X, y)
+    grown = resident_kib() - before
+    assert grown < 8 * 1024, f"resident memory grew by {grown} KiB over 60 fits"
