@@ -190,13 +190,14 @@ def test_two_networks_in_two_threads_equal_one_after_the_other(compiled):
 
 
 def test_one_network_from_two_threads_is_refused(compiled):
-    X, y = problem([30, 40, 3], 20000, seed=6)
+    X, y = problem([30, 40, 3], 2000, seed=6)
     net = fastbp.Network([30, 40, 3], backend=compiled, seed=0)
     net.fit(X[:50], y[:50], epochs=1)
     errors = []
-    trainer = threading.Thread(target=lambda: net.fit(X, y, epochs=5, batch_size=8))
+    trainer = threading.Thread(target=lambda: net.fit(X, y, epochs=200, batch_size=8))
     trainer.start()
-    time.sleep(0.2)
+    while not net._lock.locked():  # wait until training holds the network
+        time.sleep(0.001)
     try:
         net.predict(X[:5])
     except RuntimeError as error:
