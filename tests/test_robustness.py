@@ -194,7 +194,8 @@ def test_one_network_from_two_threads_is_refused(compiled):
     net = fastbp.Network([30, 40, 3], backend=compiled, seed=0)
     net.fit(X[:50], y[:50], epochs=1)
     errors = []
-    trainer = threading.Thread(target=lambda: net.fit(X, y, epochs=200, batch_size=8))
+    trainer = threading.Thread(target=lambda: net.fit(X, y, epochs=200, batch_size=8,
+                                                      callback=lambda epoch, m: bool(errors)))
     trainer.start()
     while not net._lock.locked():  # wait until training holds the network
         time.sleep(0.001)
