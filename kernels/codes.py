@@ -44,8 +44,9 @@ DONE, COST_NOT_FINITE, PARAMS_NOT_FINITE = range(3)
 H_SIZE = H_DROPOUT
 
 # The descriptor: a header, then one record per layer.
-(D_LAYERS, D_HIDDEN, D_OUTPUT, D_LOSS, D_OPTIMIZER, D_CAPACITY, D_NPARAMS, D_NWEIGHTS) = range(8)
-D_HEADER = 8
+(D_LAYERS, D_HIDDEN, D_OUTPUT, D_LOSS, D_OPTIMIZER, D_CAPACITY, D_NPARAMS, D_NWEIGHTS,
+ D_WORK) = range(9)
+D_HEADER = 9
 (L_IN, L_OUT, L_W, L_B, L_A, L_D, L_ACT) = range(7)
 L_FIELDS = 7
 
@@ -96,8 +97,48 @@ def describe(sizes, hidden, output, loss, optimizer, capacity):
         b_off += n_out
         work += 2 * capacity * n_out
     desc[:D_HEADER] = (n_layers, hidden, output, loss, optimizer, capacity, n_weights + sum(sizes[1:]),
-                       n_weights)
+                       n_weights, work)
     return desc, work
+
+
+def check_buffers(desc, params, X, Y=None, out=None, costs=None, work=None, hyper=None, order=None,
+                  grads=None, state=None):
+    """Refuse buffers that do not fit the descriptor, before a compiled driver reads or writes them
+    (the kernels do not check bounds). Raises ValueError naming the buffer."""
+    n_params, n_layers = int(desc[D_NPARAMS]), int(desc[D_LAYERS])
+    n_in, n_out = int(desc[D_HEADER + L_IN]), int(desc[D_HEADER + L_FIELDS * (n_layers - 1) + L_OUT])
+    dtype = params.dtype
+
+    def need(name, array, shape, dt=dtype, at_least=False):
+        if not isinstance(array, np.ndarray) or array.dtype != dt or not array.flags.c_contiguous:
+            raise ValueError(f"{name} must be a C-contiguous {np.dtype(dt)} array")
+        fits = (array.ndim == len(shape) and all(a >= s if at_least else a == s
+                                                  for a, s in zip(array.shape, shape)))
+        if not fits:
+            raise ValueError(f"{name} has shape {array.shape}; the network needs "
+                             f"{'at least ' if at_least else ''}{shape}")
+
+    need("params", params, (n_params,))
+    need("X", X, (X.shape[0] if getattr(X, "ndim", 0) == 2 else -1, n_in))
+    n = X.shape[0]
+    if grads is not None:
+        need("grads", grads, (n_params,))
+    if state is not None:
+        need("state", state, (2, n_params))
+    if work is not None:
+        need("work", work, (int(desc[D_WORK]),))
+    if hyper is not None:
+        need("hyper", hyper, (H_SIZE + n_layers,), np.float64)
+    if order is not None:
+        need("order", order, (n,), np.int64)
+        if n and (order.min() < 0 or order.max() >= n):
+            raise ValueError(f"order must index the rows of X (0..{n - 1})")
+    if costs is not None and costs.shape[0]:
+        need("costs", costs, (n,), np.float64)
+    if Y is not None and (costs is None or costs.shape[0]):
+        need("Y", Y, (n, n_out))
+    if out is not None:
+        need("out", out, (n, n_out))
 
 
 def part_tiles(phase, n_in, n_out, m):

@@ -270,6 +270,9 @@ def train_epoch(const int64_t[::1] desc, floating[::1] params, floating[::1] gra
     nb_train.train_epoch. Returns codes.outcome: (batches done, status, batch). Twin: nb_train.train_epoch.
     """
     cdef floating[:, ::1] no_out = np.zeros((0, 1), np.asarray(params).dtype)
+    codes.check_buffers(np.asarray(desc), np.asarray(params), np.asarray(X), np.asarray(Y), None,
+                        np.asarray(costs), np.asarray(work), np.asarray(hyper), np.asarray(order),
+                        np.asarray(grads), np.asarray(state))
     status = _launch(TRAIN, n_threads, desc, params, grads, state, X, Y, order, batch_size, first,
                      last, hyper, work, costs, no_out, 0.0)
     return codes.outcome(status, first, last)
@@ -280,6 +283,8 @@ def gradients(const int64_t[::1] desc, floating[::1] params, floating[::1] grads
               double[::1] costs, int n_threads):
     """OUT grads: the gradient of the mean cost over X (no L2); OUT costs. Twin: nb_train.gradients."""
     cdef Py_ssize_t n = X.shape[0], capacity = desc[D_CAPACITY]
+    codes.check_buffers(np.asarray(desc), np.asarray(params), np.asarray(X), np.asarray(Y), None,
+                        np.asarray(costs), np.asarray(work), grads=np.asarray(grads))
     dtype = np.asarray(params).dtype
     cdef floating[:, ::1] total = np.zeros((2, params.shape[0]), dtype)
     cdef floating[:, ::1] no_out = np.zeros((0, 1), dtype)
@@ -295,6 +300,8 @@ def forward(const int64_t[::1] desc, floating[::1] params, const floating[:, ::1
             int n_threads):
     """OUT out: the output activations for X; OUT costs when not empty. Twin: nb_train.forward."""
     cdef Py_ssize_t n = X.shape[0], capacity = desc[D_CAPACITY]
+    codes.check_buffers(np.asarray(desc), np.asarray(params), np.asarray(X), np.asarray(Y),
+                        np.asarray(out), np.asarray(costs), np.asarray(work))
     cdef floating[:, ::1] no_state = np.zeros((2, 1), np.asarray(params).dtype)
     cdef int64_t[::1] order = np.arange(n)
     cdef double[::1] no_hyper = codes.hyperparameters(desc[D_LAYERS])

@@ -301,6 +301,7 @@ def train_epoch(desc, params, grads, state, X, Y, order, batch_size, first, last
     L2), costs (n,): each sample's cost before its batch's update, indexed like order. Returns
     codes.outcome: (batches done, status, batch). Twin: cy_train.train_epoch.
     """
+    codes.check_buffers(desc, params, X, Y, None, costs, work, hyper, order, grads, state)
     status = _launch(TRAIN, n_threads, desc, params, grads, state, X, Y, order, batch_size, first,
                      last, hyper, work, costs, params[:0].reshape(0, 1), 0.0)
     return codes.outcome(status, first, last)
@@ -310,6 +311,7 @@ def gradients(desc, params, grads, X, Y, work, costs, n_threads):
     """OUT grads: the gradient of the mean cost over all samples of X (no L2 term), by backpropagation
     in blocks of the work buffer's capacity; OUT costs (n,): each sample's cost. Twin: cy_train.gradients.
     """
+    codes.check_buffers(desc, params, X, Y, None, costs, work, grads=grads)
     n = X.shape[0]
     capacity = int(desc[D_CAPACITY])
     total = np.zeros((2, params.shape[0]), params.dtype)
@@ -322,6 +324,7 @@ def forward(desc, params, X, Y, out, costs, work, n_threads):
     """OUT out (n, k): the output activations for every sample of X. When costs is not empty,
     OUT costs (n,): each sample's cost against the targets Y. Twin: cy_train.forward.
     """
+    codes.check_buffers(desc, params, X, Y, out, costs, work)
     n = X.shape[0]
     capacity = int(desc[D_CAPACITY])
     no_state = np.zeros((2, 1), params.dtype)

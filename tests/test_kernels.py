@@ -182,3 +182,27 @@ def test_update_parameters_reports_non_finite(compiled):
     hyper[codes.H_LR] = 1.0
     assert not kernels(compiled).update_parameters(codes.SGD, P, np.array([0, np.inf, 0, 0.0]),
                                                    np.zeros((2, 4)), hyper, 4)
+
+
+def test_drivers_refuse_buffers_that_do_not_fit(compiled):
+    """The kernels do not check bounds: the drivers check every buffer against the descriptor."""
+    import fastbp
+    net = fastbp.Network([4, 5, 3], backend=compiled, seed=0)
+    desc, work = net._buffers(8)
+    driver = backends.get(compiled)
+    X, Y = np.zeros((10, 4)), np.zeros((10, 3))
+    args = dict(desc=desc, params=net.parameters, grads=net._grads, state=net._state, X=X, Y=Y,
+                order=np.arange(10), batch_size=8, first=0, last=2,
+                hyper=codes.hyperparameters(2), work=work, costs=np.zeros(10), n_threads=1)
+    driver.train_epoch(**args)
+    for name, bad, message in [("hyper", np.zeros(codes.H_SIZE), "hyper has shape"),
+                               ("work", work[:-1], "work has shape"),
+                               ("X", np.zeros((10, 5)), "X has shape"),
+                               ("order", np.arange(10) + 1, "order must index the rows of X"),
+                               ("state", np.zeros((1, net.parameters.size)), "state has shape"),
+                               ("costs", np.zeros(3), "costs has shape"),
+                               ("Y", np.zeros((10, 3), np.float32), "Y must be a C-contiguous float64|dtype mismatch")]:
+        with pytest.raises((ValueError, TypeError), match=message):
+            driver.train_epoch(**dict(args, **{name: bad}))
+    with pytest.raises(ValueError, match="out has shape"):
+        driver.forward(desc, net.parameters, X, Y[:0], np.zeros((9, 3)), np.zeros(0), work, 1)
