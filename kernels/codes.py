@@ -64,6 +64,7 @@ OP_FORWARD, OP_OUTPUT, OP_BACKWARD, OP_UPDATE, OP_GRADIENT = range(5)
 TILE_ROWS = 4            # weight rows per forward / gradient tile: a multiple of this
 TILE_COLUMNS = 512       # columns per error-term tile, at most
 MIN_TILE_WORK = 16384    # multiply-adds per tile, at least (when the phase is that big)
+SPINS = 4000             # spin-wait iterations (a few microseconds) before a waiting worker yields
 
 # A driver's program: one row per phase of a minibatch. Rows with the same P_STEP form a step; the
 # workers finish a step before starting the next. A parallel step's tiles are its rows' tiles, which

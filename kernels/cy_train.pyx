@@ -20,7 +20,7 @@ from fastbp.kernels.cy_kernels cimport (C_L2, C_SCALE, C_SIZE, COST_NOT_FINITE, 
                                         L_FIELDS, L_IN, L_OUT, L_W, OP_BACKWARD, OP_FORWARD,
                                         OP_GRADIENT, OP_OUTPUT, OP_UPDATE, P_COLUMNS, P_FIELDS,
                                         P_LAYER, P_OP, P_ROWS, P_SAMPLES, P_SERIAL, P_STEP,
-                                        PARAMS_NOT_FINITE, TRAIN, _finite)
+                                        PARAMS_NOT_FINITE, SPINS, TRAIN, _finite)
 
 from . import codes
 
@@ -45,6 +45,13 @@ cdef extern from *:
     static void fbp_pause(void) { }
     #endif
     #endif
+    #if defined(_WIN32)
+    #include <windows.h>
+    static void fbp_yield(void) { SwitchToThread(); }
+    #else
+    #include <sched.h>
+    static void fbp_yield(void) { sched_yield(); }
+    #endif
     #ifdef _OPENMP
     #define FBP_OPENMP 1
     #else
@@ -55,6 +62,7 @@ cdef extern from *:
     int64_t _atomic_set "fbp_atomic_set"(int64_t* counters, int64_t value) noexcept nogil
     int64_t _atomic_load "fbp_atomic_load"(int64_t* counters) noexcept nogil
     void _pause "fbp_pause"() noexcept nogil
+    void _yield "fbp_yield"() noexcept nogil
     const int FBP_OPENMP
 
 OPENMP = bool(FBP_OPENMP)  # whether this build runs its workers on OpenMP threads
@@ -174,6 +182,18 @@ cdef void _tile(const int64_t* phase, Py_ssize_t t, int kind, const int64_t* des
         _atomic_set(status, PARAMS_NOT_FINITE)
 
 
+cdef inline void _wait(int64_t* counter, int64_t target) noexcept nogil:
+    """Wait until *counter >= target: spin a few microseconds, then yield the CPU at each look.
+    Twin: nb_train._wait."""
+    cdef int spins = 0
+    while _atomic_load(counter) < target:
+        if spins < SPINS:
+            _pause()
+            spins += 1
+        else:
+            _yield()
+
+
 cdef void _worker(int kind, const int64_t* program, Py_ssize_t n_program, const int64_t* desc,
                   floating* params, floating* grads, floating* S0, floating* S1, const floating* X,
                   const floating* Y, const int64_t* order, Py_ssize_t n, Py_ssize_t batch_size,
@@ -228,8 +248,7 @@ cdef void _worker(int kind, const int64_t* program, Py_ssize_t n_program, const 
                 _atomic_add(counters + 8, 1)
                 ticket = -1
             base += n_tiles
-            while _atomic_load(counters + 8) < base:
-                _pause()
+            _wait(counters + 8, base)
             if _atomic_load(status) != DONE:
                 return
             p = q

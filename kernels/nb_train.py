@@ -14,6 +14,7 @@ Twin of ``cy_train.pyx``. How the work is shared (the same in both backends):
   at the same time: one thread running them one after the other gives the same result.
 """
 import platform
+import sys
 from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
@@ -27,7 +28,7 @@ from .codes import (C_L2, C_SCALE, C_SIZE, COST_NOT_FINITE, D_CAPACITY, D_HEADER
                     D_OPTIMIZER, D_OUTPUT, DONE, FORWARD, GRADIENTS, H_DROPOUT, H_KEY, H_SEED, H_STEP,
                     IDENTITY, L_A, L_ACT, L_B, L_D, L_FIELDS, L_IN, L_OUT, L_W, OP_BACKWARD,
                     OP_FORWARD, OP_GRADIENT, OP_OUTPUT, P_COLUMNS, P_LAYER, P_OP, P_ROWS, P_SAMPLES,
-                    P_SERIAL, P_STEP, PARAMS_NOT_FINITE, TRAIN)
+                    P_SERIAL, P_STEP, PARAMS_NOT_FINITE, SPINS, TRAIN)
 from .nb_kernels import (_backward_block, _coefficients, _dropout_rows, _finite, _forward_rows,
                          _gradient_rows,
                          _update_range, activation_forward, jit, jit_inline, output_error)
@@ -77,6 +78,31 @@ def _pause(typingctx):
             builder.call(fn, [])
         return context.get_dummy_value()
     return types.void(), codegen
+
+
+@intrinsic
+def _yield(typingctx):
+    """Give the CPU to another thread (POSIX sched_yield; Windows SwitchToThread)."""
+    def codegen(context, builder, sig, args):
+        name = "SwitchToThread" if sys.platform == "win32" else "sched_yield"
+        fn = cgutils.get_or_insert_function(builder.module, ir.FunctionType(ir.IntType(32), []), name)
+        builder.call(fn, [])
+        return context.get_dummy_value()
+    return types.void(), codegen
+
+
+@jit
+def _wait(counters, i, target):
+    """Wait until counters[i] >= target: spin a few microseconds (the other workers are usually
+    about to finish), then yield the CPU at each look (they may be waiting for one: the machine may
+    be busier than the thread count). Twin: cy_train._wait."""
+    spins = 0
+    while _atomic_load(counters, i) < target:
+        if spins < SPINS:
+            _pause()
+            spins += 1
+        else:
+            _yield()
 
 
 # --------------------------------------------------------------------------- tiles and phases
@@ -245,8 +271,7 @@ def _worker(kind, program, desc, params, grads, state, X, Y, order, batch_size, 
                 _atomic_add(counters, 8, 1)
                 ticket = -1
             base += n_tiles
-            while _atomic_load(counters, 8) < base:
-                _pause()
+            _wait(counters, 8, base)
             if _atomic_load(status, 0) != DONE:
                 return
             p = q
