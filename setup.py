@@ -5,7 +5,8 @@ package they are installed in (fastbp.kernels: cy_train cimports cy_kernels), to
 cy_codes.pxi, generated from kernels/codes.py: the kernels' integer codes have one source.
 
 Compiler flags (one place): -O3, the fast-math subset that matches the Numba kernels'
-(reassociation, contraction, no signed zeros, reciprocals; never finite-math-only), -march=native
+(reassociation, contraction, no signed zeros, reciprocals; never finite-math-only), register-pressure
+aware scheduling, -march=native
 (set FASTBP_ARCH to another -march value, or to "none" to leave it out, when building for other
 machines), and OpenMP when the compiler supports it; without it the build is serial, with a warning.
 """
@@ -24,6 +25,10 @@ STAGE = Path("build") / "cython"
 MODULES = ("cy_kernels", "cy_train")
 FAST_MATH = ["-fassociative-math", "-fno-signed-zeros", "-fno-trapping-math", "-freciprocal-math",
              "-ffp-contract=fast"]
+# Scheduling before register allocation, minding register pressure: without it gcc folds every load
+# into the multiply-adds of the register tiles and the forward kernel runs at half speed (measured:
+# 42 vs 77 GFLOP/s on one Zen 3 core).
+SCHEDULING = ["-fschedule-insns", "-fsched-pressure"]
 
 
 def codes_pxi():
@@ -85,7 +90,7 @@ class BuildExt(build_ext):
             compile_flags, link_flags = ["/O2", "/fp:fast"], []
             openmp = (["/openmp"], []) if self._accepts(["/openmp"]) else None
         else:
-            compile_flags = [flag for flag in ["-O3"] + FAST_MATH if self._accepts([flag])]
+            compile_flags = [flag for flag in ["-O3"] + FAST_MATH + SCHEDULING if self._accepts([flag])]
             arch = os.environ.get("FASTBP_ARCH", "native")
             if arch != "none" and self._accepts([f"-march={arch}"]):
                 compile_flags.append(f"-march={arch}")

@@ -11,9 +11,13 @@ Buffers the descriptor points into (all C-contiguous, one dtype, float32 or floa
 ``grads``   same layout: the mean gradient of the last batch (without the L2 term).
 ``state``   ``(2, n_params)``: optimizer slots (SGD: velocity; Adam: first and second moments;
             RMSprop: slot 1 holds the square average).
-``work``    per layer ``l``: the activations ``A_l`` then the error terms ``D_l``, each
-            ``(capacity, n_l)``; a batch of ``m <= capacity`` samples uses the first ``m`` rows.
+``work``    per layer ``l``: the activations ``A_l``, the error terms ``D_l``, each
+            ``(capacity, n_l)`` (a batch of ``m <= capacity`` samples uses the first ``m`` rows), and
+            ``T_l``, room for the error terms transposed ``(n_l, capacity)``; then, at ``D_GATHER``,
+            room for the batch's rows of X gathered ``(capacity, n_0)``.
 """
+import contextlib
+
 import numpy as np
 
 # Activations. Derivatives are computed from the activation's output a = f(z).
@@ -45,10 +49,10 @@ H_SIZE = H_DROPOUT
 
 # The descriptor: a header, then one record per layer.
 (D_LAYERS, D_HIDDEN, D_OUTPUT, D_LOSS, D_OPTIMIZER, D_CAPACITY, D_NPARAMS, D_NWEIGHTS,
- D_WORK) = range(9)
-D_HEADER = 9
-(L_IN, L_OUT, L_W, L_B, L_A, L_D, L_ACT) = range(7)
-L_FIELDS = 7
+ D_WORK, D_GATHER) = range(10)
+D_HEADER = 10
+(L_IN, L_OUT, L_W, L_B, L_A, L_D, L_ACT, L_T) = range(8)
+L_FIELDS = 8
 
 # Per-step coefficients, in the parameters' dtype, derived from the hyperparameters by _coefficients.
 (C_LR, C_L2, C_MU, C_NESTEROV, C_1MB1, C_B2, C_1MB2, C_EPS, C_STEP_SIZE, C_INV_SQRT_BC2,
@@ -57,7 +61,7 @@ C_SIZE = 13
 
 # What a driver call computes, and the phases ("ops") a minibatch goes through.
 TRAIN, GRADIENTS, FORWARD = range(3)
-OP_FORWARD, OP_OUTPUT, OP_BACKWARD, OP_UPDATE, OP_GRADIENT = range(5)
+OP_FORWARD, OP_OUTPUT, OP_BACKWARD, OP_UPDATE, OP_GRADIENT, OP_GATHER = range(6)
 
 # Threads work on tiles whose size depends on the shapes only (never on the thread count, so neither
 # do the results). A tile is made big enough to be worth handing to another thread.
@@ -69,8 +73,14 @@ SPINS = 4000             # spin-wait iterations (a few microseconds) before a wa
 # A driver's program: one row per phase of a minibatch. Rows with the same P_STEP form a step; the
 # workers finish a step before starting the next. A parallel step's tiles are its rows' tiles, which
 # are independent; a serial step is one tile that runs its rows in order.
-(P_OP, P_LAYER, P_STEP, P_SERIAL, P_ROWS, P_SAMPLES, P_COLUMNS) = range(7)
-P_FIELDS = 7
+# P_BLAS: the phase's tiles call BLAS (single-threaded gemm on the tile: deterministic); forward and
+# error-term tiles are then blocks of P_SAMPLES samples. P_GATHERED: layer 0 reads the batch from the
+# gather buffer (filled by an OP_GATHER phase) rather than from X through the permutation.
+(P_OP, P_LAYER, P_STEP, P_SERIAL, P_ROWS, P_SAMPLES, P_COLUMNS, P_BLAS, P_GATHERED) = range(9)
+P_FIELDS = 9
+# When a phase uses BLAS: big enough batches and layers (where measured faster than the tiles).
+BLAS_MIN_BATCH = 32
+BLAS_MIN_LAYER = 128 * 128
 
 # The primitive kernels every compiled backend exports under these names (a test checks it).
 KERNELS = ("dense_forward", "activation_forward", "activation_backward", "output_error",
@@ -93,12 +103,15 @@ def describe(sizes, hidden, output, loss, optimizer, capacity):
         n_in, n_out = sizes[l], sizes[l + 1]
         rec = D_HEADER + L_FIELDS * l
         desc[rec:rec + L_FIELDS] = (n_in, n_out, w_off, b_off, work, work + capacity * n_out,
-                                    output if l == n_layers - 1 else hidden)
+                                    output if l == n_layers - 1 else hidden,
+                                    work + 2 * capacity * n_out)
         w_off += n_in * n_out
         b_off += n_out
-        work += 2 * capacity * n_out
+        work += 3 * capacity * n_out
+    gather = work
+    work += capacity * sizes[0]
     desc[:D_HEADER] = (n_layers, hidden, output, loss, optimizer, capacity, n_weights + sum(sizes[1:]),
-                       n_weights, work)
+                       n_weights, work, gather)
     return desc, work
 
 
@@ -148,9 +161,16 @@ def part_tiles(phase, n_in, n_out, m):
     op, rows, samples, columns = phase[P_OP], phase[P_ROWS], phase[P_SAMPLES], phase[P_COLUMNS]
     if op == OP_OUTPUT:
         return 1
+    if op == OP_GATHER or (phase[P_BLAS] and op in (OP_FORWARD, OP_BACKWARD)):
+        return -(-m // samples)
     if op == OP_BACKWARD:
         return -(-m // samples) * -(-n_in // columns)
     return -(-n_out // rows)
+
+
+def use_blas(op, m, n_in, n_out):
+    """Whether a phase of this shape calls BLAS rather than the hand-written tiles."""
+    return m >= BLAS_MIN_BATCH and n_in * n_out >= BLAS_MIN_LAYER and min(n_in, n_out) >= 64
 
 
 def program(kind, desc, batch_size):
@@ -159,33 +179,47 @@ def program(kind, desc, batch_size):
 
     Forward through every layer, then the output error; for TRAIN and GRADIENTS, the error terms of
     every layer but the first, top down, then every layer's gradient with its update (TRAIN) or
-    accumulation (GRADIENTS), all layers in one step: they are independent. Consecutive phases of one
-    tile each are merged into one serial step (no waiting between them).
+    accumulation (GRADIENTS), all layers in one step: they are independent. Large layers use BLAS
+    (layer 0 then reads the batch gathered first). Consecutive phases of one tile each are merged into
+    one serial step (no waiting between them).
     """
     n_layers = int(desc[D_LAYERS])
     m = batch_size
+    sample_tile = max(BLAS_MIN_BATCH // 2, -(-m // 8))
+
+    def rows_for(n_in, n_out, blas):
+        if blas:
+            return TILE_ROWS * max(1, -(-n_out // (8 * TILE_ROWS)))
+        return TILE_ROWS * max(1, -(-MIN_TILE_WORK // (TILE_ROWS * m * n_in)))
+
     phases = []
     for l in range(n_layers):
         n_in, n_out = layer(desc, l)[:2]
-        rows = TILE_ROWS * max(1, -(-MIN_TILE_WORK // (TILE_ROWS * m * n_in)))
-        phases.append([OP_FORWARD, l, rows, 0, 0])
-    phases.append([OP_OUTPUT, n_layers - 1, 0, 0, 0])
+        blas = use_blas(OP_FORWARD, m, n_in, n_out)
+        phases.append([OP_FORWARD, l, rows_for(n_in, n_out, False), sample_tile, 0, blas])
+    phases.append([OP_OUTPUT, n_layers - 1, 0, 0, 0, 0])
     if kind != FORWARD:
         for l in range(n_layers - 1, 0, -1):
             n_in, n_out = layer(desc, l)[:2]
+            blas = use_blas(OP_BACKWARD, m, n_in, n_out)
             columns = min(n_in, TILE_COLUMNS)
-            samples = min(m, max(2, 2 * -(-MIN_TILE_WORK // (2 * columns * n_out))))
-            phases.append([OP_BACKWARD, l, 0, samples, columns])
+            samples = sample_tile if blas else min(
+                m, max(2, 2 * -(-MIN_TILE_WORK // (2 * columns * n_out))))
+            phases.append([OP_BACKWARD, l, 0, samples, columns, blas])
         op = OP_UPDATE if kind == TRAIN else OP_GRADIENT
         for l in range(n_layers - 1, -1, -1):
             n_in, n_out = layer(desc, l)[:2]
-            rows = TILE_ROWS * max(1, -(-MIN_TILE_WORK // (TILE_ROWS * m * n_in)))
-            phases.append([op, l, rows, 0, 0])
+            blas = use_blas(op, m, n_in, n_out)
+            phases.append([op, l, rows_for(n_in, n_out, blas), 0, 0, blas])
+    gathered = any(p[5] and p[1] == 0 for p in phases)
+    if gathered:
+        phases.insert(0, [OP_GATHER, 0, 0, sample_tile, 0, 0])
     table = np.zeros((len(phases), P_FIELDS), dtype=np.int64)
     step, previous = -1, None
-    for i, (op, l, rows, samples, columns) in enumerate(phases):
+    for i, (op, l, rows, samples, columns, blas) in enumerate(phases):
         row = table[i]
-        row[[P_OP, P_LAYER, P_ROWS, P_SAMPLES, P_COLUMNS]] = op, l, rows, samples, columns
+        row[[P_OP, P_LAYER, P_ROWS, P_SAMPLES, P_COLUMNS, P_BLAS, P_GATHERED]] = (
+            op, l, rows, samples, columns, blas, gathered)
         n_in, n_out = layer(desc, l)[:2]
         single = part_tiles(row, n_in, n_out, m) == 1
         together = previous is not None and (
@@ -197,6 +231,20 @@ def program(kind, desc, batch_size):
         row[P_SERIAL] = single and (not together or previous[P_SERIAL])
         previous = row
     return table
+
+
+_BLAS_CONTROLLER = []
+
+
+def blas_single_threaded(program):
+    """A context in which BLAS runs on one thread, when `program` calls BLAS: the workers already use
+    every thread, and a BLAS tile must not depend on the thread count (determinism)."""
+    if not program[:, P_BLAS].any():
+        return contextlib.nullcontext()
+    if not _BLAS_CONTROLLER:
+        from threadpoolctl import ThreadpoolController
+        _BLAS_CONTROLLER.append(ThreadpoolController())
+    return _BLAS_CONTROLLER[0].limit(limits=1, user_api="blas")
 
 
 def outcome(status, first, last):

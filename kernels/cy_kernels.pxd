@@ -61,8 +61,17 @@ cdef inline bint _keep(double seed, double key, Py_ssize_t layer, Py_ssize_t sam
     return <double>(x >> 11) * 1.1102230246251565e-16 >= rate
 
 
-cdef void _dropout_rows(floating* Z, Py_ssize_t m, Py_ssize_t n, double rate, double seed, double key,
-                        Py_ssize_t layer, Py_ssize_t j0, Py_ssize_t j1) noexcept nogil
+cdef void _dropout_rows(floating* Z, Py_ssize_t n, double rate, double seed, double key,
+                        Py_ssize_t layer, Py_ssize_t s0, Py_ssize_t s1, Py_ssize_t j0,
+                        Py_ssize_t j1) noexcept nogil
+
+cdef void _derivative_block(const floating* A, int act, floating* E, Py_ssize_t n, Py_ssize_t s0,
+                            Py_ssize_t s1, Py_ssize_t i0, Py_ssize_t i1, double rate, double seed,
+                            double key, Py_ssize_t layer) noexcept nogil
+
+cdef void _gemm(char transa, char transb, Py_ssize_t m, Py_ssize_t n, Py_ssize_t k, floating alpha,
+                const floating* A, Py_ssize_t lda, const floating* B, Py_ssize_t ldb,
+                floating* C, Py_ssize_t ldc) noexcept nogil
 
 cdef double _softmax_row(floating* z, Py_ssize_t k) noexcept nogil
 

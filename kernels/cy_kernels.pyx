@@ -15,22 +15,37 @@ Twin of ``nb_kernels.py``: the same functions under the same names and meaning. 
 from cython cimport floating
 from libc.math cimport exp, log, pow, sqrt
 from libc.stdint cimport int64_t
+from scipy.linalg.cython_blas cimport dgemm, sgemm
 
 
 # --------------------------------------------------------------------------- row kernels
 
-cdef void _dropout_rows(floating* Z, Py_ssize_t m, Py_ssize_t n, double rate, double seed, double key,
-                        Py_ssize_t layer, Py_ssize_t j0, Py_ssize_t j1) noexcept nogil:
-    """IN/OUT Z[:, j0:j1] of an (m, n) block: inverted dropout, each unit kept (times 1/(1-rate)) or
-    zeroed. Twin: nb_kernels._dropout_rows."""
+cdef void _dropout_rows(floating* Z, Py_ssize_t n, double rate, double seed, double key,
+                        Py_ssize_t layer, Py_ssize_t s0, Py_ssize_t s1, Py_ssize_t j0,
+                        Py_ssize_t j1) noexcept nogil:
+    """IN/OUT Z[s0:s1, j0:j1] of a row-major block of n columns: inverted dropout, each unit kept
+    (times 1/(1-rate)) or zeroed. Twin: nb_kernels._dropout_rows."""
     cdef Py_ssize_t s, j
     cdef double scale = 1.0 / (1.0 - rate)
-    for s in range(m):
+    for s in range(s0, s1):
         for j in range(j0, j1):
             if _keep(seed, key, layer, s, j, rate):
                 Z[s * n + j] = <floating>(Z[s * n + j] * scale)
             else:
                 Z[s * n + j] = 0
+
+
+cdef void _gemm(char transa, char transb, Py_ssize_t m, Py_ssize_t n, Py_ssize_t k, floating alpha,
+                const floating* A, Py_ssize_t lda, const floating* B, Py_ssize_t ldb,
+                floating* C, Py_ssize_t ldc) noexcept nogil:
+    """Row-major C (m, n) = alpha op(A) op(B), through Fortran BLAS (scipy's): a row-major matrix is
+    the transpose of a column-major one, so this asks for C^T = op(B)^T op(A)^T."""
+    cdef int M = <int>n, N = <int>m, K = <int>k, la = <int>lda, lb = <int>ldb, lc = <int>ldc
+    cdef floating beta = 0
+    if floating is float:
+        sgemm(&transb, &transa, &M, &N, &K, &alpha, <float*>B, &lb, <float*>A, &la, &beta, C, &lc)
+    else:
+        dgemm(&transb, &transa, &M, &N, &K, &alpha, <double*>B, &lb, <double*>A, &la, &beta, C, &lc)
 
 
 cdef double _softmax_row(floating* z, Py_ssize_t k) noexcept nogil:
@@ -63,7 +78,7 @@ cdef void _forward_rows(const floating* W, const floating* b, const floating* A,
     cdef const floating *w3
     cdef const floating *x
     cdef const floating *y
-    cdef floating x0, x1, x2, x3, y0, y1, y2, y3, xi, yi
+    cdef floating x0, x1, x2, x3, y0, y1, y2, y3, xi, yi, v0, v1, v2, v3
     while j + 4 <= j1:
         w0 = W + j * n_in
         w1 = w0 + n_in
@@ -81,17 +96,21 @@ cdef void _forward_rows(const floating* W, const floating* b, const floating* A,
             y1 = b[j + 1]
             y2 = b[j + 2]
             y3 = b[j + 3]
-            for i in range(n_in):
+            for i in range(n_in):  # each value loaded once: 6 loads for 8 multiply-adds
                 xi = x[i]
                 yi = y[i]
-                x0 += w0[i] * xi
-                x1 += w1[i] * xi
-                x2 += w2[i] * xi
-                x3 += w3[i] * xi
-                y0 += w0[i] * yi
-                y1 += w1[i] * yi
-                y2 += w2[i] * yi
-                y3 += w3[i] * yi
+                v0 = w0[i]
+                v1 = w1[i]
+                v2 = w2[i]
+                v3 = w3[i]
+                x0 += v0 * xi
+                x1 += v1 * xi
+                x2 += v2 * xi
+                x3 += v3 * xi
+                y0 += v0 * yi
+                y1 += v1 * yi
+                y2 += v2 * yi
+                y3 += v3 * yi
             Z[s * n_out + j] = <floating>_activate(act, x0)
             Z[s * n_out + j + 1] = <floating>_activate(act, x1)
             Z[s * n_out + j + 2] = <floating>_activate(act, x2)
@@ -195,19 +214,32 @@ cdef void _backward_block(const floating* W, const floating* D, const floating* 
                     if pair:
                         f[i] += q0 * x0
                 j += 1
-        for r in range(s, (s + 2) if pair else (s + 1)):
-            a = A + r * n_in + i0
-            g = E + r * n_in + i0
-            if rate == 0:
-                for i in range(n):
-                    g[i] = <floating>(g[i] * _derivative(act, a[i]))
-            else:  # A holds dropped-out activations a * mask / (1 - rate)
-                for i in range(n):
-                    if _keep(seed, key, layer, r, i0 + i, rate):
-                        g[i] = <floating>(g[i] * _derivative(act, a[i] * (1.0 - rate)) / (1.0 - rate))
-                    else:
-                        g[i] = 0
+        _derivative_block(A, act, E, n_in, s, (s + 2) if pair else (s + 1), i0, i1, rate, seed, key,
+                          layer)
         s += 2
+
+
+cdef void _derivative_block(const floating* A, int act, floating* E, Py_ssize_t n, Py_ssize_t s0,
+                            Py_ssize_t s1, Py_ssize_t i0, Py_ssize_t i1, double rate, double seed,
+                            double key, Py_ssize_t layer) noexcept nogil:
+    """IN/OUT E[s0:s1, i0:i1] *= f'(z), written on the activations A (both row-major, n columns);
+    with dropout (rate > 0) A holds a * mask / (1 - rate): dropped units get 0, kept ones
+    f'(z) / (1 - rate). Twin: nb_kernels._derivative_block."""
+    cdef Py_ssize_t r, i
+    cdef const floating* a
+    cdef floating* g
+    for r in range(s0, s1):
+        a = A + r * n
+        g = E + r * n
+        if rate == 0:
+            for i in range(i0, i1):
+                g[i] = <floating>(g[i] * _derivative(act, a[i]))
+        else:
+            for i in range(i0, i1):
+                if _keep(seed, key, layer, r, i, rate):
+                    g[i] = <floating>(g[i] * _derivative(act, a[i] * (1.0 - rate)) / (1.0 - rate))
+                else:
+                    g[i] = 0
 
 
 cdef void _gradient_rows(const floating* D, const floating* A, const int64_t* rows, Py_ssize_t m,

@@ -14,13 +14,14 @@ from libc.stdint cimport int64_t
 
 from fastbp.kernels cimport cy_kernels as K
 from fastbp.kernels.cy_kernels cimport (C_L2, C_SCALE, C_SIZE, COST_NOT_FINITE, D_CAPACITY,
-                                        D_HEADER, D_LAYERS, D_LOSS, D_OPTIMIZER, D_OUTPUT, DONE,
+                                        D_GATHER, D_HEADER, D_LAYERS, D_LOSS, D_OPTIMIZER, D_OUTPUT, DONE,
                                         FORWARD, GRADIENTS, H_DROPOUT, H_KEY, H_SEED, H_STEP,
                                         IDENTITY, L_A, L_ACT, L_B, L_D,
                                         L_FIELDS, L_IN, L_OUT, L_W, OP_BACKWARD, OP_FORWARD,
-                                        OP_GRADIENT, OP_OUTPUT, OP_UPDATE, P_COLUMNS, P_FIELDS,
-                                        P_LAYER, P_OP, P_ROWS, P_SAMPLES, P_SERIAL, P_STEP,
-                                        PARAMS_NOT_FINITE, SPINS, TRAIN, _finite)
+                                        OP_GATHER, OP_GRADIENT, OP_OUTPUT, OP_UPDATE, P_BLAS,
+                                        P_COLUMNS, P_FIELDS, P_GATHERED, P_LAYER, P_OP, P_ROWS,
+                                        P_SAMPLES, P_SERIAL, P_STEP, PARAMS_NOT_FINITE, SPINS,
+                                        TRAIN, _activate, _finite)
 
 from . import codes
 
@@ -108,10 +109,13 @@ cdef inline Py_ssize_t _part_tiles(const int64_t* phase, const int64_t* desc,
                                    Py_ssize_t m) noexcept nogil:
     """How many tiles program row `phase` has for a batch of m samples. Twin: nb_train._part_tiles."""
     cdef Py_ssize_t rec
-    if phase[P_OP] == OP_OUTPUT:
+    cdef int op = phase[P_OP]
+    if op == OP_OUTPUT:
         return 1
+    if op == OP_GATHER or (phase[P_BLAS] != 0 and (op == OP_FORWARD or op == OP_BACKWARD)):
+        return (m + phase[P_SAMPLES] - 1) // phase[P_SAMPLES]
     rec = D_HEADER + L_FIELDS * phase[P_LAYER]
-    if phase[P_OP] == OP_BACKWARD:
+    if op == OP_BACKWARD:
         return ((m + phase[P_SAMPLES] - 1) // phase[P_SAMPLES]) * (
             (desc[rec + L_IN] + phase[P_COLUMNS] - 1) // phase[P_COLUMNS])
     return (desc[rec + L_OUT] + phase[P_ROWS] - 1) // phase[P_ROWS]
@@ -124,49 +128,96 @@ cdef void _tile(const int64_t* phase, Py_ssize_t t, int kind, const int64_t* des
                 floating* out, double* hyper, floating* c, int64_t* status,
                 int64_t batch) noexcept nogil:
     """Tile t of program row `phase` for the batch X[rows]. Twin: nb_train._tile."""
-    cdef Py_ssize_t rec, n_in, n_out, w, b, n_col, s0, i0, j0, j1, i, samples, columns
+    cdef Py_ssize_t rec, n_in, n_out, w, b, n_col, s0, s1, i0, j0, j1, i, j, s, samples, columns
     cdef Py_ssize_t l = phase[P_LAYER]
     cdef int op = phase[P_OP], act
+    cdef bint blas = phase[P_BLAS] != 0
     cdef const floating* A_in
     cdef const int64_t* rows_in
-    cdef floating check
+    cdef floating* Z
+    cdef floating* D
+    cdef floating* gathered
+    cdef floating check, scale, total
+    cdef double rate
     if op == OP_OUTPUT:
         _output(kind, desc, Y, rows, m, first_row, work, costs, n_costs, out, hyper, c, status, batch)
         return
     rec = D_HEADER + L_FIELDS * l
     n_in = desc[rec + L_IN]
     n_out = desc[rec + L_OUT]
+    if op == OP_GATHER:  # the batch's rows of X, side by side, for BLAS
+        gathered = work + desc[D_GATHER]
+        s0 = t * phase[P_SAMPLES]
+        for s in range(s0, min(s0 + phase[P_SAMPLES], m)):
+            for i in range(n_in):
+                gathered[s * n_in + i] = X[rows[s] * n_in + i]
+        return
     w = desc[rec + L_W]
     b = desc[rec + L_B]
-    if l == 0:
-        A_in = X
-        rows_in = rows
-    else:
+    if l > 0:
         A_in = work + desc[rec - L_FIELDS + L_A]
         rows_in = ident
+    elif phase[P_GATHERED] != 0:
+        A_in = work + desc[D_GATHER]
+        rows_in = ident
+    else:
+        A_in = X
+        rows_in = rows
+    D = work + desc[rec + L_D]
     if op == OP_BACKWARD:
         samples = phase[P_SAMPLES]
+        act = desc[rec - L_FIELDS + L_ACT]
+        rate = hyper[H_DROPOUT + l - 1]
+        if blas:
+            s0 = t * samples
+            s1 = min(s0 + samples, m)
+            K._gemm(c'N', c'N', s1 - s0, n_in, n_out, <floating>1, D + s0 * n_out, n_out,
+                    params + w, n_in, work + desc[rec - L_FIELDS + L_D] + s0 * n_in, n_in)
+            K._derivative_block(A_in, act, work + desc[rec - L_FIELDS + L_D], n_in, s0, s1, 0, n_in,
+                                rate, hyper[H_SEED], hyper[H_KEY], l - 1)
+            return
         columns = phase[P_COLUMNS]
         n_col = (n_in + columns - 1) // columns
         s0 = (t // n_col) * samples
         i0 = (t % n_col) * columns
-        K._backward_block(params + w, work + desc[rec + L_D], A_in, desc[rec - L_FIELDS + L_ACT],
-                          work + desc[rec - L_FIELDS + L_D], n_in, n_out, s0,
-                          min(s0 + samples, m), i0, min(i0 + columns, n_in),
-                          hyper[H_DROPOUT + l - 1], hyper[H_SEED], hyper[H_KEY], l - 1)
+        K._backward_block(params + w, D, A_in, act, work + desc[rec - L_FIELDS + L_D], n_in, n_out,
+                          s0, min(s0 + samples, m), i0, min(i0 + columns, n_in), rate,
+                          hyper[H_SEED], hyper[H_KEY], l - 1)
+        return
+    if op == OP_FORWARD:
+        act = desc[rec + L_ACT] if l < desc[D_LAYERS] - 1 else IDENTITY
+        Z = work + desc[rec + L_A]
+        if blas:
+            s0 = t * phase[P_SAMPLES]
+            s1 = min(s0 + phase[P_SAMPLES], m)
+            j0, j1 = 0, n_out
+            K._gemm(c'N', c'T', s1 - s0, n_out, n_in, <floating>1, A_in + s0 * n_in, n_in,
+                    params + w, n_in, Z + s0 * n_out, n_out)
+            for s in range(s0, s1):
+                for j in range(n_out):
+                    Z[s * n_out + j] = <floating>_activate(act, Z[s * n_out + j] + params[b + j])
+        else:
+            s0, s1 = 0, m
+            j0 = t * phase[P_ROWS]
+            j1 = min(j0 + phase[P_ROWS], n_out)
+            K._forward_rows(params + w, params + b, A_in, rows_in, m, n_in, n_out, act, Z, j0, j1)
+        if hyper[H_DROPOUT + l] > 0:
+            K._dropout_rows(Z, n_out, hyper[H_DROPOUT + l], hyper[H_SEED], hyper[H_STEP], l, s0, s1,
+                            j0, j1)
         return
     j0 = t * phase[P_ROWS]
     j1 = min(j0 + phase[P_ROWS], n_out)
-    if op == OP_FORWARD:
-        act = desc[rec + L_ACT] if l < desc[D_LAYERS] - 1 else IDENTITY
-        K._forward_rows(params + w, params + b, A_in, rows_in, m, n_in, n_out, act,
-                        work + desc[rec + L_A], j0, j1)
-        if hyper[H_DROPOUT + l] > 0:
-            K._dropout_rows(work + desc[rec + L_A], m, n_out, hyper[H_DROPOUT + l], hyper[H_SEED],
-                            hyper[H_STEP], l, j0, j1)
-        return
-    K._gradient_rows(work + desc[rec + L_D], A_in, rows_in, m, n_in, n_out, c[C_SCALE], grads + w,
-                     grads + b, j0, j1)
+    scale = c[C_SCALE]
+    if blas:  # G[j0:j1] = scale D[:, j0:j1]^T A_in
+        K._gemm(c'T', c'N', j1 - j0, n_in, m, scale, D + j0, n_out, A_in, n_in,
+                grads + w + j0 * n_in, n_in)
+        for j in range(j0, j1):
+            total = 0
+            for s in range(m):
+                total += D[s * n_out + j]
+            grads[b + j] = scale * total
+    else:
+        K._gradient_rows(D, A_in, rows_in, m, n_in, n_out, scale, grads + w, grads + b, j0, j1)
     if op == OP_GRADIENT:  # accumulate this block's share of the mean gradient into S0
         for i in range(w + j0 * n_in, w + j1 * n_in):
             S0[i] += grads[i]
@@ -267,17 +318,32 @@ cdef _launch(int kind, int n_threads, const int64_t[::1] desc, floating[::1] par
     cdef int64_t[::1] status = np.zeros(2, np.int64)
     cdef floating[::1] c = np.zeros(C_SIZE, np.asarray(params).dtype)
     cdef int64_t[::1] ident = np.arange(desc[D_CAPACITY])
-    cdef int worker, n_workers = max(1, n_threads)
+    cdef int n_workers = max(1, n_threads)
     cdef const floating* Y_data = &Y[0, 0] if Y.shape[0] > 0 else NULL
     cdef floating* out_data = &out[0, 0] if out.shape[0] > 0 else NULL
     cdef double* costs_data = &costs[0] if costs.shape[0] > 0 else NULL
     c[C_SCALE] = <floating>scale
+    with codes.blas_single_threaded(np.asarray(program)):
+        _run_workers(kind, program, desc, params, grads, state, X, Y_data, order, batch_size, first,
+                     last, hyper, work, costs_data, costs.shape[0], out_data, counters, status, c,
+                     ident, n_workers)
+    return np.asarray(status)
+
+
+cdef void _run_workers(int kind, int64_t[:, ::1] program, const int64_t[::1] desc,
+                       floating[::1] params, floating[::1] grads, floating[:, ::1] state,
+                       const floating[:, ::1] X, const floating* Y_data, const int64_t[::1] order,
+                       Py_ssize_t batch_size, Py_ssize_t first, Py_ssize_t last, double[::1] hyper,
+                       floating[::1] work, double* costs_data, Py_ssize_t n_costs, floating* out_data,
+                       int64_t[::1] counters, int64_t[::1] status, floating[::1] c,
+                       int64_t[::1] ident, int n_workers) noexcept:
+    """The workers: one per OpenMP thread (prange over workers, static schedule)."""
+    cdef int worker
     for worker in prange(n_workers, nogil=True, schedule="static", num_threads=n_workers):
         _worker(kind, &program[0, 0], program.shape[0], &desc[0], &params[0], &grads[0],
                 &state[0, 0], &state[1, 0], &X[0, 0], Y_data, &order[0], order.shape[0],
-                batch_size, first, last, &hyper[0], &work[0], costs_data, costs.shape[0],
+                batch_size, first, last, &hyper[0], &work[0], costs_data, n_costs,
                 out_data, &counters[0], &status[0], &c[0], &ident[0])
-    return np.asarray(status)
 
 
 def train_epoch(const int64_t[::1] desc, floating[::1] params, floating[::1] grads,

@@ -24,13 +24,14 @@ from numba.core import cgutils
 from numba.extending import intrinsic
 
 from . import codes
-from .codes import (C_L2, C_SCALE, C_SIZE, COST_NOT_FINITE, D_CAPACITY, D_HEADER, D_LAYERS, D_LOSS,
-                    D_OPTIMIZER, D_OUTPUT, DONE, FORWARD, GRADIENTS, H_DROPOUT, H_KEY, H_SEED, H_STEP,
-                    IDENTITY, L_A, L_ACT, L_B, L_D, L_FIELDS, L_IN, L_OUT, L_W, OP_BACKWARD,
-                    OP_FORWARD, OP_GRADIENT, OP_OUTPUT, P_COLUMNS, P_LAYER, P_OP, P_ROWS, P_SAMPLES,
-                    P_SERIAL, P_STEP, PARAMS_NOT_FINITE, SPINS, TRAIN)
-from .nb_kernels import (_backward_block, _coefficients, _dropout_rows, _finite, _forward_rows,
-                         _gradient_rows,
+from .codes import (C_L2, C_SCALE, C_SIZE, COST_NOT_FINITE, D_CAPACITY, D_GATHER, D_HEADER,
+                    D_LAYERS, D_LOSS, D_OPTIMIZER, D_OUTPUT, DONE, FORWARD, GRADIENTS, H_DROPOUT,
+                    H_KEY, H_SEED, H_STEP, IDENTITY, L_A, L_ACT, L_B, L_D, L_FIELDS, L_IN, L_OUT,
+                    L_T, L_W, OP_BACKWARD, OP_FORWARD, OP_GATHER, OP_GRADIENT, OP_OUTPUT, P_BLAS,
+                    P_COLUMNS, P_GATHERED, P_LAYER, P_OP, P_ROWS, P_SAMPLES, P_SERIAL, P_STEP,
+                    PARAMS_NOT_FINITE, SPINS, TRAIN)
+from .nb_kernels import (_activate, _backward_block, _coefficients, _derivative_block,
+                         _dropout_rows, _finite, _forward_rows, _gradient_rows,
                          _update_range, activation_forward, jit, jit_inline, output_error)
 
 
@@ -149,6 +150,8 @@ def _part_tiles(phase, desc, m):
     op = phase[P_OP]
     if op == OP_OUTPUT:
         return 1
+    if op == OP_GATHER or (phase[P_BLAS] != 0 and (op == OP_FORWARD or op == OP_BACKWARD)):
+        return -(-m // phase[P_SAMPLES])
     rec = D_HEADER + L_FIELDS * phase[P_LAYER]
     if op == OP_BACKWARD:
         return -(-m // phase[P_SAMPLES]) * -(-desc[rec + L_IN] // phase[P_COLUMNS])
@@ -164,52 +167,97 @@ def _tile(phase, t, kind, desc, params, grads, state, X, Y, rows, first_row, ide
     if op == OP_OUTPUT:
         _output(kind, desc, Y, rows, first_row, work, costs, out, hyper, c, status, batch)
         return
+    m = rows.shape[0]
     rec = D_HEADER + L_FIELDS * l
     n_in = desc[rec + L_IN]
     n_out = desc[rec + L_OUT]
+    if op == OP_GATHER:  # the batch's rows of X, side by side, for BLAS
+        s0 = t * phase[P_SAMPLES]
+        gathered = work[desc[D_GATHER]:desc[D_GATHER] + m * n_in].reshape((m, n_in))
+        for s in range(s0, min(s0 + phase[P_SAMPLES], m)):
+            gathered[s] = X[rows[s]]
+        return
     w = desc[rec + L_W]
     b = desc[rec + L_B]
-    m = rows.shape[0]
     W = params[w:w + n_out * n_in].reshape((n_out, n_in))
-    if l == 0:
-        A_in = X
-        rows_in = rows
-    else:
+    if l > 0:
         a_in = desc[rec - L_FIELDS + L_A]
         A_in = work[a_in:a_in + m * n_in].reshape((m, n_in))
         rows_in = ident[:m]
+    elif phase[P_GATHERED] != 0:
+        A_in = work[desc[D_GATHER]:desc[D_GATHER] + m * n_in].reshape((m, n_in))
+        rows_in = ident[:m]
+    else:
+        A_in = X
+        rows_in = rows
     d = desc[rec + L_D]
     D = work[d:d + m * n_out].reshape((m, n_out))
+    blas = phase[P_BLAS] != 0
     if op == OP_BACKWARD:
         samples = phase[P_SAMPLES]
+        d_in = desc[rec - L_FIELDS + L_D]
+        E = work[d_in:d_in + m * n_in].reshape((m, n_in))
+        act = desc[rec - L_FIELDS + L_ACT]
+        rate = hyper[H_DROPOUT + l - 1]
+        if blas:
+            s0 = t * samples
+            s1 = min(s0 + samples, m)
+            np.dot(D[s0:s1], W, E[s0:s1])
+            _derivative_block(A_in, act, E, s0, s1, 0, n_in, rate, hyper[H_SEED], hyper[H_KEY],
+                              l - 1)
+            return
         columns = phase[P_COLUMNS]
         n_col = -(-n_in // columns)
         s0 = (t // n_col) * samples
         i0 = (t % n_col) * columns
-        d_in = desc[rec - L_FIELDS + L_D]
-        _backward_block(W, D, A_in, desc[rec - L_FIELDS + L_ACT],
-                        work[d_in:d_in + m * n_in].reshape((m, n_in)),
-                        s0, min(s0 + samples, m), i0, min(i0 + columns, n_in),
-                        hyper[H_DROPOUT + l - 1], hyper[H_SEED], hyper[H_KEY], l - 1)
+        _backward_block(W, D, A_in, act, E, s0, min(s0 + samples, m), i0, min(i0 + columns, n_in),
+                        rate, hyper[H_SEED], hyper[H_KEY], l - 1)
         return
-    j0 = t * phase[P_ROWS]
-    j1 = min(j0 + phase[P_ROWS], n_out)
     if op == OP_FORWARD:
         a = desc[rec + L_A]
         act = desc[rec + L_ACT] if l < desc[D_LAYERS] - 1 else IDENTITY
         Z = work[a:a + m * n_out].reshape((m, n_out))
-        _forward_rows(W, params[b:b + n_out], A_in, rows_in, act, Z, j0, j1)
+        bias = params[b:b + n_out]
+        if blas:
+            s0 = t * phase[P_SAMPLES]
+            s1 = min(s0 + phase[P_SAMPLES], m)
+            j0, j1 = 0, n_out
+            np.dot(A_in[s0:s1], W.T, Z[s0:s1])
+            for s in range(s0, s1):
+                z = Z[s]
+                for j in range(n_out):
+                    z[j] = _activate(act, z[j] + bias[j])
+        else:
+            s0, s1 = 0, m
+            j0 = t * phase[P_ROWS]
+            j1 = min(j0 + phase[P_ROWS], n_out)
+            _forward_rows(W, bias, A_in, rows_in, act, Z, j0, j1)
         if hyper[H_DROPOUT + l] > 0:
-            _dropout_rows(Z, hyper[H_DROPOUT + l], hyper[H_SEED], hyper[H_STEP], l, j0, j1)
+            _dropout_rows(Z, hyper[H_DROPOUT + l], hyper[H_SEED], hyper[H_STEP], l, s0, s1, j0, j1)
         return
-    _gradient_rows(D, A_in, rows_in, c[C_SCALE], grads[w:w + n_out * n_in].reshape((n_out, n_in)),
-                   grads[b:b + n_out], j0, j1)
+    j0 = t * phase[P_ROWS]
+    j1 = min(j0 + phase[P_ROWS], n_out)
+    G = grads[w:w + n_out * n_in].reshape((n_out, n_in))
+    gb = grads[b:b + n_out]
+    scale = c[C_SCALE]
+    if blas:  # G[j0:j1] = (scale D[:, j0:j1])^T A_in, through a transposed copy of D's columns
+        t_off = desc[rec + L_T]
+        DT = work[t_off:t_off + n_out * m].reshape((n_out, m))
+        for j in range(j0, j1):
+            total = scale - scale
+            for s in range(m):
+                DT[j, s] = scale * D[s, j]
+                total += D[s, j]
+            gb[j] = scale * total
+        np.dot(DT[j0:j1], A_in, G[j0:j1])
+    else:
+        _gradient_rows(D, A_in, rows_in, scale, G, gb, j0, j1)
     if op == OP_GRADIENT:  # accumulate this block's share of the mean gradient into state[0]
-        total = state[0]
+        total_grad = state[0]
         for i in range(w + j0 * n_in, w + j1 * n_in):
-            total[i] += grads[i]
+            total_grad[i] += grads[i]
         for i in range(b + j0, b + j1):
-            total[i] += grads[i]
+            total_grad[i] += grads[i]
         return
     opt = desc[D_OPTIMIZER]
     check = _update_range(opt, params, grads, state[0], state[1], c, c[C_L2], w + j0 * n_in,
@@ -286,7 +334,6 @@ def _launch(kind, n_threads, desc, params, grads, state, X, Y, order, batch_size
             hyper, work, costs, out, scale):
     """Run n_threads workers over batches first..last-1: one on the calling thread, the others on a
     pool of threads (the worker releases the GIL). Returns the status array."""
-    global _pool
     program = codes.program(kind, desc, batch_size)
     counters = np.zeros(16, np.int64)
     status = np.zeros(2, np.int64)
@@ -295,6 +342,14 @@ def _launch(kind, n_threads, desc, params, grads, state, X, Y, order, batch_size
     ident = np.arange(desc[D_CAPACITY])
     args = (kind, program, desc, params, grads, state, X, Y, order, batch_size, first, last, hyper,
             work, costs, out, counters, status, c, ident)
+    with codes.blas_single_threaded(program):
+        _run_workers(n_threads, args)
+    return status
+
+
+def _run_workers(n_threads, args):
+    """The workers: one on the calling thread, n_threads - 1 on the pool."""
+    global _pool
     helpers = []
     if n_threads > 1:
         if _pool is None or _pool._max_workers < n_threads - 1:
@@ -314,7 +369,6 @@ def _launch(kind, n_threads, desc, params, grads, state, X, Y, order, batch_size
                 interrupted = error
     if interrupted is not None:
         raise interrupted
-    return status
 
 
 def train_epoch(desc, params, grads, state, X, Y, order, batch_size, first, last, hyper, work,
