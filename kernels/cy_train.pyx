@@ -285,7 +285,9 @@ cdef void _worker(int kind, const int64_t* program, Py_ssize_t n_program, const 
                     break
                 for r in range(p, q):
                     parts = _part_tiles(program + r * P_FIELDS, desc, m)
-                    if serial:
+                    if serial:  # one worker runs the rows in order; it stops where one failed
+                        if status[0] != DONE:
+                            break
                         for u in range(parts):
                             _tile(program + r * P_FIELDS, u, kind, desc, params, grads, S0, S1, X,
                                   Y, rows, m, start, ident, work, costs, n_costs, out, hyper, c,

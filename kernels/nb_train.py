@@ -306,7 +306,9 @@ def _worker(kind, program, desc, params, grads, state, X, Y, order, batch_size, 
                     break
                 for r in range(p, q):
                     parts = _part_tiles(program[r], desc, m)
-                    if serial:
+                    if serial:  # one worker runs the rows in order; it stops where one failed
+                        if status[0] != DONE:
+                            break
                         for u in range(parts):
                             _tile(program[r], u, kind, desc, params, grads, state, X, Y, rows, start,
                                   ident, work, costs, out, hyper, c, status, i)

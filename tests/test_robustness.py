@@ -277,3 +277,20 @@ def test_memory_stays_flat_over_many_fits_and_predictions(compiled):
         net.evaluate(X, y)
     grown = resident_kib() - before
     assert grown < 8 * 1024, f"resident memory grew by {grown} KiB over 60 fits"
+
+
+def test_a_non_finite_cost_stops_before_any_update(backend):
+    """Small layers run the output error and the top layer's update in one serial step: a NaN cost
+    must still stop before that update (and be reported as the cost)."""
+    X, y = problem(SIZES, 40, seed=8, labels=False)
+    net = fastbp.Network(SIZES, "identity", dtype="float32", backend=backend, seed=0)
+    with pytest.raises(TrainingDiverged, match="the cost became NaN or infinite") as error:
+        net.fit(X * 100, y, epochs=5, batch_size=8, lr=30.0, momentum=0.9, shuffle=False)
+    epochs, batches = error.value.epoch - 1, error.value.batch  # completed before the failing one
+    replay = fastbp.Network(SIZES, "identity", dtype="float32", backend=backend, seed=0)
+    if epochs:
+        replay.fit(X * 100, y, epochs=epochs, batch_size=8, lr=30.0, momentum=0.9, shuffle=False)
+    if batches:
+        replay.fit(X[:batches * 8] * 100, y[:batches * 8], epochs=1, batch_size=8, lr=30.0,
+                   momentum=0.9, shuffle=False)
+    assert np.array_equal(net.parameters, replay.parameters)
