@@ -22,11 +22,18 @@ class BackendUnavailable(ImportError):
 def get(name):
     """The driver module of backend `name`."""
     try:
-        return importlib.import_module(MODULES[name])
+        module = importlib.import_module(MODULES[name])
     except KeyError:
         raise ValueError(f"unknown backend {name!r}; choose one of {', '.join(BACKENDS)}") from None
     except ImportError as error:
         raise BackendUnavailable(f"the {name} backend is not available: {error}") from error
+    built_from = getattr(module, "CODES", None)
+    if built_from is not None:
+        from .kernels import codes
+        if built_from != codes.source_hash():
+            raise BackendUnavailable(f"the {name} backend was built from another version of "
+                                     f"kernels/codes.py: rebuild it (pip install .)")
+    return module
 
 
 def kernels(name):
@@ -34,6 +41,7 @@ def kernels(name):
     if name not in KERNEL_MODULES:
         raise ValueError(f"backend {name!r} has no compiled kernels; choose one of "
                          f"{', '.join(KERNEL_MODULES)}")
+    get(name)  # the same checks
     try:
         return importlib.import_module(KERNEL_MODULES[name])
     except ImportError as error:

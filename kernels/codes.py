@@ -257,6 +257,14 @@ def outcome(status, first, last):
     return batch - first + (code == PARAMS_NOT_FINITE), code, batch
 
 
+def source_hash():
+    """A fingerprint of this file: the Cython build records the one it was compiled from, so that
+    kernels built from other codes are refused rather than misread."""
+    import hashlib
+    with open(__file__, "rb") as f:
+        return hashlib.sha256(f.read()).hexdigest()[:16]
+
+
 def hyperparameters(n_layers):
     """A zeroed hyperparameter array for a network of n_layers weight layers (no dropout)."""
     return np.zeros(H_SIZE + n_layers)

@@ -67,6 +67,7 @@ cdef extern from *:
     const int FBP_OPENMP
 
 OPENMP = bool(FBP_OPENMP)  # whether this build runs its workers on OpenMP threads
+CODES = K.CODES_HASH.decode()  # the kernels/codes.py this build was compiled from
 
 
 # --------------------------------------------------------------------------- tiles and phases

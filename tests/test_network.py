@@ -147,3 +147,14 @@ def test_bad_fit_arguments_leave_the_network_unchanged():
     with pytest.raises(ValueError, match="labels from 0 to 5"):
         net.fit(X, np.arange(10) % 6)
     assert np.array_equal(net.parameters, before)
+
+
+def test_a_cython_build_from_other_codes_is_refused(monkeypatch):
+    """Kernels compiled from another kernels/codes.py would misread every code: refused, clearly."""
+    if "cython" not in fastbp.available_backends():
+        pytest.skip("cython unavailable")
+    from fastbp import backends
+    monkeypatch.setattr(codes, "source_hash", lambda: "something else")
+    with pytest.raises(backends.BackendUnavailable, match="built from another version"):
+        fastbp.Network([2, 2], backend="cython")
+    assert "cython" not in fastbp.available_backends()
