@@ -63,6 +63,17 @@ def parser():
     data.add_argument("--json", metavar="PATH", default=None,
                       help="write the history (per-epoch metrics) as JSON to PATH ('-': stdout)")
     data.add_argument("--quiet", action="store_true", help="print only the final result")
+    mpi = train.add_argument_group("training on many processes (MPI; see README)")
+    mpi.add_argument("--distributed", action="store_true",
+                     help="train data-parallel over MPI, each rank on its shard of the data: "
+                          "mpiexec -n N fastbp train --distributed (--batch-size is the global "
+                          "minibatch; rank 0 alone prints and writes files)")
+    mpi.add_argument("--data", metavar="PATH", default=None,
+                     help="with --distributed: train on this .npz (arrays X, y, and optionally "
+                          "X_test, y_test) or directory of X.npy, y.npy; each rank reads only its "
+                          "rows. Default: the bundled digits")
+    mpi.add_argument("--allreduce-every", metavar="K", type=int, default=1,
+                     help="with --distributed: one Allreduce and update per K minibatches")
     commands.add_parser("info", help="the backends available here and how they are built")
     return p
 
@@ -77,6 +88,9 @@ def _echo(text):
 
 
 def train(args):
+    if args.distributed:
+        from .distributed import train_cli
+        return train_cli(args)
     X, y = datasets.load_digits()
     X_train, X_test, y_train, y_test = datasets.train_test_split(X, y, args.test_fraction, args.seed)
     n_classes = int(y.max()) + 1

@@ -216,7 +216,7 @@ class Network:
             validation_data=None, verbose=False, optimizer="sgd", nesterov=False, beta1=0.9,
             beta2=0.999, eps=1e-8, rho=0.99, schedule=None, dropout=0.0, early_stopping=False,
             monitor=None, patience=10, min_delta=0.0, metrics=None, l2_in_cost=False,
-            callback=None, progress=False):
+            callback=None, progress=False, comm=None, allreduce_every=1):
         """Train by minibatch gradient descent; returns the History (also kept as ``self.history``).
 
         Parameters
@@ -257,11 +257,26 @@ class Network:
             True stops training.
         verbose, progress : bool
             Print a line per epoch; show a progress bar (tqdm) over the minibatches.
+        comm : mpi4py communicator
+            Train data-parallel over MPI: each rank passes its own shard (X, y) (see
+            ``fastbp.distributed.load_shard``) and ``batch_size`` is the global minibatch; see
+            ``fastbp.distributed``. ``allreduce_every``: one Allreduce and update per K minibatches.
 
         Raises TrainingDiverged if the cost or a parameter becomes NaN or infinite; the network then
         holds the parameters of the last finite step. On KeyboardInterrupt the network holds the
         parameters after the last completed minibatch and ``history`` the completed epochs.
         """
+        if comm is not None:  # data-parallel over MPI
+            from . import distributed
+            return distributed.fit(
+                self, X, y, comm, epochs=epochs, batch_size=batch_size, lr=lr, l2=l2,
+                momentum=momentum, shuffle=shuffle, validation_data=validation_data, verbose=verbose,
+                optimizer=optimizer, nesterov=nesterov, beta1=beta1, beta2=beta2, eps=eps, rho=rho,
+                schedule=schedule, dropout=dropout, early_stopping=early_stopping, monitor=monitor,
+                patience=patience, min_delta=min_delta, metrics=metrics, l2_in_cost=l2_in_cost,
+                callback=callback, progress=progress, allreduce_every=allreduce_every)
+        if allreduce_every != 1:
+            raise ValueError("allreduce_every needs comm (distributed training)")
         X = self._X(X)
         Y = self._Y(y, X.shape[0])
         epochs = validation.integer("epochs", epochs, 0)
