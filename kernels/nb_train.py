@@ -2,12 +2,16 @@
 
 Twin of ``cy_train.pyx``. How the work is shared (the same in both backends):
 
-* ``n_threads`` workers (the calling thread and a pool of threads; the compiled worker releases the
-  GIL) each run ``_worker`` over the same sequence of *phases* (``codes.program``: forward through
-  layer l, the output error, the error terms below layer l, the gradient and update of layer l),
-  minibatch after minibatch, with no Python in between.
-* A phase is cut into tiles of fixed size (codes.TILE_*). Workers claim tiles with an atomic counter
-  and count the finished ones; a worker waits for the phase to finish before starting the next.
+* ``n_threads`` workers each run ``_worker`` over the same *program* (``codes.program``): the phases
+  of a minibatch (forward through layer l, the output error, the error terms below layer l, the
+  gradient and update of every layer), minibatch after minibatch, with no Python in between. Here the
+  workers are the calling thread and a pool of threads: the compiled worker releases the GIL, and a
+  Numba ``prange`` region around it would cost seconds of compilation (the whole worker is compiled
+  again inside the parallel region) and a launch per call.
+* A phase is cut into tiles whose size depends only on the shapes (``codes.program``). Workers claim
+  tiles from one running ticket counter and count the finished ones; a step (one or more phases) is
+  over when every tile of it is finished. Small consecutive phases form one serial step, done by one
+  worker; large layers' tiles call BLAS (single-threaded: the workers already use every thread).
 * A tile owns its outputs (rows of W, a block of error terms): nothing is summed across threads, and
   what a tile computes does not depend on who computes it, so results are the same for every thread
   count. A worker waits only for tiles other workers have already claimed, so the workers need not run
