@@ -11,4 +11,11 @@ from .modelfile import load
 from .network import Evaluation, History, Network, TrainingDiverged
 
 __all__ = ["Network", "History", "Evaluation", "TrainingDiverged", "load", "available_backends",
-           "__version__"]
+           "MLPClassifier", "MLPRegressor", "__version__"]
+
+
+def __getattr__(name):  # the scikit-learn estimators, imported on first use (scikit-learn is optional)
+    if name in ("MLPClassifier", "MLPRegressor"):
+        from . import estimators
+        return getattr(estimators, name)
+    raise AttributeError(f"module 'fastbp' has no attribute {name!r}")

@@ -1,8 +1,10 @@
-"""The command line: ``fastbp train`` (handwritten digits by default) and ``fastbp info``."""
+"""The command line: ``fastbp train`` (handwritten digits by default, or --dataset) and ``fastbp info``."""
 import argparse
 import json
 import sys
 import time
+
+import numpy as np
 
 from . import __version__, backends, datasets, initializers, schedules
 from .kernels import codes
@@ -54,6 +56,9 @@ def parser():
                      help="stop when the test loss stops improving; keep the best epoch")
     fit.add_argument("--patience", type=int, default=10, help="epochs without improvement")
     data = train.add_argument_group("data and output")
+    data.add_argument("--dataset", default="digits", metavar="SPEC",
+                      help="digits (bundled), mnist:DIR (IDX files), FILE.npz (arrays X, y) or "
+                           "FILE.csv (the label in the last column)")
     data.add_argument("--test-fraction", type=float, default=0.2,
                       help="share of the data held out to test on")
     data.add_argument("--save", metavar="PATH", default=None,
@@ -91,9 +96,10 @@ def train(args):
     if args.distributed:
         from .distributed import train_cli
         return train_cli(args)
-    X, y = datasets.load_digits()
+    X, y = datasets.load(args.dataset)
+    classes, y = np.unique(y, return_inverse=True)  # any labels become 0..n_classes-1
     X_train, X_test, y_train, y_test = datasets.train_test_split(X, y, args.test_fraction, args.seed)
-    n_classes = int(y.max()) + 1
+    n_classes = len(classes)
     layers = args.layers or [X.shape[1], 64, n_classes]
     backend = args.backend
     if backend == "auto":
@@ -103,8 +109,8 @@ def train(args):
                   args.threads, args.seed, args.init)
     if not args.quiet:
         print(f"fastbp {__version__}: {net}")
-        print(f"digits: {len(X_train)} training and {len(X_test)} test images of {X.shape[1]} "
-              f"pixels; {args.epochs} epochs, minibatches of {args.batch_size}, {args.optimizer} lr "
+        print(f"{args.dataset}: {len(X_train)} training and {len(X_test)} test samples of "
+              f"{X.shape[1]} features, {n_classes} classes; {args.epochs} epochs, minibatches of {args.batch_size}, {args.optimizer} lr "
               f"{lr}, l2 {args.l2}" + (f", momentum {args.momentum}" if args.optimizer == "sgd" else "")
               + f", {net._threads()} threads", flush=True)
 
@@ -143,7 +149,7 @@ def train(args):
     if args.plot:
         from .plotting import plot_learning_curves
         plot_learning_curves(history, args.plot, title=(
-            f"digits: {'-'.join(map(str, layers))} {args.activation}, {args.optimizer}, "
+            f"{args.dataset}: {'-'.join(map(str, layers))} {args.activation}, {args.optimizer}, "
             f"dropout {args.dropout}, test accuracy {result.accuracy:.4f}"))
         print(f"learning curves drawn to {args.plot}")
     if args.json:
@@ -175,6 +181,6 @@ def main(argv=None):
     args = parser().parse_args(argv)
     try:
         return {"train": train, "info": info}[args.command](args)
-    except (ValueError, TypeError, ImportError) as error:
+    except (ValueError, TypeError, ImportError, OSError) as error:
         print(f"fastbp: error: {error}", file=sys.stderr)
         return 2

@@ -127,6 +127,25 @@ class Network:
         self._lock = threading.Lock()
         self.history = None
 
+    def reset_optimizer(self):
+        """Forget the optimizer state (velocity, moments, step count): the next fit starts afresh."""
+        self._state[:] = 0
+        self._hyper[codes.H_STEP] = 0
+        self._optimizer = None
+
+    def __getstate__(self):  # pickling: everything but the lock and the work buffers
+        state = self.__dict__.copy()
+        for name in ("_lock", "_work", "_driver", "weights", "biases"):
+            state.pop(name)
+        return state
+
+    def __setstate__(self, state):
+        self.__dict__.update(state)
+        self._driver = backends.get(self.backend)
+        self._lock = threading.Lock()
+        self._work = {}
+        self.weights, self.biases = codes.layer_views(self._desc, self.parameters)
+
     def __repr__(self):
         return (f"Network({self.layer_sizes}, activation={self.activation!r}, output_activation="
                 f"{self.output_activation!r}, loss={self.loss!r}, dtype={self.dtype.name!r}, "
@@ -323,8 +342,7 @@ class Network:
 
         with self._exclusive():
             if self._optimizer != (optimizer, bool(nesterov)):  # new optimizer: fresh state
-                self._state[:] = 0
-                self._hyper[codes.H_STEP] = 0
+                self.reset_optimizer()
                 self._optimizer = (optimizer, bool(nesterov))
             hyper[codes.H_STEP] = self._hyper[codes.H_STEP]
             self._hyper = hyper

@@ -1,4 +1,7 @@
 """The command line, run in-process: training on the bundled digits, saving, info."""
+import json
+
+import numpy as np
 import pytest
 
 import fastbp
@@ -38,3 +41,17 @@ def test_bad_options_are_reported(capsys):
 def test_info(capsys):
     assert main(["info"]) == 0
     assert "numpy   available" in capsys.readouterr().out
+
+
+def test_train_on_an_npz_dataset_with_text_labels(tmp_path, capsys):
+    rng = np.random.default_rng(0)
+    X = rng.random((120, 6))
+    y = np.where(X[:, 0] > 0.5, "high", "low")
+    np.savez(tmp_path / "data.npz", X=X, y=y)
+    status = main(["train", "--dataset", str(tmp_path / "data.npz"), "--epochs", "3", "--quiet",
+                   "--json", str(tmp_path / "history.json")])
+    assert status == 0 and "test accuracy" in capsys.readouterr().out
+    record = json.loads((tmp_path / "history.json").read_text())
+    assert record["epochs"] == 3 and len(record["history"]["val_loss"]) == 3
+    assert main(["train", "--dataset", str(tmp_path / "missing.npz"), "--quiet"]) == 2
+    assert "missing.npz" in capsys.readouterr().err

@@ -158,3 +158,16 @@ def test_a_cython_build_from_other_codes_is_refused(monkeypatch):
     with pytest.raises(backends.BackendUnavailable, match="built from another version"):
         fastbp.Network([2, 2], backend="cython")
     assert "cython" not in fastbp.available_backends()
+
+
+def test_networks_pickle(backend):
+    import pickle
+    X, y = problem([5, 4, 3], 20, seed=1)
+    net = fastbp.Network([5, 4, 3], backend=backend, seed=0)
+    net.fit(X, y, epochs=1, batch_size=4, momentum=0.5)
+    copy = pickle.loads(pickle.dumps(net))
+    assert np.array_equal(copy.forward(X), net.forward(X))
+    copy.weights[0][:] = 0  # its views are its own
+    assert not np.array_equal(copy.forward(X), net.forward(X))
+    net.reset_optimizer()
+    assert not net._state.any()
