@@ -73,14 +73,18 @@ SPINS = 4000             # spin-wait iterations (a few microseconds) before a wa
 # A driver's program: one row per phase of a minibatch. Rows with the same P_STEP form a step; the
 # workers finish a step before starting the next. A parallel step's tiles are its rows' tiles, which
 # are independent; a serial step is one tile that runs its rows in order.
-# P_BLAS: the phase's tiles call BLAS (single-threaded gemm on the tile: deterministic); forward and
-# error-term tiles are then blocks of P_SAMPLES samples. P_GATHERED: layer 0 reads the batch from the
+# P_BLAS: the phase's tiles call BLAS (single-threaded gemm on the tile: deterministic); error-term
+# tiles are then blocks of P_SAMPLES samples. P_GATHERED: layer 0 reads the batch from the
 # gather buffer (filled by an OP_GATHER phase) rather than from X through the permutation.
 (P_OP, P_LAYER, P_STEP, P_SERIAL, P_ROWS, P_SAMPLES, P_COLUMNS, P_BLAS, P_GATHERED) = range(9)
 P_FIELDS = 9
-# When a phase uses BLAS: big enough batches and layers (where measured faster than the tiles).
+# When a phase uses BLAS: big enough batches and layers (where measured faster than the tiles); a
+# BLAS phase has about BLAS_TILES tiles. Forward and gradient tiles are blocks of rows of W (the gemm
+# output T_l = W A^T, then transposed into Z with the bias and activation; G rows = D^T A), error
+# term tiles blocks of samples (E rows = D W).
 BLAS_MIN_BATCH = 32
 BLAS_MIN_LAYER = 128 * 128
+BLAS_TILES = 4
 
 # The primitive kernels every compiled backend exports under these names (a test checks it).
 KERNELS = ("dense_forward", "activation_forward", "activation_backward", "output_error",
@@ -161,7 +165,7 @@ def part_tiles(phase, n_in, n_out, m):
     op, rows, samples, columns = phase[P_OP], phase[P_ROWS], phase[P_SAMPLES], phase[P_COLUMNS]
     if op == OP_OUTPUT:
         return 1
-    if op == OP_GATHER or (phase[P_BLAS] and op in (OP_FORWARD, OP_BACKWARD)):
+    if op == OP_GATHER or (phase[P_BLAS] and op == OP_BACKWARD):
         return -(-m // samples)
     if op == OP_BACKWARD:
         return -(-m // samples) * -(-n_in // columns)
@@ -185,18 +189,18 @@ def program(kind, desc, batch_size):
     """
     n_layers = int(desc[D_LAYERS])
     m = batch_size
-    sample_tile = max(BLAS_MIN_BATCH // 2, -(-m // 8))
+    sample_tile = max(BLAS_MIN_BATCH // 2, -(-m // BLAS_TILES))
 
     def rows_for(n_in, n_out, blas):
-        if blas:
-            return TILE_ROWS * max(1, -(-n_out // (8 * TILE_ROWS)))
+        if blas:  # a few large tiles: each gemm call packs the whole batch again
+            return TILE_ROWS * max(1, -(-n_out // (BLAS_TILES * TILE_ROWS)))
         return TILE_ROWS * max(1, -(-MIN_TILE_WORK // (TILE_ROWS * m * n_in)))
 
     phases = []
     for l in range(n_layers):
         n_in, n_out = layer(desc, l)[:2]
         blas = use_blas(OP_FORWARD, m, n_in, n_out)
-        phases.append([OP_FORWARD, l, rows_for(n_in, n_out, False), sample_tile, 0, blas])
+        phases.append([OP_FORWARD, l, rows_for(n_in, n_out, blas), sample_tile, 0, blas])
     phases.append([OP_OUTPUT, n_layers - 1, 0, 0, 0, 0])
     if kind != FORWARD:
         for l in range(n_layers - 1, 0, -1):
@@ -242,7 +246,8 @@ def blas_single_threaded(program):
     if not program[:, P_BLAS].any():
         return contextlib.nullcontext()
     if not _BLAS_CONTROLLER:
-        from threadpoolctl import ThreadpoolController
+        import scipy.linalg.cython_blas  # noqa: F401  the BLAS both backends call, loaded before
+        from threadpoolctl import ThreadpoolController  # the controller lists the libraries
         _BLAS_CONTROLLER.append(ThreadpoolController())
     return _BLAS_CONTROLLER[0].limit(limits=1, user_api="blas")
 

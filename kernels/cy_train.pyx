@@ -16,7 +16,7 @@ from fastbp.kernels cimport cy_kernels as K
 from fastbp.kernels.cy_kernels cimport (C_L2, C_SCALE, C_SIZE, COST_NOT_FINITE, D_CAPACITY,
                                         D_GATHER, D_HEADER, D_LAYERS, D_LOSS, D_OPTIMIZER, D_OUTPUT, DONE,
                                         FORWARD, GRADIENTS, H_DROPOUT, H_KEY, H_SEED, H_STEP,
-                                        IDENTITY, L_A, L_ACT, L_B, L_D,
+                                        IDENTITY, L_A, L_ACT, L_B, L_D, L_T,
                                         L_FIELDS, L_IN, L_OUT, L_W, OP_BACKWARD, OP_FORWARD,
                                         OP_GATHER, OP_GRADIENT, OP_OUTPUT, OP_UPDATE, P_BLAS,
                                         P_COLUMNS, P_FIELDS, P_GATHERED, P_LAYER, P_OP, P_ROWS,
@@ -113,7 +113,7 @@ cdef inline Py_ssize_t _part_tiles(const int64_t* phase, const int64_t* desc,
     cdef int op = phase[P_OP]
     if op == OP_OUTPUT:
         return 1
-    if op == OP_GATHER or (phase[P_BLAS] != 0 and (op == OP_FORWARD or op == OP_BACKWARD)):
+    if op == OP_GATHER or (phase[P_BLAS] != 0 and op == OP_BACKWARD):
         return (m + phase[P_SAMPLES] - 1) // phase[P_SAMPLES]
     rec = D_HEADER + L_FIELDS * phase[P_LAYER]
     if op == OP_BACKWARD:
@@ -138,7 +138,7 @@ cdef void _tile(const int64_t* phase, Py_ssize_t t, int kind, const int64_t* des
     cdef floating* Z
     cdef floating* D
     cdef floating* gathered
-    cdef floating check, scale, total
+    cdef floating check, scale
     cdef double rate
     if op == OP_OUTPUT:
         _output(kind, desc, Y, rows, m, first_row, work, costs, n_costs, out, hyper, c, status, batch)
@@ -188,22 +188,18 @@ cdef void _tile(const int64_t* phase, Py_ssize_t t, int kind, const int64_t* des
     if op == OP_FORWARD:
         act = desc[rec + L_ACT] if l < desc[D_LAYERS] - 1 else IDENTITY
         Z = work + desc[rec + L_A]
-        if blas:
-            s0 = t * phase[P_SAMPLES]
-            s1 = min(s0 + phase[P_SAMPLES], m)
-            j0, j1 = 0, n_out
-            K._gemm(c'N', c'T', s1 - s0, n_out, n_in, <floating>1, A_in + s0 * n_in, n_in,
-                    params + w, n_in, Z + s0 * n_out, n_out)
-            for s in range(s0, s1):
-                for j in range(n_out):
+        j0 = t * phase[P_ROWS]
+        j1 = min(j0 + phase[P_ROWS], n_out)
+        if blas:  # Z[:, j0:j1] = A_in W[j0:j1]^T (gemm writes the column block), then f(Z + b)
+            K._gemm(c'N', c'T', m, j1 - j0, n_in, <floating>1, A_in, n_in, params + w + j0 * n_in,
+                    n_in, Z + j0, n_out)
+            for s in range(m):
+                for j in range(j0, j1):
                     Z[s * n_out + j] = <floating>_activate(act, Z[s * n_out + j] + params[b + j])
         else:
-            s0, s1 = 0, m
-            j0 = t * phase[P_ROWS]
-            j1 = min(j0 + phase[P_ROWS], n_out)
             K._forward_rows(params + w, params + b, A_in, rows_in, m, n_in, n_out, act, Z, j0, j1)
         if hyper[H_DROPOUT + l] > 0:
-            K._dropout_rows(Z, n_out, hyper[H_DROPOUT + l], hyper[H_SEED], hyper[H_STEP], l, s0, s1,
+            K._dropout_rows(Z, n_out, hyper[H_DROPOUT + l], hyper[H_SEED], hyper[H_STEP], l, 0, m,
                             j0, j1)
         return
     j0 = t * phase[P_ROWS]
@@ -213,10 +209,12 @@ cdef void _tile(const int64_t* phase, Py_ssize_t t, int kind, const int64_t* des
         K._gemm(c'T', c'N', j1 - j0, n_in, m, scale, D + j0, n_out, A_in, n_in,
                 grads + w + j0 * n_in, n_in)
         for j in range(j0, j1):
-            total = 0
-            for s in range(m):
-                total += D[s * n_out + j]
-            grads[b + j] = scale * total
+            grads[b + j] = 0
+        for s in range(m):  # row by row: D is read in order
+            for j in range(j0, j1):
+                grads[b + j] += D[s * n_out + j]
+        for j in range(j0, j1):
+            grads[b + j] *= scale
     else:
         K._gradient_rows(D, A_in, rows_in, m, n_in, n_out, scale, grads + w, grads + b, j0, j1)
     if op == OP_GRADIENT:  # accumulate this block's share of the mean gradient into S0

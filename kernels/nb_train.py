@@ -154,7 +154,7 @@ def _part_tiles(phase, desc, m):
     op = phase[P_OP]
     if op == OP_OUTPUT:
         return 1
-    if op == OP_GATHER or (phase[P_BLAS] != 0 and (op == OP_FORWARD or op == OP_BACKWARD)):
+    if op == OP_GATHER or (phase[P_BLAS] != 0 and op == OP_BACKWARD):
         return -(-m // phase[P_SAMPLES])
     rec = D_HEADER + L_FIELDS * phase[P_LAYER]
     if op == OP_BACKWARD:
@@ -222,22 +222,19 @@ def _tile(phase, t, kind, desc, params, grads, state, X, Y, rows, first_row, ide
         act = desc[rec + L_ACT] if l < desc[D_LAYERS] - 1 else IDENTITY
         Z = work[a:a + m * n_out].reshape((m, n_out))
         bias = params[b:b + n_out]
-        if blas:
-            s0 = t * phase[P_SAMPLES]
-            s1 = min(s0 + phase[P_SAMPLES], m)
-            j0, j1 = 0, n_out
-            np.dot(A_in[s0:s1], W.T, Z[s0:s1])
-            for s in range(s0, s1):
-                z = Z[s]
-                for j in range(n_out):
-                    z[j] = _activate(act, z[j] + bias[j])
+        j0 = t * phase[P_ROWS]
+        j1 = min(j0 + phase[P_ROWS], n_out)
+        if blas:  # S = A_in W[j0:j1]^T (np.dot wants a contiguous output), Z[:, j0:j1] = f(S + b)
+            t_off = desc[rec + L_T] + j0 * m
+            S = work[t_off:t_off + m * (j1 - j0)].reshape((m, j1 - j0))
+            np.dot(A_in, W[j0:j1].T, S)
+            for s in range(m):
+                for j in range(j0, j1):
+                    Z[s, j] = _activate(act, S[s, j - j0] + bias[j])
         else:
-            s0, s1 = 0, m
-            j0 = t * phase[P_ROWS]
-            j1 = min(j0 + phase[P_ROWS], n_out)
             _forward_rows(W, bias, A_in, rows_in, act, Z, j0, j1)
         if hyper[H_DROPOUT + l] > 0:
-            _dropout_rows(Z, hyper[H_DROPOUT + l], hyper[H_SEED], hyper[H_STEP], l, s0, s1, j0, j1)
+            _dropout_rows(Z, hyper[H_DROPOUT + l], hyper[H_SEED], hyper[H_STEP], l, 0, m, j0, j1)
         return
     j0 = t * phase[P_ROWS]
     j1 = min(j0 + phase[P_ROWS], n_out)
@@ -248,11 +245,13 @@ def _tile(phase, t, kind, desc, params, grads, state, X, Y, rows, first_row, ide
         t_off = desc[rec + L_T]
         DT = work[t_off:t_off + n_out * m].reshape((n_out, m))
         for j in range(j0, j1):
-            total = scale - scale
-            for s in range(m):
+            gb[j] = 0
+        for s in range(m):  # row by row: D is read in order
+            for j in range(j0, j1):
                 DT[j, s] = scale * D[s, j]
-                total += D[s, j]
-            gb[j] = scale * total
+                gb[j] += D[s, j]
+        for j in range(j0, j1):
+            gb[j] *= scale
         np.dot(DT[j0:j1], A_in, G[j0:j1])
     else:
         _gradient_rows(D, A_in, rows_in, scale, G, gb, j0, j1)
