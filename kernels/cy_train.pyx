@@ -248,17 +248,15 @@ cdef void _worker(int kind, const int64_t* program, Py_ssize_t n_program, const 
                   floating* params, floating* grads, floating* S0, floating* S1, const floating* X,
                   const floating* Y, const int64_t* order, Py_ssize_t n, Py_ssize_t batch_size,
                   Py_ssize_t first, Py_ssize_t last, double* hyper, floating* work, double* costs,
-                  Py_ssize_t n_costs, floating* out, int64_t* counters, int64_t* status,
-                  floating* c, const int64_t* ident) noexcept nogil:
+                  Py_ssize_t n_costs, floating* out, int64_t* counters, int64_t* claims,
+                  int64_t* status, floating* c, const int64_t* ident) noexcept nogil:
     """One worker's pass over batches first..last-1: every step of `program` for every batch.
 
-    Tiles are numbered by one running count over the whole call: counters[0] hands out tickets,
-    counters[8] counts finished tiles (another cache line). A ticket beyond the current step is kept
-    for the step it belongs to; a step is over when every ticket before its end is finished.
-    Twin: nb_train._worker.
+    Step k of the call hands out its tiles through claims[k]; counters[0] counts the finished tiles of
+    the whole call. A worker claims only tiles of the step it is in, and a step is over when every
+    tile before its end is finished. Twin: nb_train._worker.
     """
-    cdef Py_ssize_t i, p, q, r, u, start, m, n_tiles, parts, t, base = 0
-    cdef int64_t ticket = -1
+    cdef Py_ssize_t i, p, q, r, u, start, m, n_tiles, parts, t, base = 0, k = 0
     cdef bint serial
     cdef const int64_t* rows
     for i in range(first, last):
@@ -277,9 +275,7 @@ cdef void _worker(int kind, const int64_t* program, Py_ssize_t n_program, const 
                 for r in range(p, q):
                     n_tiles += _part_tiles(program + r * P_FIELDS, desc, m)
             while True:
-                if ticket < 0:
-                    ticket = _atomic_add(counters, 1)
-                t = ticket - base
+                t = _atomic_add(claims + k, 1)
                 if t >= n_tiles:
                     break
                 for r in range(p, q):
@@ -297,13 +293,13 @@ cdef void _worker(int kind, const int64_t* program, Py_ssize_t n_program, const 
                         break
                     else:
                         t -= parts
-                _atomic_add(counters + 8, 1)
-                ticket = -1
+                _atomic_add(counters, 1)
             base += n_tiles
-            _wait(counters + 8, base)
+            _wait(counters, base)
             if _atomic_load(status) != DONE:
                 return
             p = q
+            k += 1
 
 
 # --------------------------------------------------------------------------- drivers
@@ -315,7 +311,9 @@ cdef _launch(int kind, int n_threads, const int64_t[::1] desc, floating[::1] par
              double[::1] costs, floating[:, ::1] out, double scale):
     """Run n_threads workers (OpenMP threads) over batches first..last-1; returns the status pair."""
     cdef int64_t[:, ::1] program = codes.program(kind, np.asarray(desc), batch_size)
-    cdef int64_t[::1] counters = np.zeros(16, np.int64)
+    cdef int64_t[::1] counters = np.zeros(1, np.int64)
+    cdef int64_t[::1] claims = np.zeros(max(last - first, 1) * (program[program.shape[0] - 1, P_STEP] + 1),
+                                        np.int64)
     cdef int64_t[::1] status = np.zeros(2, np.int64)
     cdef floating[::1] c = np.zeros(C_SIZE, np.asarray(params).dtype)
     cdef int64_t[::1] ident = np.arange(desc[D_CAPACITY])
@@ -326,8 +324,8 @@ cdef _launch(int kind, int n_threads, const int64_t[::1] desc, floating[::1] par
     c[C_SCALE] = <floating>scale
     with codes.blas_single_threaded(np.asarray(program)):
         _run_workers(kind, program, desc, params, grads, state, X, Y_data, order, batch_size, first,
-                     last, hyper, work, costs_data, costs.shape[0], out_data, counters, status, c,
-                     ident, n_workers)
+                     last, hyper, work, costs_data, costs.shape[0], out_data, counters, claims,
+                     status, c, ident, n_workers)
     return np.asarray(status)
 
 
@@ -336,15 +334,15 @@ cdef void _run_workers(int kind, int64_t[:, ::1] program, const int64_t[::1] des
                        const floating[:, ::1] X, const floating* Y_data, const int64_t[::1] order,
                        Py_ssize_t batch_size, Py_ssize_t first, Py_ssize_t last, double[::1] hyper,
                        floating[::1] work, double* costs_data, Py_ssize_t n_costs, floating* out_data,
-                       int64_t[::1] counters, int64_t[::1] status, floating[::1] c,
-                       int64_t[::1] ident, int n_workers) noexcept:
+                       int64_t[::1] counters, int64_t[::1] claims, int64_t[::1] status,
+                       floating[::1] c, int64_t[::1] ident, int n_workers) noexcept:
     """The workers: one per OpenMP thread (prange over workers, static schedule)."""
     cdef int worker
     for worker in prange(n_workers, nogil=True, schedule="static", num_threads=n_workers):
         _worker(kind, &program[0, 0], program.shape[0], &desc[0], &params[0], &grads[0],
                 &state[0, 0], &state[1, 0], &X[0, 0], Y_data, &order[0], order.shape[0],
                 batch_size, first, last, &hyper[0], &work[0], costs_data, n_costs,
-                out_data, &counters[0], &status[0], &c[0], &ident[0])
+                out_data, &counters[0], &claims[0], &status[0], &c[0], &ident[0])
 
 
 def train_epoch(const int64_t[::1] desc, floating[::1] params, floating[::1] grads,

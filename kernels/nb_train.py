@@ -9,8 +9,8 @@ Twin of ``cy_train.pyx``. How the work is shared (the same in both backends):
   Numba ``prange`` region around it would cost seconds of compilation (the whole worker is compiled
   again inside the parallel region) and a launch per call.
 * A phase is cut into tiles whose size depends only on the shapes (``codes.program``). Workers claim
-  tiles from one running ticket counter and count the finished ones; a step (one or more phases) is
-  over when every tile of it is finished. Small consecutive phases form one serial step, done by one
+  the tiles of the step they are in from that step's counter and count the finished ones; a step (one
+  or more phases) is over when every tile of it is finished. Small consecutive phases form one serial step, done by one
   worker; large layers' tiles call BLAS (single-threaded: the workers already use every thread).
 * A tile owns its outputs (rows of W, a block of error terms): nothing is summed across threads, and
   what a tile computes does not depend on who computes it, so results are the same for every thread
@@ -26,6 +26,7 @@ from llvmlite import ir
 from numba import types
 from numba.core import cgutils
 from numba.extending import intrinsic
+from numba.np.arrayobj import make_array, populate_array
 
 from . import codes
 from .codes import (C_L2, C_SCALE, C_SIZE, COST_NOT_FINITE, D_CAPACITY, D_GATHER, D_HEADER,
@@ -110,6 +111,36 @@ def _wait(counters, i, target):
             _yield()
 
 
+@intrinsic
+def _view(typingctx, flat, offset, rows, cols):
+    """A (rows, cols) C-contiguous view of flat[offset:], with no reference count: the worker's
+    views would otherwise update the buffers' shared counts atomically, from every thread, at every
+    tile. Valid while flat lives (the worker's call)."""
+    return _borrowed(flat, types.Array(flat.dtype, 2, "C"),
+                     types.Array(flat.dtype, 2, "C")(flat, types.intp, types.intp, types.intp))
+
+
+@intrinsic
+def _row(typingctx, flat, offset, n):
+    """flat[offset:offset + n] as a view with no reference count (see _view)."""
+    return _borrowed(flat, types.Array(flat.dtype, 1, "C"),
+                     types.Array(flat.dtype, 1, "C")(flat, types.intp, types.intp))
+
+
+def _borrowed(flat, result, signature):
+    def codegen(context, builder, sig, args):
+        source = make_array(sig.args[0])(context, builder, args[0])
+        view = make_array(result)(context, builder)
+        itemsize = context.get_constant(
+            types.intp, context.get_abi_sizeof(context.get_data_type(flat.dtype)))
+        shape = list(args[2:])
+        strides = [builder.mul(shape[1], itemsize), itemsize] if len(shape) == 2 else [itemsize]
+        populate_array(view, data=builder.gep(source.data, [args[1]]), shape=shape, strides=strides,
+                       itemsize=itemsize, meminfo=None)
+        return view._getvalue()
+    return signature, codegen
+
+
 # --------------------------------------------------------------------------- tiles and phases
 
 @jit_inline
@@ -124,13 +155,12 @@ def _output(kind, desc, Y, rows, first_row, work, costs, out, hyper, c, status, 
     m = rows.shape[0]
     a = desc[rec + L_A]
     d = desc[rec + L_D]
-    Z = work[a:a + m * k].reshape((m, k))
-    cost = costs[first_row:first_row + m]
+    Z = _view(work, a, m, k)
+    cost = _row(costs, first_row, m)
     if kind == FORWARD and costs.shape[0] == 0:
         activation_forward(desc[D_OUTPUT], Z)
     else:
-        output_error(desc[D_OUTPUT], desc[D_LOSS], Z, Y, rows, work[d:d + m * k].reshape((m, k)),
-                     cost)
+        output_error(desc[D_OUTPUT], desc[D_LOSS], Z, Y, rows, _view(work, d, m, k), cost)
     if kind == FORWARD:
         for s in range(m):
             for j in range(k):
@@ -177,30 +207,27 @@ def _tile(phase, t, kind, desc, params, grads, state, X, Y, rows, first_row, ide
     n_out = desc[rec + L_OUT]
     if op == OP_GATHER:  # the batch's rows of X, side by side, for BLAS
         s0 = t * phase[P_SAMPLES]
-        gathered = work[desc[D_GATHER]:desc[D_GATHER] + m * n_in].reshape((m, n_in))
+        gathered = _view(work, desc[D_GATHER], m, n_in)
         for s in range(s0, min(s0 + phase[P_SAMPLES], m)):
             gathered[s] = X[rows[s]]
         return
     w = desc[rec + L_W]
     b = desc[rec + L_B]
-    W = params[w:w + n_out * n_in].reshape((n_out, n_in))
+    W = _view(params, w, n_out, n_in)
     if l > 0:
-        a_in = desc[rec - L_FIELDS + L_A]
-        A_in = work[a_in:a_in + m * n_in].reshape((m, n_in))
-        rows_in = ident[:m]
+        A_in = _view(work, desc[rec - L_FIELDS + L_A], m, n_in)
+        rows_in = _row(ident, 0, m)
     elif phase[P_GATHERED] != 0:
-        A_in = work[desc[D_GATHER]:desc[D_GATHER] + m * n_in].reshape((m, n_in))
-        rows_in = ident[:m]
+        A_in = _view(work, desc[D_GATHER], m, n_in)
+        rows_in = _row(ident, 0, m)
     else:
         A_in = X
         rows_in = rows
-    d = desc[rec + L_D]
-    D = work[d:d + m * n_out].reshape((m, n_out))
+    D = _view(work, desc[rec + L_D], m, n_out)
     blas = phase[P_BLAS] != 0
     if op == OP_BACKWARD:
         samples = phase[P_SAMPLES]
-        d_in = desc[rec - L_FIELDS + L_D]
-        E = work[d_in:d_in + m * n_in].reshape((m, n_in))
+        E = _view(work, desc[rec - L_FIELDS + L_D], m, n_in)
         act = desc[rec - L_FIELDS + L_ACT]
         rate = hyper[H_DROPOUT + l - 1]
         if blas:
@@ -218,15 +245,13 @@ def _tile(phase, t, kind, desc, params, grads, state, X, Y, rows, first_row, ide
                         rate, hyper[H_SEED], hyper[H_KEY], l - 1)
         return
     if op == OP_FORWARD:
-        a = desc[rec + L_A]
         act = desc[rec + L_ACT] if l < desc[D_LAYERS] - 1 else IDENTITY
-        Z = work[a:a + m * n_out].reshape((m, n_out))
-        bias = params[b:b + n_out]
+        Z = _view(work, desc[rec + L_A], m, n_out)
+        bias = _row(params, b, n_out)
         j0 = t * phase[P_ROWS]
         j1 = min(j0 + phase[P_ROWS], n_out)
         if blas:  # S = A_in W[j0:j1]^T (np.dot wants a contiguous output), Z[:, j0:j1] = f(S + b)
-            t_off = desc[rec + L_T] + j0 * m
-            S = work[t_off:t_off + m * (j1 - j0)].reshape((m, j1 - j0))
+            S = _view(work, desc[rec + L_T] + j0 * m, m, j1 - j0)
             np.dot(A_in, W[j0:j1].T, S)
             for s in range(m):
                 for j in range(j0, j1):
@@ -238,12 +263,11 @@ def _tile(phase, t, kind, desc, params, grads, state, X, Y, rows, first_row, ide
         return
     j0 = t * phase[P_ROWS]
     j1 = min(j0 + phase[P_ROWS], n_out)
-    G = grads[w:w + n_out * n_in].reshape((n_out, n_in))
-    gb = grads[b:b + n_out]
+    G = _view(grads, w, n_out, n_in)
+    gb = _row(grads, b, n_out)
     scale = c[C_SCALE]
     if blas:  # G[j0:j1] = (scale D[:, j0:j1])^T A_in, through a transposed copy of D's columns
-        t_off = desc[rec + L_T]
-        DT = work[t_off:t_off + n_out * m].reshape((n_out, m))
+        DT = _view(work, desc[rec + L_T], n_out, m)
         for j in range(j0, j1):
             gb[j] = 0
         for s in range(m):  # row by row: D is read in order
@@ -274,22 +298,21 @@ def _tile(phase, t, kind, desc, params, grads, state, X, Y, rows, first_row, ide
 
 @jit
 def _worker(kind, program, desc, params, grads, state, X, Y, order, batch_size, first, last, hyper,
-            work, costs, out, counters, status, c, ident):
+            work, costs, out, counters, claims, status, c, ident):
     """One worker's pass over batches first..last-1: every step of `program` for every batch.
 
-    Tiles are numbered by one running count over the whole call: counters[0] hands out tickets,
-    counters[8] counts finished tiles (another cache line). A ticket beyond the current step is kept
-    for the step it belongs to; a step is over when every ticket before its end is finished.
-    Twin: cy_train._worker.
+    Step k of the call hands out its tiles through claims[k]; counters[0] counts the finished tiles of
+    the whole call. A worker claims only tiles of the step it is in, and a step is over when every
+    tile before its end is finished. Twin: cy_train._worker.
     """
     n = order.shape[0]
     n_program = program.shape[0]
-    ticket = -1
     base = 0
+    k = 0
     for i in range(first, last):
         start = i * batch_size
-        rows = order[start:min(start + batch_size, n)]
-        m = rows.shape[0]
+        m = min(start + batch_size, n) - start
+        rows = _row(order, start, m)
         p = 0
         while p < n_program:
             q = p + 1
@@ -302,9 +325,7 @@ def _worker(kind, program, desc, params, grads, state, X, Y, order, batch_size, 
                 for r in range(p, q):
                     n_tiles += _part_tiles(program[r], desc, m)
             while True:
-                if ticket < 0:
-                    ticket = _atomic_add(counters, 0, 1)
-                t = ticket - base
+                t = _atomic_add(claims, k, 1)
                 if t >= n_tiles:
                     break
                 for r in range(p, q):
@@ -321,13 +342,13 @@ def _worker(kind, program, desc, params, grads, state, X, Y, order, batch_size, 
                         break
                     else:
                         t -= parts
-                _atomic_add(counters, 8, 1)
-                ticket = -1
+                _atomic_add(counters, 0, 1)
             base += n_tiles
-            _wait(counters, 8, base)
+            _wait(counters, 0, base)
             if _atomic_load(status, 0) != DONE:
                 return
             p = q
+            k += 1
 
 
 # --------------------------------------------------------------------------- drivers
@@ -340,13 +361,14 @@ def _launch(kind, n_threads, desc, params, grads, state, X, Y, order, batch_size
     """Run n_threads workers over batches first..last-1: one on the calling thread, the others on a
     pool of threads (the worker releases the GIL). Returns the status array."""
     program = codes.program(kind, desc, batch_size)
-    counters = np.zeros(16, np.int64)
+    counters = np.zeros(1, np.int64)
+    claims = np.zeros(max(last - first, 1) * (int(program[-1, codes.P_STEP]) + 1), np.int64)
     status = np.zeros(2, np.int64)
     c = np.zeros(C_SIZE, params.dtype)
     c[C_SCALE] = scale
     ident = np.arange(desc[D_CAPACITY])
     args = (kind, program, desc, params, grads, state, X, Y, order, batch_size, first, last, hyper,
-            work, costs, out, counters, status, c, ident)
+            work, costs, out, counters, claims, status, c, ident)
     with codes.blas_single_threaded(program):
         _run_workers(n_threads, args)
     return status
