@@ -78,7 +78,9 @@ class Network:
     backend : str
         ``numba``, ``cython`` or ``numpy`` (the reference); see ``fastbp.available_backends()``.
     n_threads : int or None
-        Threads per minibatch; None uses every CPU this process may run on. Results do not depend on it.
+        Threads per minibatch. None: up to every CPU this process may run on; while training, fastbp
+        times chunks of minibatches and uses fewer threads when that is faster (a busy machine).
+        Results never depend on it.
     seed : int or None
         Seeds the initial parameters and the shuffling.
     init : str
@@ -125,6 +127,7 @@ class Network:
         initializers.initialize(init, activation, self.weights, self.biases, self._rng)
         self._work = {}
         self._lock = threading.Lock()
+        self._tuner = None
         self.history = None
 
     def reset_optimizer(self):
@@ -137,6 +140,7 @@ class Network:
         state = self.__dict__.copy()
         for name in ("_lock", "_work", "_driver", "weights", "biases"):
             state.pop(name)
+        state["_tuner"] = None
         return state
 
     def __setstate__(self, state):
@@ -399,12 +403,14 @@ class Network:
         """One epoch, in chunks of minibatches timed to CHUNK_SECONDS. Returns each sample's cost."""
         n_batches = -(-X.shape[0] // batch_size)
         costs = np.zeros(X.shape[0])
-        threads = self._threads()
+        if self._tuner is None or self._tuner.most != self._threads():
+            self._tuner = _ThreadTuner(self._threads(), fixed=self.n_threads is not None)
         chunk = max(1, 4096 // batch_size)
         first = 0
         while first < n_batches:
             last = min(first + chunk, n_batches)
             saved = self.parameters.copy(), self._state.copy(), self._hyper.copy()
+            threads = self._tuner.pick()
             started = time.perf_counter()
             with _DeferredInterrupt() as interrupt:  # a chunk runs whole: Ctrl-C waits for its end
                 done, status, batch = self._driver.train_epoch(
@@ -425,6 +431,7 @@ class Network:
                 history.interrupted = (epoch, last)
                 raise KeyboardInterrupt
             elapsed = time.perf_counter() - started
+            self._tuner.record(threads, (last - first) / max(elapsed, 1e-9))
             if bar is not None:
                 bar.update(last - first)
             chunk = int(np.clip(chunk * CHUNK_SECONDS / max(elapsed, 1e-6), 1, 1 << 20))
@@ -460,6 +467,38 @@ class _EarlyStopping:
     def restore(self, net):
         _, parameters, state, hyper = self.best
         net.parameters[:], net._state[:], net._hyper[:] = parameters, state, hyper
+
+
+class _ThreadTuner:
+    """Picks the thread count of each chunk of minibatches when n_threads is None: results do not
+    depend on it, so it can follow the machine. It keeps a smoothed rate (minibatches per second) for
+    each candidate (every CPU, half of them, one), uses the best, and now and then tries another: on
+    a busy machine, threads that wait for each other at every step can be slower than fewer."""
+
+    EXPLORE = 12  # chunks between two tries of another count
+
+    def __init__(self, most, fixed):
+        self.most = most
+        self.options = [most] if fixed else sorted({most, max(1, most // 2), 1}, reverse=True)
+        self.rates = {}
+        self.chunks = 0
+
+    def pick(self):
+        self.chunks += 1
+        untried = [n for n in self.options if n not in self.rates]
+        if untried:
+            return untried[0]
+        best = max(self.options, key=self.rates.get)
+        if len(self.options) > 1 and self.chunks % self.EXPLORE == 0:
+            others = [n for n in self.options if n != best]
+            return others[(self.chunks // self.EXPLORE) % len(others)]
+        return best
+
+    def record(self, threads, rate):
+        if self.chunks == 1:  # the first call may include compiling and page faults: not a rate
+            return
+        old = self.rates.get(threads)
+        self.rates[threads] = rate if old is None else 0.6 * old + 0.4 * rate
 
 
 def _progress_bar(progress, total):

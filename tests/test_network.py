@@ -171,3 +171,17 @@ def test_networks_pickle(backend):
     assert not np.array_equal(copy.forward(X), net.forward(X))
     net.reset_optimizer()
     assert not net._state.any()
+
+
+def test_the_thread_tuner_follows_the_faster_count():
+    from fastbp.network import _ThreadTuner
+    tuner = _ThreadTuner(4, fixed=False)
+    assert tuner.options == [4, 2, 1]
+    speed = {4: 100.0, 2: 300.0, 1: 150.0}  # a busy machine: fewer threads are faster
+    picks = []
+    for _ in range(60):
+        n = tuner.pick()
+        picks.append(n)
+        tuner.record(n, speed[n])
+    assert picks[-10:].count(2) >= 9 and {1, 4} <= set(picks[20:])  # best, still exploring
+    assert _ThreadTuner(4, fixed=True).options == [4]
