@@ -247,10 +247,12 @@ cdef void _gradient_rows(const floating* D, const floating* A, const int64_t* ro
                          floating* gb, Py_ssize_t j0, Py_ssize_t j1) noexcept nogil:
     """OUT G[j] = scale * sum_s D[s, j] A[rows[s]] and gb[j] = scale * sum_s D[s, j], j in [j0, j1).
 
-    The outer products of the batch summed row by row: register tile of 2 rows of G by 4 samples.
-    Twin: nb_kernels._gradient_rows.
+    The outer products of the batch summed row by row: register tile of 2 rows of G by 4 samples, so
+    each row of G is written ceil(m / 4) times (the first group assigns; a last group of fewer than 4
+    samples repeats a sample with coefficient 0). Twin: nb_kernels._gradient_rows.
     """
-    cdef Py_ssize_t i, j, s
+    cdef Py_ssize_t i, j, s, k
+    cdef bint pair
     cdef floating *g
     cdef floating *h
     cdef const floating *a0
@@ -258,57 +260,50 @@ cdef void _gradient_rows(const floating* D, const floating* A, const int64_t* ro
     cdef const floating *a2
     cdef const floating *a3
     cdef floating p0, p1, p2, p3, q0, q1, q2, q3, x0, x1, x2, x3, total
-    for j in range(j0, j1):
-        g = G + j * n_in
-        for i in range(n_in):
-            g[i] = 0
-    s = 0
-    while s + 4 <= m:
+    for s in range(0, m, 4):
+        k = min(4, m - s)
         a0 = A + rows[s] * n_in
-        a1 = A + rows[s + 1] * n_in
-        a2 = A + rows[s + 2] * n_in
-        a3 = A + rows[s + 3] * n_in
+        a1 = (A + rows[s + 1] * n_in) if k > 1 else a0
+        a2 = (A + rows[s + 2] * n_in) if k > 2 else a0
+        a3 = (A + rows[s + 3] * n_in) if k > 3 else a0
         j = j0
-        while j + 2 <= j1:
+        while j < j1:
+            pair = j + 1 < j1
             g = G + j * n_in
-            h = g + n_in
-            p0 = D[s * n_out + j]
-            p1 = D[(s + 1) * n_out + j]
-            p2 = D[(s + 2) * n_out + j]
-            p3 = D[(s + 3) * n_out + j]
-            q0 = D[s * n_out + j + 1]
-            q1 = D[(s + 1) * n_out + j + 1]
-            q2 = D[(s + 2) * n_out + j + 1]
-            q3 = D[(s + 3) * n_out + j + 1]
-            for i in range(n_in):
-                x0 = a0[i]
-                x1 = a1[i]
-                x2 = a2[i]
-                x3 = a3[i]
-                g[i] += p0 * x0 + p1 * x1 + p2 * x2 + p3 * x3
-                h[i] += q0 * x0 + q1 * x1 + q2 * x2 + q3 * x3
+            h = (g + n_in) if pair else g
+            p0 = scale * D[s * n_out + j]
+            p1 = (scale * D[(s + 1) * n_out + j]) if k > 1 else 0
+            p2 = (scale * D[(s + 2) * n_out + j]) if k > 2 else 0
+            p3 = (scale * D[(s + 3) * n_out + j]) if k > 3 else 0
+            if pair:
+                q0 = scale * D[s * n_out + j + 1]
+                q1 = (scale * D[(s + 1) * n_out + j + 1]) if k > 1 else 0
+                q2 = (scale * D[(s + 2) * n_out + j + 1]) if k > 2 else 0
+                q3 = (scale * D[(s + 3) * n_out + j + 1]) if k > 3 else 0
+                if s == 0:
+                    for i in range(n_in):
+                        x0 = a0[i]
+                        x1 = a1[i]
+                        x2 = a2[i]
+                        x3 = a3[i]
+                        g[i] = p0 * x0 + p1 * x1 + p2 * x2 + p3 * x3
+                        h[i] = q0 * x0 + q1 * x1 + q2 * x2 + q3 * x3
+                else:
+                    for i in range(n_in):
+                        x0 = a0[i]
+                        x1 = a1[i]
+                        x2 = a2[i]
+                        x3 = a3[i]
+                        g[i] += p0 * x0 + p1 * x1 + p2 * x2 + p3 * x3
+                        h[i] += q0 * x0 + q1 * x1 + q2 * x2 + q3 * x3
+            elif s == 0:
+                for i in range(n_in):
+                    g[i] = p0 * a0[i] + p1 * a1[i] + p2 * a2[i] + p3 * a3[i]
+            else:
+                for i in range(n_in):
+                    g[i] += p0 * a0[i] + p1 * a1[i] + p2 * a2[i] + p3 * a3[i]
             j += 2
-        if j < j1:
-            g = G + j * n_in
-            p0 = D[s * n_out + j]
-            p1 = D[(s + 1) * n_out + j]
-            p2 = D[(s + 2) * n_out + j]
-            p3 = D[(s + 3) * n_out + j]
-            for i in range(n_in):
-                g[i] += p0 * a0[i] + p1 * a1[i] + p2 * a2[i] + p3 * a3[i]
-        s += 4
-    while s < m:
-        a0 = A + rows[s] * n_in
-        for j in range(j0, j1):
-            g = G + j * n_in
-            p0 = D[s * n_out + j]
-            for i in range(n_in):
-                g[i] += p0 * a0[i]
-        s += 1
     for j in range(j0, j1):
-        g = G + j * n_in
-        for i in range(n_in):
-            g[i] *= scale
         total = 0
         for s in range(m):
             total += D[s * n_out + j]
