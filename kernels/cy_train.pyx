@@ -256,7 +256,8 @@ cdef void _worker(int kind, const int64_t* program, Py_ssize_t n_program, const 
     the whole call. A worker claims only tiles of the step it is in, and a step is over when every
     tile before its end is finished. Twin: nb_train._worker.
     """
-    cdef Py_ssize_t i, p, q, r, u, start, m, n_tiles, parts, t, base = 0, k = 0
+    cdef Py_ssize_t i, p, q, r, u, start, m, n_tiles, parts, t, first_tile, last_tile
+    cdef Py_ssize_t base = 0, k = 0
     cdef bint serial
     cdef const int64_t* rows
     for i in range(first, last):
@@ -278,21 +279,20 @@ cdef void _worker(int kind, const int64_t* program, Py_ssize_t n_program, const 
                 t = _atomic_add(claims + k, 1)
                 if t >= n_tiles:
                     break
-                for r in range(p, q):
+                for r in range(p, q):  # serial: every tile of every row, in order; else tile t
                     parts = _part_tiles(program + r * P_FIELDS, desc, m)
-                    if serial:  # one worker runs the rows in order; it stops where one failed
-                        if status[0] != DONE:
-                            break
-                        for u in range(parts):
-                            _tile(program + r * P_FIELDS, u, kind, desc, params, grads, S0, S1, X,
-                                  Y, rows, m, start, ident, work, costs, n_costs, out, hyper, c,
-                                  status, i)
-                    elif t < parts:
-                        _tile(program + r * P_FIELDS, t, kind, desc, params, grads, S0, S1, X, Y,
-                              rows, m, start, ident, work, costs, n_costs, out, hyper, c, status, i)
-                        break
-                    else:
+                    if not serial and t >= parts:
                         t -= parts
+                        continue
+                    first_tile = 0 if serial else t
+                    last_tile = parts if serial else t + 1
+                    for u in range(first_tile, last_tile):
+                        if status[0] != DONE:  # a failed row stops the serial step
+                            break
+                        _tile(program + r * P_FIELDS, u, kind, desc, params, grads, S0, S1, X, Y,
+                              rows, m, start, ident, work, costs, n_costs, out, hyper, c, status, i)
+                    if not serial:
+                        break
                 _atomic_add(counters, 1)
             base += n_tiles
             _wait(counters, base)

@@ -328,20 +328,20 @@ def _worker(kind, program, desc, params, grads, state, X, Y, order, batch_size, 
                 t = _atomic_add(claims, k, 1)
                 if t >= n_tiles:
                     break
-                for r in range(p, q):
+                for r in range(p, q):  # serial: every tile of every row, in order; else tile t
                     parts = _part_tiles(program[r], desc, m)
-                    if serial:  # one worker runs the rows in order; it stops where one failed
-                        if status[0] != DONE:
-                            break
-                        for u in range(parts):
-                            _tile(program[r], u, kind, desc, params, grads, state, X, Y, rows, start,
-                                  ident, work, costs, out, hyper, c, status, i)
-                    elif t < parts:
-                        _tile(program[r], t, kind, desc, params, grads, state, X, Y, rows, start,
-                              ident, work, costs, out, hyper, c, status, i)
-                        break
-                    else:
+                    if not serial and t >= parts:
                         t -= parts
+                        continue
+                    first_tile = 0 if serial else t
+                    last_tile = parts if serial else t + 1
+                    for u in range(first_tile, last_tile):
+                        if status[0] != DONE:  # a failed row stops the serial step
+                            break
+                        _tile(program[r], u, kind, desc, params, grads, state, X, Y, rows, start,
+                              ident, work, costs, out, hyper, c, status, i)
+                    if not serial:
+                        break
                 _atomic_add(counters, 0, 1)
             base += n_tiles
             _wait(counters, 0, base)
