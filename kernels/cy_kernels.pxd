@@ -73,6 +73,9 @@ cdef void _gemm(char transa, char transb, Py_ssize_t m, Py_ssize_t n, Py_ssize_t
                 const floating* A, Py_ssize_t lda, const floating* B, Py_ssize_t ldb,
                 floating* C, Py_ssize_t ldc) noexcept nogil
 
+cdef void _bias_activate(floating* Z, Py_ssize_t n, const floating* b, int act, Py_ssize_t s0,
+                         Py_ssize_t s1, Py_ssize_t j0, Py_ssize_t j1) noexcept nogil
+
 cdef double _softmax_row(floating* z, Py_ssize_t k) noexcept nogil
 
 cdef void _forward_rows(const floating* W, const floating* b, const floating* A, const int64_t* rows,

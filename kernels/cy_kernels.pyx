@@ -35,6 +35,38 @@ cdef void _dropout_rows(floating* Z, Py_ssize_t n, double rate, double seed, dou
                 Z[s * n + j] = 0
 
 
+cdef void _bias_activate(floating* Z, Py_ssize_t n, const floating* b, int act, Py_ssize_t s0,
+                         Py_ssize_t s1, Py_ssize_t j0, Py_ssize_t j1) noexcept nogil:
+    """IN/OUT Z[s, j] = f(Z[s, j] + b[j]) over a block of a row-major (., n) array, one loop per
+    activation (vectorizable); b may be NULL (no bias). Twin: nb_kernels._bias_activate."""
+    cdef Py_ssize_t s, j
+    cdef floating v
+    cdef floating* z
+    for s in range(s0, s1):
+        z = Z + s * n
+        if b == NULL:
+            if act == RELU:
+                for j in range(j0, j1):
+                    z[j] = z[j] if z[j] > 0 else 0
+            elif act != IDENTITY:
+                for j in range(j0, j1):
+                    z[j] = <floating>_activate(act, z[j])
+        elif act == RELU:
+            for j in range(j0, j1):
+                v = z[j] + b[j]
+                z[j] = v if v > 0 else 0
+        elif act == LEAKY_RELU:
+            for j in range(j0, j1):
+                v = z[j] + b[j]
+                z[j] = v if v > 0 else <floating>LEAKY_SLOPE * v
+        elif act == IDENTITY:
+            for j in range(j0, j1):
+                z[j] += b[j]
+        else:
+            for j in range(j0, j1):
+                z[j] = <floating>_activate(act, z[j] + b[j])
+
+
 cdef void _gemm(char transa, char transb, Py_ssize_t m, Py_ssize_t n, Py_ssize_t k, floating alpha,
                 const floating* A, Py_ssize_t lda, const floating* B, Py_ssize_t ldb,
                 floating* C, Py_ssize_t ldc) noexcept nogil:
@@ -395,13 +427,12 @@ cdef void _coefficients(int opt, double* hyper, Py_ssize_t m, floating* c) noexc
 
 cdef void _activation_forward(int act, floating* Z, Py_ssize_t m, Py_ssize_t n) noexcept nogil:
     """IN/OUT Z (m, n): pre-activations become activations. Twin: nb_kernels.activation_forward."""
-    cdef Py_ssize_t s, j
-    for s in range(m):
-        if act == SOFTMAX:
+    cdef Py_ssize_t s
+    if act == SOFTMAX:
+        for s in range(m):
             _softmax_row(Z + s * n, n)
-        else:
-            for j in range(n):
-                Z[s * n + j] = <floating>_activate(act, Z[s * n + j])
+    else:
+        _bias_activate(Z, n, NULL, act, 0, m, 0, n)
 
 
 cdef void _output_error(int act, int loss, floating* Z, const floating* Y, const int64_t* rows,

@@ -21,7 +21,7 @@ from fastbp.kernels.cy_kernels cimport (C_L2, C_SCALE, C_SIZE, COST_NOT_FINITE, 
                                         OP_GATHER, OP_GRADIENT, OP_OUTPUT, OP_UPDATE, P_BLAS,
                                         P_COLUMNS, P_FIELDS, P_GATHERED, P_LAYER, P_OP, P_ROWS,
                                         P_SAMPLES, P_SERIAL, P_STEP, PARAMS_NOT_FINITE, SPINS,
-                                        TRAIN, _activate, _finite)
+                                        TRAIN, _finite)
 
 from . import codes
 
@@ -193,9 +193,7 @@ cdef void _tile(const int64_t* phase, Py_ssize_t t, int kind, const int64_t* des
         if blas:  # Z[:, j0:j1] = A_in W[j0:j1]^T (gemm writes the column block), then f(Z + b)
             K._gemm(c'N', c'T', m, j1 - j0, n_in, <floating>1, A_in, n_in, params + w + j0 * n_in,
                     n_in, Z + j0, n_out)
-            for s in range(m):
-                for j in range(j0, j1):
-                    Z[s * n_out + j] = <floating>_activate(act, Z[s * n_out + j] + params[b + j])
+            K._bias_activate(Z, n_out, params + b, act, 0, m, j0, j1)
         else:
             K._forward_rows(params + w, params + b, A_in, rows_in, m, n_in, n_out, act, Z, j0, j1)
         if hyper[H_DROPOUT + l] > 0:

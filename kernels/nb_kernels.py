@@ -73,6 +73,30 @@ def _softplus(x):
     return math.log1p(math.exp(-abs(x))) + max(x, 0.0)
 
 
+@jit
+def _bias_activate(Z, b, act, s0, s1, j0, j1):
+    """IN/OUT Z[s, j] = f(Z[s, j] + b[j]) over a block, one loop per activation (vectorizable).
+    Pass b[j0] = 0s for no bias. Twin: cy_kernels._bias_activate."""
+    for s in range(s0, s1):
+        z = Z[s, j0:j1]
+        c = b[j0:j1]
+        n = j1 - j0
+        if act == RELU:
+            for j in range(n):
+                v = z[j] + c[j]
+                z[j] = v if v > 0 else 0
+        elif act == LEAKY_RELU:
+            for j in range(n):
+                v = z[j] + c[j]
+                z[j] = v if v > 0 else LEAKY_SLOPE * v
+        elif act == IDENTITY:
+            for j in range(n):
+                z[j] += c[j]
+        else:
+            for j in range(n):
+                z[j] = _activate(act, z[j] + c[j])
+
+
 _GOLDEN = np.uint64(0x9E3779B97F4A7C15)
 
 
@@ -446,13 +470,11 @@ def activation_forward(act, Z):
 
     Twin: cy_kernels.activation_forward.
     """
-    for s in range(Z.shape[0]):
-        z = Z[s]
-        if act == SOFTMAX:
-            _softmax_row(z)
-        else:
-            for j in range(z.shape[0]):
-                z[j] = _activate(act, z[j])
+    if act == SOFTMAX:
+        for s in range(Z.shape[0]):
+            _softmax_row(Z[s])
+    else:
+        _bias_activate(Z, np.zeros(Z.shape[1], Z.dtype), act, 0, Z.shape[0], 0, Z.shape[1])
 
 
 @jit

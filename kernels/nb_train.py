@@ -35,7 +35,7 @@ from .codes import (C_L2, C_SCALE, C_SIZE, COST_NOT_FINITE, D_CAPACITY, D_GATHER
                     L_T, L_W, OP_BACKWARD, OP_FORWARD, OP_GATHER, OP_GRADIENT, OP_OUTPUT, P_BLAS,
                     P_COLUMNS, P_GATHERED, P_LAYER, P_OP, P_ROWS, P_SAMPLES, P_SERIAL, P_STEP,
                     PARAMS_NOT_FINITE, SPINS, TRAIN)
-from .nb_kernels import (_activate, _backward_block, _coefficients, _derivative_block,
+from .nb_kernels import (_backward_block, _bias_activate, _coefficients, _derivative_block,
                          _dropout_rows, _finite, _forward_rows, _gradient_rows,
                          _update_range, activation_forward, jit, jit_inline, output_error)
 
@@ -255,7 +255,8 @@ def _tile(phase, t, kind, desc, params, grads, state, X, Y, rows, first_row, ide
             np.dot(A_in, W[j0:j1].T, S)
             for s in range(m):
                 for j in range(j0, j1):
-                    Z[s, j] = _activate(act, S[s, j - j0] + bias[j])
+                    Z[s, j] = S[s, j - j0]
+            _bias_activate(Z, bias, act, 0, m, j0, j1)
         else:
             _forward_rows(W, bias, A_in, rows_in, act, Z, j0, j1)
         if hyper[H_DROPOUT + l] > 0:
