@@ -12,9 +12,8 @@ Buffers the descriptor points into (all C-contiguous, one dtype, float32 or floa
 ``state``   ``(2, n_params)``: optimizer slots (SGD: velocity; Adam: first and second moments;
             RMSprop: slot 1 holds the square average).
 ``work``    per layer ``l``: the activations ``A_l``, the error terms ``D_l``, each
-            ``(capacity, n_l)`` (a batch of ``m <= capacity`` samples uses the first ``m`` rows), and
-            ``T_l``, room for the error terms transposed ``(n_l, capacity)``; then, at ``D_GATHER``,
-            room for the batch's rows of X gathered ``(capacity, n_0)``.
+            ``(capacity, n_l)`` (a batch of ``m <= capacity`` samples uses the first ``m`` rows);
+            then, at ``D_GATHER``, room for the batch's rows of X gathered ``(capacity, n_0)``.
 """
 import contextlib
 
@@ -51,8 +50,8 @@ H_SIZE = H_DROPOUT
 (D_LAYERS, D_HIDDEN, D_OUTPUT, D_LOSS, D_OPTIMIZER, D_CAPACITY, D_NPARAMS, D_NWEIGHTS,
  D_WORK, D_GATHER) = range(10)
 D_HEADER = 10
-(L_IN, L_OUT, L_W, L_B, L_A, L_D, L_ACT, L_T) = range(8)
-L_FIELDS = 8
+(L_IN, L_OUT, L_W, L_B, L_A, L_D, L_ACT) = range(7)
+L_FIELDS = 7
 
 # Per-step coefficients, in the parameters' dtype, derived from the hyperparameters by _coefficients.
 (C_LR, C_L2, C_MU, C_NESTEROV, C_1MB1, C_B2, C_1MB2, C_EPS, C_STEP_SIZE, C_INV_SQRT_BC2,
@@ -79,9 +78,8 @@ SPINS = 4000             # spin-wait iterations (a few microseconds) before a wa
 (P_OP, P_LAYER, P_STEP, P_SERIAL, P_ROWS, P_SAMPLES, P_COLUMNS, P_BLAS, P_GATHERED) = range(9)
 P_FIELDS = 9
 # When a phase uses BLAS: big enough batches and layers (where measured faster than the tiles); a
-# BLAS phase has about BLAS_TILES tiles. Forward and gradient tiles are blocks of rows of W (the gemm
-# output T_l = W A^T, then transposed into Z with the bias and activation; G rows = D^T A), error
-# term tiles blocks of samples (E rows = D W).
+# BLAS phase has about BLAS_TILES tiles. Forward and gradient tiles are blocks of rows of W (a block
+# of columns of Z = A W^T, rows of G = D^T A), error-term tiles blocks of samples (rows of E = D W).
 BLAS_MIN_BATCH = 32
 BLAS_MIN_LAYER = 128 * 128
 BLAS_TILES = 4
@@ -107,11 +105,10 @@ def describe(sizes, hidden, output, loss, optimizer, capacity):
         n_in, n_out = sizes[l], sizes[l + 1]
         rec = D_HEADER + L_FIELDS * l
         desc[rec:rec + L_FIELDS] = (n_in, n_out, w_off, b_off, work, work + capacity * n_out,
-                                    output if l == n_layers - 1 else hidden,
-                                    work + 2 * capacity * n_out)
+                                    output if l == n_layers - 1 else hidden)
         w_off += n_in * n_out
         b_off += n_out
-        work += 3 * capacity * n_out
+        work += 2 * capacity * n_out
     gather = work
     work += capacity * sizes[0]
     desc[:D_HEADER] = (n_layers, hidden, output, loss, optimizer, capacity, n_weights + sum(sizes[1:]),

@@ -16,7 +16,7 @@ from fastbp.kernels cimport cy_kernels as K
 from fastbp.kernels.cy_kernels cimport (C_L2, C_SCALE, C_SIZE, COST_NOT_FINITE, D_CAPACITY,
                                         D_GATHER, D_HEADER, D_LAYERS, D_LOSS, D_OPTIMIZER, D_OUTPUT, DONE,
                                         FORWARD, GRADIENTS, H_DROPOUT, H_KEY, H_SEED, H_STEP,
-                                        IDENTITY, L_A, L_ACT, L_B, L_D, L_T,
+                                        IDENTITY, L_A, L_ACT, L_B, L_D,
                                         L_FIELDS, L_IN, L_OUT, L_W, OP_BACKWARD, OP_FORWARD,
                                         OP_GATHER, OP_GRADIENT, OP_OUTPUT, OP_UPDATE, P_BLAS,
                                         P_COLUMNS, P_FIELDS, P_GATHERED, P_LAYER, P_OP, P_ROWS,

@@ -474,7 +474,8 @@ def activation_forward(act, Z):
         for s in range(Z.shape[0]):
             _softmax_row(Z[s])
     else:
-        _bias_activate(Z, np.zeros(Z.shape[1], Z.dtype), act, 0, Z.shape[0], 0, Z.shape[1])
+        _bias_activate(Z, np.zeros(Z.shape[1], Z.dtype), act, np.int64(0), Z.shape[0], np.int64(0),
+                       Z.shape[1])
 
 
 @jit

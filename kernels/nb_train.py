@@ -32,7 +32,7 @@ from . import codes
 from .codes import (C_L2, C_SCALE, C_SIZE, COST_NOT_FINITE, D_CAPACITY, D_GATHER, D_HEADER,
                     D_LAYERS, D_LOSS, D_OPTIMIZER, D_OUTPUT, DONE, FORWARD, GRADIENTS, H_DROPOUT,
                     H_KEY, H_SEED, H_STEP, IDENTITY, L_A, L_ACT, L_B, L_D, L_FIELDS, L_IN, L_OUT,
-                    L_T, L_W, OP_BACKWARD, OP_FORWARD, OP_GATHER, OP_GRADIENT, OP_OUTPUT, P_BLAS,
+                    L_W, OP_BACKWARD, OP_FORWARD, OP_GATHER, OP_GRADIENT, OP_OUTPUT, P_BLAS,
                     P_COLUMNS, P_GATHERED, P_LAYER, P_OP, P_ROWS, P_SAMPLES, P_SERIAL, P_STEP,
                     PARAMS_NOT_FINITE, SPINS, TRAIN)
 from .nb_kernels import (_backward_block, _bias_activate, _coefficients, _derivative_block,
@@ -141,6 +141,46 @@ def _borrowed(flat, result, signature):
     return signature, codegen
 
 
+@intrinsic
+def _gemm(typingctx, transa, transb, m, n, k, alpha, A, a, lda, B, b, ldb, C, c, ldc):
+    """Row-major C[c:] (m, n) = alpha op(A[a:]) op(B[b:]) with leading dimensions lda, ldb, ldc;
+    op is 'N' or 'T' (character codes). A, B, C are flat arrays and a, b, c element offsets.
+    Through numba_xxgemm, the entry point of Numba's np.dot into scipy's BLAS (found by name, so it
+    caches), and as in cy_kernels._gemm: a row-major matrix is the transpose of a column-major one,
+    so this asks for C^T = op(B)^T op(A)^T. Twin: cy_kernels._gemm."""
+    dtype = A.dtype
+
+    def codegen(context, builder, sig, args):
+        (ta, tb, m_, n_, k_, alpha_, A_, a_, lda_, B_, b_, ldb_, C_, c_, ldc_) = args
+        char = ir.IntType(8)
+        void_p = ir.IntType(8).as_pointer()
+        intp = context.get_value_type(types.intp)
+        ll_dtype = context.get_value_type(dtype)
+
+        def pointer(array, aryty, offset):
+            data = make_array(aryty)(context, builder, array).data
+            return builder.bitcast(builder.gep(data, [offset]), void_p)
+
+        alpha_slot = cgutils.alloca_once_value(builder, context.cast(builder, alpha_, sig.args[5], dtype))
+        beta_slot = cgutils.alloca_once_value(builder, ir.Constant(ll_dtype, 0))
+        fnty = ir.FunctionType(ir.IntType(32), [char, char, char, intp, intp, intp, void_p, void_p,
+                                                intp, void_p, intp, void_p, void_p, intp])
+        fn = cgutils.get_or_insert_function(builder.module, fnty, "numba_xxgemm")
+        kind = ir.Constant(char, ord("s" if dtype == types.float32 else "d"))
+        builder.call(fn, [kind, builder.trunc(tb, char), builder.trunc(ta, char), n_, m_, k_,
+                          builder.bitcast(alpha_slot, void_p), pointer(B_, sig.args[9], b_), ldb_,
+                          pointer(A_, sig.args[6], a_), lda_, builder.bitcast(beta_slot, void_p),
+                          pointer(C_, sig.args[12], c_), ldc_])
+        return context.get_dummy_value()
+
+    intp = types.intp
+    return types.void(intp, intp, intp, intp, intp, alpha, A, intp, intp, B, intp, intp, C, intp,
+                      intp), codegen
+
+
+_N, _T = ord("N"), ord("T")
+
+
 # --------------------------------------------------------------------------- tiles and phases
 
 @jit_inline
@@ -209,7 +249,10 @@ def _tile(phase, t, kind, desc, params, grads, state, X, Y, rows, first_row, ide
         s0 = t * phase[P_SAMPLES]
         gathered = _view(work, desc[D_GATHER], m, n_in)
         for s in range(s0, min(s0 + phase[P_SAMPLES], m)):
-            gathered[s] = X[rows[s]]
+            x = X[rows[s]]
+            g = gathered[s]
+            for i in range(n_in):  # a loop: an array assignment compiles its error messages
+                g[i] = x[i]
         return
     w = desc[rec + L_W]
     b = desc[rec + L_B]
@@ -230,12 +273,13 @@ def _tile(phase, t, kind, desc, params, grads, state, X, Y, rows, first_row, ide
         E = _view(work, desc[rec - L_FIELDS + L_D], m, n_in)
         act = desc[rec - L_FIELDS + L_ACT]
         rate = hyper[H_DROPOUT + l - 1]
-        if blas:
+        if blas:  # E[s0:s1] = D[s0:s1] W
             s0 = t * samples
             s1 = min(s0 + samples, m)
-            np.dot(D[s0:s1], W, E[s0:s1])
-            _derivative_block(A_in, act, E, s0, s1, 0, n_in, rate, hyper[H_SEED], hyper[H_KEY],
-                              l - 1)
+            _gemm(_N, _N, s1 - s0, n_in, n_out, W.dtype.type(1), work, desc[rec + L_D] + s0 * n_out,
+                  n_out, params, w, n_in, work, desc[rec - L_FIELDS + L_D] + s0 * n_in, n_in)
+            _derivative_block(A_in, act, E, s0, s1, np.int64(0), n_in, rate, hyper[H_SEED],
+                              hyper[H_KEY], l - 1)
             return
         columns = phase[P_COLUMNS]
         n_col = -(-n_in // columns)
@@ -250,13 +294,11 @@ def _tile(phase, t, kind, desc, params, grads, state, X, Y, rows, first_row, ide
         bias = _row(params, b, n_out)
         j0 = t * phase[P_ROWS]
         j1 = min(j0 + phase[P_ROWS], n_out)
-        if blas:  # S = A_in W[j0:j1]^T (np.dot wants a contiguous output), Z[:, j0:j1] = f(S + b)
-            S = _view(work, desc[rec + L_T] + j0 * m, m, j1 - j0)
-            np.dot(A_in, W[j0:j1].T, S)
-            for s in range(m):
-                for j in range(j0, j1):
-                    Z[s, j] = S[s, j - j0]
-            _bias_activate(Z, bias, act, 0, m, j0, j1)
+        if blas:  # Z[:, j0:j1] = A_in W[j0:j1]^T (gemm writes the column block), then f(Z + b)
+            a_in = desc[rec - L_FIELDS + L_A] if l > 0 else desc[D_GATHER]
+            _gemm(_N, _T, m, j1 - j0, n_in, W.dtype.type(1), work, a_in, n_in, params,
+                  w + j0 * n_in, n_in, work, desc[rec + L_A] + j0, n_out)
+            _bias_activate(Z, bias, act, np.int64(0), m, j0, j1)
         else:
             _forward_rows(W, bias, A_in, rows_in, act, Z, j0, j1)
         if hyper[H_DROPOUT + l] > 0:
@@ -267,17 +309,17 @@ def _tile(phase, t, kind, desc, params, grads, state, X, Y, rows, first_row, ide
     G = _view(grads, w, n_out, n_in)
     gb = _row(grads, b, n_out)
     scale = c[C_SCALE]
-    if blas:  # G[j0:j1] = (scale D[:, j0:j1])^T A_in, through a transposed copy of D's columns
-        DT = _view(work, desc[rec + L_T], n_out, m)
+    if blas:  # G[j0:j1] = scale D[:, j0:j1]^T A_in
+        a_in = desc[rec - L_FIELDS + L_A] if l > 0 else desc[D_GATHER]
+        _gemm(_T, _N, j1 - j0, n_in, m, scale, work, desc[rec + L_D] + j0, n_out, work, a_in, n_in,
+              grads, w + j0 * n_in, n_in)
         for j in range(j0, j1):
             gb[j] = 0
         for s in range(m):  # row by row: D is read in order
             for j in range(j0, j1):
-                DT[j, s] = scale * D[s, j]
                 gb[j] += D[s, j]
         for j in range(j0, j1):
             gb[j] *= scale
-        np.dot(DT[j0:j1], A_in, G[j0:j1])
     else:
         _gradient_rows(D, A_in, rows_in, scale, G, gb, j0, j1)
     if op == OP_GRADIENT:  # accumulate this block's share of the mean gradient into state[0]
