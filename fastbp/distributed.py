@@ -564,19 +564,7 @@ def fit(net, X, y, comm=None, epochs=10, batch_size=32, lr=0.1, l2=0.0, momentum
                                f"({c.size}): every rank needs rows in each minibatch")
 
     # The metrics, as Network.fit has them.
-    if metrics is None:
-        metrics = ("val_loss", "val_accuracy") if n_val else ()
-    metrics = set(metrics)
-    known = {"train_loss", "train_accuracy", "val_loss", "val_accuracy"}
-    if not metrics <= known:
-        raise DistributedError(f"unknown metrics {sorted(metrics - known)}; choose from "
-                               f"{', '.join(sorted(known))}")
-    if monitor is None:
-        monitor = "val_loss" if n_val else "loss"
-    if monitor not in known | {"loss"}:
-        raise DistributedError(f"unknown monitor {monitor!r}")
-    if (monitor.startswith("val_") or metrics & {"val_loss", "val_accuracy"}) and not n_val:
-        raise DistributedError("validation metrics need validation_data on some rank")
+    metrics, monitor = validation.monitoring(metrics, monitor, bool(n_val))
     stopper = _EarlyStopping(monitor, settings["patience"], settings["min_delta"]) if early_stopping else None
     if monitor != "loss" and (stopper or type(lr_schedule).__name__ == "ReduceOnPlateau"):
         metrics.add(monitor)

@@ -324,19 +324,7 @@ class Network:
                 raise ValueError("validation_data must be a pair (X_val, y_val)")
             X_val = self._X(validation_data[0], "validation X")
             Y_val = self._Y(validation_data[1], X_val.shape[0], "validation y")
-        if metrics is None:
-            metrics = ("val_loss", "val_accuracy") if validation_data is not None else ()
-        metrics = set(metrics)
-        known = {"train_loss", "train_accuracy", "val_loss", "val_accuracy"}
-        if not metrics <= known:
-            raise ValueError(f"unknown metrics {sorted(metrics - known)}; choose from "
-                             f"{', '.join(sorted(known))}")
-        if monitor is None:
-            monitor = "val_loss" if validation_data is not None else "loss"
-        if monitor not in known | {"loss"}:
-            raise ValueError(f"unknown monitor {monitor!r}; choose loss or one of {', '.join(sorted(known))}")
-        if monitor.startswith("val_") and validation_data is None:
-            raise ValueError(f"monitoring {monitor} needs validation_data")
+        metrics, monitor = validation.monitoring(metrics, monitor, validation_data is not None)
         patience = validation.integer("patience", patience, 0)
         min_delta = validation.real("min_delta", min_delta, low=0)
         stopper = _EarlyStopping(monitor, patience, min_delta) if early_stopping else None

@@ -131,3 +131,25 @@ def targets(y, n_samples, n_outputs, dt, name="y"):
         Y = Y.copy()
     _finite(name, Y)
     return Y
+
+
+METRICS = ("train_loss", "train_accuracy", "val_loss", "val_accuracy")
+
+
+def monitoring(metrics, monitor, has_validation):
+    """The metrics to measure after each epoch (a set) and the one to monitor: defaults (validation
+    loss and accuracy with validation data; monitor val_loss there, else loss) and checks."""
+    if metrics is None:
+        metrics = ("val_loss", "val_accuracy") if has_validation else ()
+    metrics = set(metrics)
+    if not metrics <= set(METRICS):
+        raise ValueError(f"unknown metrics {sorted(metrics - set(METRICS))}; choose from "
+                         f"{', '.join(METRICS)}")
+    if monitor is None:
+        monitor = "val_loss" if has_validation else "loss"
+    if monitor not in METRICS + ("loss",):
+        raise ValueError(f"unknown monitor {monitor!r}; choose loss or one of {', '.join(METRICS)}")
+    needs_validation = sorted({m for m in metrics | {monitor} if m.startswith("val_")})
+    if needs_validation and not has_validation:
+        raise ValueError(f"monitoring {', '.join(needs_validation)} needs validation_data")
+    return metrics, monitor
