@@ -247,14 +247,17 @@ cdef void _worker(int kind, const int64_t* program, Py_ssize_t n_program, const 
                   const floating* Y, const int64_t* order, Py_ssize_t n, Py_ssize_t batch_size,
                   Py_ssize_t first, Py_ssize_t last, double* hyper, floating* work, double* costs,
                   Py_ssize_t n_costs, floating* out, int64_t* counters, int64_t* claims,
-                  int64_t* status, floating* c, const int64_t* ident) noexcept nogil:
-    """One worker's pass over batches first..last-1: every step of `program` for every batch.
+                  int64_t* status, floating* c, const int64_t* ident, Py_ssize_t worker,
+                  Py_ssize_t n_workers) noexcept nogil:
+    """Worker `worker` of n_workers: a pass over batches first..last-1, every step of `program`.
 
-    Step k of the call hands out its tiles through claims[k]; counters[0] counts the finished tiles of
-    the whole call. A worker claims only tiles of the step it is in, and a step is over when every
-    tile before its end is finished. Twin: nb_train._worker.
+    The tiles of step k are split into n_workers contiguous shares, share v handed out through
+    claims[k * n_workers + v]. A worker claims from its own share first, so that it keeps the same
+    rows of W (in its core's cache) from batch to batch, then helps with the others'. counters[0]
+    counts the finished tiles of the whole call. A worker claims only tiles of the step it is in, and
+    a step is over when every tile before its end is finished. Twin: nb_train._worker.
     """
-    cdef Py_ssize_t i, p, q, r, u, start, m, n_tiles, parts, t, first_tile, last_tile
+    cdef Py_ssize_t i, j, p, q, r, u, v, lo, hi, start, m, n_tiles, parts, t, first_tile, last_tile
     cdef Py_ssize_t base = 0, k = 0
     cdef bint serial
     cdef const int64_t* rows
@@ -273,25 +276,30 @@ cdef void _worker(int kind, const int64_t* program, Py_ssize_t n_program, const 
                 n_tiles = 0
                 for r in range(p, q):
                     n_tiles += _part_tiles(program + r * P_FIELDS, desc, m)
-            while True:
-                t = _atomic_add(claims + k, 1)
-                if t >= n_tiles:
-                    break
-                for r in range(p, q):  # serial: every tile of every row, in order; else tile t
-                    parts = _part_tiles(program + r * P_FIELDS, desc, m)
-                    if not serial and t >= parts:
-                        t -= parts
-                        continue
-                    first_tile = 0 if serial else t
-                    last_tile = parts if serial else t + 1
-                    for u in range(first_tile, last_tile):
-                        if status[0] != DONE:  # a failed row stops the serial step
-                            break
-                        _tile(program + r * P_FIELDS, u, kind, desc, params, grads, S0, S1, X, Y,
-                              rows, m, start, ident, work, costs, n_costs, out, hyper, c, status, i)
-                    if not serial:
+            for j in range(n_workers):  # its own share first, then the others'
+                v = (worker + j) % n_workers
+                lo = v * n_tiles // n_workers
+                hi = (v + 1) * n_tiles // n_workers
+                while True:
+                    t = lo + _atomic_add(claims + k * n_workers + v, 1)
+                    if t >= hi:
                         break
-                _atomic_add(counters, 1)
+                    for r in range(p, q):  # serial: every tile of every row, in order; else tile t
+                        parts = _part_tiles(program + r * P_FIELDS, desc, m)
+                        if not serial and t >= parts:
+                            t -= parts
+                            continue
+                        first_tile = 0 if serial else t
+                        last_tile = parts if serial else t + 1
+                        for u in range(first_tile, last_tile):
+                            if status[0] != DONE:  # a failed row stops the serial step
+                                break
+                            _tile(program + r * P_FIELDS, u, kind, desc, params, grads, S0, S1, X,
+                                  Y, rows, m, start, ident, work, costs, n_costs, out, hyper, c,
+                                  status, i)
+                        if not serial:
+                            break
+                    _atomic_add(counters, 1)
             base += n_tiles
             _wait(counters, base)
             if _atomic_load(status) != DONE:
@@ -310,8 +318,8 @@ cdef _launch(int kind, int n_threads, const int64_t[::1] desc, floating[::1] par
     """Run n_threads workers (OpenMP threads) over batches first..last-1; returns the status pair."""
     cdef int64_t[:, ::1] program = codes.program(kind, np.asarray(desc), batch_size)
     cdef int64_t[::1] counters = np.zeros(1, np.int64)
-    cdef int64_t[::1] claims = np.zeros(max(last - first, 1) * (program[program.shape[0] - 1, P_STEP] + 1),
-                                        np.int64)
+    cdef int64_t[::1] claims = np.zeros(max(last - first, 1) * (program[program.shape[0] - 1, P_STEP] + 1)
+                                        * max(1, n_threads), np.int64)
     cdef int64_t[::1] status = np.zeros(2, np.int64)
     cdef floating[::1] c = np.zeros(C_SIZE, np.asarray(params).dtype)
     cdef int64_t[::1] ident = np.arange(desc[D_CAPACITY])
@@ -340,7 +348,8 @@ cdef void _run_workers(int kind, int64_t[:, ::1] program, const int64_t[::1] des
         _worker(kind, &program[0, 0], program.shape[0], &desc[0], &params[0], &grads[0],
                 &state[0, 0], &state[1, 0], &X[0, 0], Y_data, &order[0], order.shape[0],
                 batch_size, first, last, &hyper[0], &work[0], costs_data, n_costs,
-                out_data, &counters[0], &claims[0], &status[0], &c[0], &ident[0])
+                out_data, &counters[0], &claims[0], &status[0], &c[0], &ident[0], worker,
+                n_workers)
 
 
 def train_epoch(const int64_t[::1] desc, floating[::1] params, floating[::1] grads,

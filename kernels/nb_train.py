@@ -340,13 +340,15 @@ def _tile(phase, t, kind, desc, params, grads, state, X, Y, rows, first_row, ide
 
 
 @jit
-def _worker(kind, program, desc, params, grads, state, X, Y, order, batch_size, first, last, hyper,
-            work, costs, out, counters, claims, status, c, ident):
-    """One worker's pass over batches first..last-1: every step of `program` for every batch.
+def _worker(worker, n_workers, kind, program, desc, params, grads, state, X, Y, order, batch_size,
+            first, last, hyper, work, costs, out, counters, claims, status, c, ident):
+    """Worker `worker` of n_workers: a pass over batches first..last-1, every step of `program`.
 
-    Step k of the call hands out its tiles through claims[k]; counters[0] counts the finished tiles of
-    the whole call. A worker claims only tiles of the step it is in, and a step is over when every
-    tile before its end is finished. Twin: cy_train._worker.
+    The tiles of step k are split into n_workers contiguous shares, share v handed out through
+    claims[k * n_workers + v]. A worker claims from its own share first, so that it keeps the same
+    rows of W (in its core's cache) from batch to batch, then helps with the others'. counters[0]
+    counts the finished tiles of the whole call. A worker claims only tiles of the step it is in, and
+    a step is over when every tile before its end is finished. Twin: cy_train._worker.
     """
     n = order.shape[0]
     n_program = program.shape[0]
@@ -367,25 +369,29 @@ def _worker(kind, program, desc, params, grads, state, X, Y, order, batch_size, 
                 n_tiles = 0
                 for r in range(p, q):
                     n_tiles += _part_tiles(program[r], desc, m)
-            while True:
-                t = _atomic_add(claims, k, 1)
-                if t >= n_tiles:
-                    break
-                for r in range(p, q):  # serial: every tile of every row, in order; else tile t
-                    parts = _part_tiles(program[r], desc, m)
-                    if not serial and t >= parts:
-                        t -= parts
-                        continue
-                    first_tile = 0 if serial else t
-                    last_tile = parts if serial else t + 1
-                    for u in range(first_tile, last_tile):
-                        if status[0] != DONE:  # a failed row stops the serial step
-                            break
-                        _tile(program[r], u, kind, desc, params, grads, state, X, Y, rows, start,
-                              ident, work, costs, out, hyper, c, status, i)
-                    if not serial:
+            for j in range(n_workers):  # its own share first, then the others'
+                v = (worker + j) % n_workers
+                lo = v * n_tiles // n_workers
+                hi = (v + 1) * n_tiles // n_workers
+                while True:
+                    t = lo + _atomic_add(claims, k * n_workers + v, 1)
+                    if t >= hi:
                         break
-                _atomic_add(counters, 0, 1)
+                    for r in range(p, q):  # serial: every tile of every row, in order; else tile t
+                        parts = _part_tiles(program[r], desc, m)
+                        if not serial and t >= parts:
+                            t -= parts
+                            continue
+                        first_tile = 0 if serial else t
+                        last_tile = parts if serial else t + 1
+                        for u in range(first_tile, last_tile):
+                            if status[0] != DONE:  # a failed row stops the serial step
+                                break
+                            _tile(program[r], u, kind, desc, params, grads, state, X, Y, rows,
+                                  start, ident, work, costs, out, hyper, c, status, i)
+                        if not serial:
+                            break
+                    _atomic_add(counters, 0, 1)
             base += n_tiles
             _wait(counters, 0, base)
             if _atomic_load(status, 0) != DONE:
@@ -405,7 +411,8 @@ def _launch(kind, n_threads, desc, params, grads, state, X, Y, order, batch_size
     pool of threads (the worker releases the GIL). Returns the status array."""
     program = codes.program(kind, desc, batch_size)
     counters = np.zeros(1, np.int64)
-    claims = np.zeros(max(last - first, 1) * (int(program[-1, codes.P_STEP]) + 1), np.int64)
+    claims = np.zeros(max(last - first, 1) * (int(program[-1, codes.P_STEP]) + 1) * max(1, n_threads),
+                      np.int64)
     status = np.zeros(2, np.int64)
     c = np.zeros(C_SIZE, params.dtype)
     c[C_SCALE] = scale
@@ -424,10 +431,10 @@ def _run_workers(n_threads, args):
     if n_threads > 1:
         if _pool is None or _pool._max_workers < n_threads - 1:
             _pool = ThreadPoolExecutor(max_workers=n_threads - 1, thread_name_prefix="fastbp")
-        helpers = [_pool.submit(_worker, *args) for _ in range(n_threads - 1)]
+        helpers = [_pool.submit(_worker, w, n_threads, *args) for w in range(1, n_threads)]
     interrupted = None
     try:
-        _worker(*args)
+        _worker(0, max(1, n_threads), *args)
     except KeyboardInterrupt as error:  # raised when the worker returns: it finished
         interrupted = error
     for helper in helpers:  # never leave while helpers still write into the buffers
