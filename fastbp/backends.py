@@ -19,12 +19,24 @@ class BackendUnavailable(ImportError):
     """The backend exists but cannot be used here (not built, or a dependency is missing)."""
 
 
+def resolve(name):
+    """`name`, or for ``auto`` the fastest backend built here: cython, else numba."""
+    if name != "auto":
+        return name
+    try:
+        get("cython")
+        return "cython"
+    except BackendUnavailable:
+        return "numba"
+
+
 def get(name):
     """The driver module of backend `name`."""
     try:
         module = importlib.import_module(MODULES[name])
-    except KeyError:
-        raise ValueError(f"unknown backend {name!r}; choose one of {', '.join(BACKENDS)}") from None
+    except (KeyError, TypeError):
+        raise ValueError(f"unknown backend {name!r}; choose one of {', '.join(BACKENDS)} or "
+                         f"auto") from None
     except ImportError as error:
         raise BackendUnavailable(f"the {name} backend is not available: {error}") from error
     built_from = getattr(module, "CODES", None)

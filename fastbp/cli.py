@@ -101,9 +101,7 @@ def train(args):
     X_train, X_test, y_train, y_test = datasets.train_test_split(X, y, args.test_fraction, args.seed)
     n_classes = len(classes)
     layers = args.layers or [X.shape[1], 64, n_classes]
-    backend = args.backend
-    if backend == "auto":
-        backend = "cython" if "cython" in backends.available_backends() else "numba"
+    backend = backends.resolve(args.backend)
     lr = args.lr if args.lr is not None else (0.05 if args.optimizer == "sgd" else 0.001)
     net = Network(layers, args.activation, args.output_activation, args.loss, args.dtype, backend,
                   args.threads, args.seed, args.init)

@@ -43,7 +43,7 @@ except ImportError:  # pragma: no cover - older scikit-learn
     def _validate_data(estimator, *args, **kwargs):
         return estimator._validate_data(*args, **kwargs)
 
-from . import validation
+from . import backends, validation
 from .network import Network, TrainingDiverged
 
 __all__ = ["MLPClassifier", "MLPRegressor"]
@@ -102,7 +102,7 @@ class _BaseMLP(BaseEstimator):
                  max_iter=200, shuffle=True, random_state=None, tol=1e-4, verbose=False,
                  warm_start=False, momentum=0.9, nesterovs_momentum=True, early_stopping=False,
                  validation_fraction=0.1, beta_1=0.9, beta_2=0.999, epsilon=1e-8,
-                 n_iter_no_change=10, backend="numba", n_threads=None, dtype="float64"):
+                 n_iter_no_change=10, backend="auto", n_threads=None, dtype="float64"):
         self.hidden_layer_sizes = hidden_layer_sizes
         self.activation = activation
         self.solver = solver
@@ -293,7 +293,7 @@ class _BaseMLP(BaseEstimator):
         if ((self.early_stopping and self.validation_scores_ is None)
                 or (not self.early_stopping and self.best_loss_ is None)):
             self._reset_scores()
-        wanted = {"backend": self.backend, "n_threads": self.n_threads,
+        wanted = {"backend": backends.resolve(self.backend), "n_threads": self.n_threads,
                   "dtype": validation.dtype(self.dtype).name}
         if wanted != {"backend": net.backend, "n_threads": net.n_threads, "dtype": net.dtype.name}:
             self.network_ = _network_from_state(_network_state(net), **wanted)
@@ -509,8 +509,9 @@ _PARAMETERS = """
         Adam's decay rates and its denominator's constant.
     n_iter_no_change : int, default=10
         Epochs without improvement by ``tol`` before stopping (or slowing down, ``adaptive``).
-    backend : {"numba", "cython", "numpy"}, default="numba"
-        The fastbp backend that trains and predicts (see ``fastbp.available_backends()``).
+    backend : {"auto", "cython", "numba", "numpy"}, default="auto"
+        The fastbp backend that trains and predicts: ``auto`` is cython when built, else numba (see
+        ``fastbp.available_backends()``).
     n_threads : int or None, default=None
         Threads per minibatch (None: every CPU this process may use). Results do not depend on it.
         Set it (to 1) when several estimators run in parallel (``n_jobs`` in GridSearchCV).
@@ -773,7 +774,7 @@ class MLPRegressor(RegressorMixin, _BaseMLP):
                  learning_rate_init=0.001, power_t=0.5, max_iter=200, shuffle=True,
                  random_state=None, tol=1e-4, verbose=False, warm_start=False, momentum=0.9,
                  nesterovs_momentum=True, early_stopping=False, validation_fraction=0.1,
-                 beta_1=0.9, beta_2=0.999, epsilon=1e-8, n_iter_no_change=10, backend="numba",
+                 beta_1=0.9, beta_2=0.999, epsilon=1e-8, n_iter_no_change=10, backend="auto",
                  n_threads=None, dtype="float64"):
         super().__init__(
             hidden_layer_sizes=hidden_layer_sizes, activation=activation, solver=solver,

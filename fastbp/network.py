@@ -76,7 +76,8 @@ class Network:
     dtype : str
         ``float64`` or ``float32``: parameters and arithmetic.
     backend : str
-        ``numba``, ``cython`` or ``numpy`` (the reference); see ``fastbp.available_backends()``.
+        ``numba``, ``cython``, ``numpy`` (the reference) or ``auto`` (cython when built, else
+        numba); see ``fastbp.available_backends()``.
     n_threads : int or None
         Threads per minibatch. None: up to every CPU this process may run on; while training, fastbp
         times chunks of minibatches and uses fewer threads when that is faster (a busy machine).
@@ -111,8 +112,8 @@ class Network:
         validation.choice("init", init, {name: name for name in initializers.SCHEMES})
         self.activation, self.output_activation, self.loss = activation, output_activation, loss
         self.dtype = validation.dtype(dtype)
-        self.backend = backend
-        self._driver = backends.get(backend)
+        self.backend = backends.resolve(backend)
+        self._driver = backends.get(self.backend)
         self.n_threads = validation.threads(n_threads)
         self.seed, self.init = seed, init
         self._desc, _ = self._layout(1, codes.SGD)

@@ -111,13 +111,23 @@ def test_available_backends():
     assert set(details) == {"numpy", "numba", "cython"}
 
 
+def test_auto_backend_is_the_fastest_built(monkeypatch):
+    expected = "cython" if "cython" in fastbp.available_backends() else "numba"
+    assert fastbp.Network([3, 2], backend="auto").backend == expected
+
+    def unbuilt(name):
+        raise fastbp.backends.BackendUnavailable("not built")
+    monkeypatch.setattr(fastbp.backends, "get", unbuilt)
+    assert fastbp.backends.resolve("auto") == "numba"
+
+
 @pytest.mark.parametrize("kwargs,message", [
     (dict(activation="softmax"), "unknown activation 'softmax'; choose one of sigmoid, tanh"),
     (dict(activation="swish"), "unknown activation"),
     (dict(loss="hinge"), "unknown loss 'hinge'; choose one of mse, cross_entropy"),
     (dict(output_activation="tanh", loss="cross_entropy"), "cross_entropy needs a sigmoid or softmax"),
     (dict(dtype="float16"), "dtype must be one of float32, float64"),
-    (dict(backend="tensorflow"), "unknown backend 'tensorflow'; choose one of numpy, numba, cython"),
+    (dict(backend="tensorflow"), "unknown backend 'tensorflow'; choose one of numpy, numba, cython or auto"),
     (dict(n_threads=0), "n_threads must be >= 1"),
     (dict(init="zeros"), "unknown init"),
 ])
