@@ -33,8 +33,34 @@ def save(net, path):
 
 
 def load(path, backend="numba", n_threads=None):
-    """Read a network written by ``Network.save``, to run on `backend`."""
+    """Read a network written by ``Network.save``, to run on `backend`.
+
+    Parameters
+    ----------
+    path : str or path-like
+        An .npz file written by ``Network.save``. It is untrusted input: nothing in it is executed.
+    backend : str, default="numba"
+        The backend the loaded network runs on (see ``fastbp.Network``).
+    n_threads : int or None, default=None
+        Threads for training and prediction (None: every CPU).
+
+    Returns
+    -------
+    Network
+        The network with its configuration, parameters and optimizer state.
+
+    Raises
+    ------
+    FileNotFoundError, OSError
+        The file is missing or cannot be read.
+    ModelFileError (a ValueError)
+        The file is not a fastbp model, or it is damaged, tampered with or of another format version.
+    """
     from .network import Network
+    if not zipfile.is_zipfile(path):  # also keeps np.load from trying other formats (a pickle)
+        open(path, "rb").close()      # a missing or unreadable file: the usual OSError
+        raise ModelFileError(f"{path}: not a readable fastbp model file (not an .npz archive, "
+                             f"which Network.save writes)")
     try:
         with np.load(path, allow_pickle=False) as archive:
             arrays = {name: archive[name] for name in archive.files}

@@ -228,7 +228,10 @@ def test_corrupted_model_files(tmp_path):
     (tmp_path / "empty.npz").write_bytes(b"")
     with pytest.raises(ValueError, match="not a readable fastbp model"):
         fastbp.load(tmp_path / "empty.npz")
-    with pytest.raises(ValueError, match="not a readable fastbp model"):
+    (tmp_path / "text.npz").write_text("layer_sizes = [4, 5, 3]")
+    with pytest.raises(ValueError, match=r"not an \.npz archive"):
+        fastbp.load(tmp_path / "text.npz")
+    with pytest.raises(FileNotFoundError):
         fastbp.load(tmp_path / "missing.npz")
 
 
