@@ -375,23 +375,29 @@ def _update_range(opt, P, G, S0, S1, c, l2, lo, hi):
     coefficients (_coefficients). Returns the sum of the new values: finite iff they all are.
     Twin: cy_kernels._update_range.
     """
+    # Loops from 0 over views: with range(lo, hi), i might be negative for all Numba knows, and the
+    # wraparound of each P[i] keeps LLVM from vectorizing (6x slower).
+    P = P[lo:hi]
+    G = G[lo:hi]
+    S0 = S0[lo:hi]
+    S1 = S1[lo:hi]
     lr = c[C_LR]
     total = lr - lr
     if opt == SGD:
         mu = c[C_MU]
         if mu == 0:
-            for i in range(lo, hi):
+            for i in range(P.shape[0]):
                 P[i] -= lr * (G[i] + l2 * P[i])
                 total += P[i]
         elif c[C_NESTEROV] != 0:
-            for i in range(lo, hi):
+            for i in range(P.shape[0]):
                 g = G[i] + l2 * P[i]
                 v = mu * S0[i] + g
                 S0[i] = v
                 P[i] -= lr * (g + mu * v)
                 total += P[i]
         else:
-            for i in range(lo, hi):
+            for i in range(P.shape[0]):
                 v = mu * S0[i] + G[i] + l2 * P[i]
                 S0[i] = v
                 P[i] -= lr * v
@@ -403,7 +409,7 @@ def _update_range(opt, P, G, S0, S1, c, l2, lo, hi):
         eps = c[C_EPS]
         step_size = c[C_STEP_SIZE]
         inv_sqrt_bc2 = c[C_INV_SQRT_BC2]
-        for i in range(lo, hi):
+        for i in range(P.shape[0]):
             g = G[i] + l2 * P[i]
             m1 = S0[i] + one_m_b1 * (g - S0[i])
             m2 = b2 * S1[i] + one_m_b2 * g * g
@@ -415,7 +421,7 @@ def _update_range(opt, P, G, S0, S1, c, l2, lo, hi):
         rho = c[C_RHO]
         one_m_rho = c[C_1MRHO]
         eps = c[C_EPS]
-        for i in range(lo, hi):
+        for i in range(P.shape[0]):
             g = G[i] + l2 * P[i]
             m2 = rho * S1[i] + one_m_rho * g * g
             S1[i] = m2

@@ -323,11 +323,11 @@ def _tile(phase, t, kind, desc, params, grads, state, X, Y, rows, first_row, ide
     else:
         _gradient_rows(D, A_in, rows_in, scale, G, gb, j0, j1)
     if op == OP_GRADIENT:  # accumulate this block's share of the mean gradient into state[0]
-        total_grad = state[0]
-        for i in range(w + j0 * n_in, w + j1 * n_in):
-            total_grad[i] += grads[i]
-        for i in range(b + j0, b + j1):
-            total_grad[i] += grads[i]
+        for lo, hi in ((w + j0 * n_in, w + j1 * n_in), (b + j0, b + j1)):
+            total_grad = _row(state[0], lo, hi - lo)  # loops from 0 vectorize (_update_range)
+            block = _row(grads, lo, hi - lo)
+            for i in range(hi - lo):
+                total_grad[i] += block[i]
         return
     opt = desc[D_OPTIMIZER]
     check = _update_range(opt, params, grads, state[0], state[1], c, c[C_L2], w + j0 * n_in,
