@@ -59,8 +59,8 @@ def load(path, backend="numba", n_threads=None):
     from .network import Network
     if not zipfile.is_zipfile(path):  # also keeps np.load from trying other formats (a pickle)
         open(path, "rb").close()      # a missing or unreadable file: the usual OSError
-        raise ModelFileError(f"{path}: not a readable fastbp model file (not an .npz archive, "
-                             f"which Network.save writes)")
+        raise ModelFileError(f"{path}: not a readable fastbp model file (not an .npz archive, or a "
+                             f"truncated one; Network.save writes .npz archives)")
     try:
         with np.load(path, allow_pickle=False) as archive:
             arrays = {name: archive[name] for name in archive.files}
