@@ -82,7 +82,7 @@ P_FIELDS = 9
 # of columns of Z = A W^T, rows of G = D^T A), error-term tiles blocks of samples (rows of E = D W).
 BLAS_MIN_BATCH = 32
 BLAS_MIN_LAYER = 128 * 128
-BLAS_TILES = 4
+BLAS_TILES = 2  # few, large tiles: each gemm call packs its operands again (measured: 2 > 4 > 8)
 
 # The primitive kernels every compiled backend exports under these names (a test checks it).
 KERNELS = ("dense_forward", "activation_forward", "activation_backward", "output_error",
