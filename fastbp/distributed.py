@@ -58,7 +58,8 @@ import numpy as np
 
 from . import backends, schedules, validation
 from .kernels import codes
-from .network import FORWARD_BLOCK, Evaluation, History, TrainingDiverged, _EarlyStopping
+from .network import (FORWARD_BLOCK, Evaluation, History, TrainingDiverged, _EarlyStopping,
+                      _epoch_done)
 
 SNAPSHOT_SAMPLES = 8192  # global samples between copies of the parameters kept to undo a divergence
 DATA_KEYS = ("X", "y")
@@ -564,10 +565,10 @@ def fit(net, X, y, comm=None, epochs=10, batch_size=32, lr=0.1, l2=0.0, momentum
                                f"({c.size}): every rank needs rows in each minibatch")
 
     # The metrics, as Network.fit has them.
-    metrics, monitor = validation.monitoring(metrics, monitor, bool(n_val))
+    metrics, monitor = validation.monitoring(
+        metrics, monitor, bool(n_val),
+        watched=early_stopping or isinstance(lr_schedule, schedules.ReduceOnPlateau))
     stopper = _EarlyStopping(monitor, settings["patience"], settings["min_delta"]) if early_stopping else None
-    if monitor != "loss" and (stopper or type(lr_schedule).__name__ == "ReduceOnPlateau"):
-        metrics.add(monitor)
 
     if seed is None:
         seed = c.bcast_obj(int(net._rng.integers(0, 2 ** 62)) if c.rank == 0 else None)
@@ -586,8 +587,7 @@ def fit(net, X, y, comm=None, epochs=10, batch_size=32, lr=0.1, l2=0.0, momentum
 
     with net._exclusive():
         if net._optimizer != (optimizer, bool(nesterov)):  # new optimizer: fresh state
-            net._state[:] = 0
-            net._hyper[codes.H_STEP] = 0
+            net.reset_optimizer()
             net._optimizer = (optimizer, bool(nesterov))
         hyper = codes.hyperparameters(len(net.layer_sizes) - 1)
         hyper[codes.H_L2] = settings["l2"]
@@ -633,13 +633,8 @@ def fit(net, X, y, comm=None, epochs=10, batch_size=32, lr=0.1, l2=0.0, momentum
                 values["comm_share"] = comm_time / total if total > 0 else 0.0
                 history.add(**values)
                 _check_identical(c, net, epoch)
-                lr_schedule.observe(values[monitor] if monitor in values else values["loss"])
-                if verbose and c.rank == 0:
-                    print(f"epoch {epoch}/{epochs}  " + "  ".join(
-                        f"{name} {value:.4g}" for name, value in values.items()), flush=True)
-                stop = stopper is not None and stopper.update(epoch, values[monitor], net)
-                if callback is not None and callback(epoch, dict(values)):
-                    stop = True
+                stop = _epoch_done(net, epoch, epochs, values, monitor, lr_schedule, stopper, callback,
+                                   verbose and c.rank == 0)
                 if c.any(stop):
                     history.stopped_epoch = epoch
                     break
@@ -647,9 +642,8 @@ def fit(net, X, y, comm=None, epochs=10, batch_size=32, lr=0.1, l2=0.0, momentum
             net._grads[:] = trainer.grads  # the last update's mean gradient, as Network.fit leaves it
             if bar is not None:
                 bar.close()
-            if stopper is not None and stopper.best is not None:
-                stopper.restore(net)
-                history.best_epoch = stopper.best_epoch
+            if stopper is not None:
+                stopper.finish(net, history)
     return history
 
 

@@ -325,12 +325,12 @@ class Network:
                 raise ValueError("validation_data must be a pair (X_val, y_val)")
             X_val = self._X(validation_data[0], "validation X")
             Y_val = self._Y(validation_data[1], X_val.shape[0], "validation y")
-        metrics, monitor = validation.monitoring(metrics, monitor, validation_data is not None)
+        metrics, monitor = validation.monitoring(
+            metrics, monitor, validation_data is not None,
+            watched=early_stopping or isinstance(schedule, schedules.ReduceOnPlateau))
         patience = validation.integer("patience", patience, 0)
         min_delta = validation.real("min_delta", min_delta, low=0)
         stopper = _EarlyStopping(monitor, patience, min_delta) if early_stopping else None
-        if monitor != "loss" and (stopper or isinstance(schedule, schedules.ReduceOnPlateau)):
-            metrics.add(monitor)
         bar = _progress_bar(progress, epochs * -(-X.shape[0] // batch_size))
 
         with self._exclusive():
@@ -359,22 +359,15 @@ class Network:
                               if name in ("loss", "lr") or name in metrics}
                     values["seconds"] = time.perf_counter() - started
                     history.add(**values)
-                    schedule.observe(values[monitor] if monitor in values else values["loss"])
-                    if verbose:
-                        print(f"epoch {epoch}/{epochs}  " + "  ".join(
-                            f"{name} {value:.4g}" for name, value in values.items()), flush=True)
-                    stop = stopper is not None and stopper.update(epoch, values[monitor], self)
-                    if callback is not None and callback(epoch, dict(values)):
-                        stop = True
-                    if stop:
+                    if _epoch_done(self, epoch, epochs, values, monitor, schedule, stopper, callback,
+                                   verbose):
                         history.stopped_epoch = epoch
                         break
             finally:
                 if bar is not None:
                     bar.close()
-                if stopper is not None and stopper.best is not None:
-                    stopper.restore(self)
-                    history.best_epoch = stopper.best_epoch
+                if stopper is not None:
+                    stopper.finish(self, history)
         return history
 
     def _dropout(self, dropout):
@@ -453,9 +446,26 @@ class _EarlyStopping:
         self.waited += 1
         return self.waited >= self.patience
 
-    def restore(self, net):
-        _, parameters, state, hyper = self.best
-        net.parameters[:], net._state[:], net._hyper[:] = parameters, state, hyper
+    def finish(self, net, history):
+        """At the end of training: back to the best epoch's parameters and state, if there was one."""
+        if self.best is not None:
+            _, parameters, state, hyper = self.best
+            net.parameters[:], net._state[:], net._hyper[:] = parameters, state, hyper
+            history.best_epoch = self.best_epoch
+
+
+def _epoch_done(net, epoch, epochs, values, monitor, schedule, stopper, callback, verbose):
+    """After an epoch's metrics (in `values`): the schedule observes the monitor, the epoch's line is
+    printed, early stopping and the callback decide. Returns whether training should stop (both fit
+    drivers: Network.fit and fastbp.distributed.fit)."""
+    schedule.observe(values[monitor] if monitor in values else values["loss"])
+    if verbose:
+        print(f"epoch {epoch}/{epochs}  " + "  ".join(
+            f"{name} {value:.4g}" for name, value in values.items()), flush=True)
+    stop = stopper is not None and stopper.update(epoch, values[monitor], net)
+    if callback is not None and callback(epoch, dict(values)):
+        stop = True
+    return stop
 
 
 class _ThreadTuner:

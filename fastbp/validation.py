@@ -136,9 +136,10 @@ def targets(y, n_samples, n_outputs, dt, name="y"):
 METRICS = ("train_loss", "train_accuracy", "val_loss", "val_accuracy")
 
 
-def monitoring(metrics, monitor, has_validation):
+def monitoring(metrics, monitor, has_validation, watched=False):
     """The metrics to measure after each epoch (a set) and the one to monitor: defaults (validation
-    loss and accuracy with validation data; monitor val_loss there, else loss) and checks."""
+    loss and accuracy with validation data; monitor val_loss there, else loss) and checks. When
+    something watches the monitor (early stopping, reduce-on-plateau), it is measured too."""
     if metrics is None:
         metrics = ("val_loss", "val_accuracy") if has_validation else ()
     metrics = set(metrics)
@@ -152,4 +153,6 @@ def monitoring(metrics, monitor, has_validation):
     needs_validation = sorted({m for m in metrics | {monitor} if m.startswith("val_")})
     if needs_validation and not has_validation:
         raise ValueError(f"monitoring {', '.join(needs_validation)} needs validation_data")
+    if watched and monitor != "loss":
+        metrics.add(monitor)
     return metrics, monitor
