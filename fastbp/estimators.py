@@ -447,7 +447,7 @@ class _BaseMLP(BaseEstimator):
 
     def _score_arrays(self, X, y):
         """The validation score (accuracy or R^2) on X already of the network's dtype."""
-        y_pred = self._predict_arrays(X)
+        y_pred = self._predictions(self.network_.forward(X))
         if np.issubdtype(y_pred.dtype, np.floating) and not np.isfinite(y_pred).all():
             return np.nan
         return float(self._score_function(y, y_pred))
@@ -626,8 +626,8 @@ class MLPClassifier(ClassifierMixin, _BaseMLP):
     def _targets_to_y(self, Y):
         return self._label_binarizer.inverse_transform(Y)
 
-    def _predict_arrays(self, X):
-        outputs = self.network_.forward(X)
+    def _predictions(self, outputs):
+        """The class labels the output activations stand for."""
         if self.n_outputs_ == 1:
             outputs = outputs.ravel()
         return self._label_binarizer.inverse_transform(outputs)
@@ -696,10 +696,7 @@ class MLPClassifier(ClassifierMixin, _BaseMLP):
         y : ndarray of shape (n_samples,) or (n_samples, n_classes)
             The predicted classes (an indicator matrix for multilabel targets).
         """
-        outputs = self._outputs(X)
-        if self.n_outputs_ == 1:
-            outputs = outputs.ravel()
-        return self._label_binarizer.inverse_transform(outputs)
+        return self._predictions(self._outputs(X))
 
     def predict_proba(self, X):
         """Probability estimates.
@@ -807,12 +804,11 @@ class MLPRegressor(RegressorMixin, _BaseMLP):
             y = column_or_1d(y, warn=True)
         return X, y
 
-    def _targets_to_y(self, Y):
-        return Y.ravel() if Y.shape[1] == 1 else Y
-
-    def _predict_arrays(self, X):
-        outputs = self.network_.forward(X)
+    def _predictions(self, outputs):
+        """The targets as the caller gave them: 1-D for a single output."""
         return outputs.ravel() if outputs.shape[1] == 1 else outputs
+
+    _targets_to_y = _predictions
 
     def fit(self, X, y):
         """Fit the model to X and y.
@@ -861,8 +857,7 @@ class MLPRegressor(RegressorMixin, _BaseMLP):
         y : ndarray of shape (n_samples,) or (n_samples, n_outputs)
             The predictions.
         """
-        outputs = self._outputs(X)
-        return outputs.ravel() if outputs.shape[1] == 1 else outputs
+        return self._predictions(self._outputs(X))
 
     def __sklearn_tags__(self):
         tags = super().__sklearn_tags__()
