@@ -15,7 +15,7 @@ the measurement's thread count. What is measured:
 * for each workload, fastbp through ``Network.fit(..., epochs=1)`` (what users get: input
   validation and one-hot encoding included) with each backend x dtype x thread count, and each peer
   (float32, all threads): a warm-up epoch, then R timed epochs; best and median samples/s. For fastbp
-  at float32 on all threads also the epoch through the backend's driver alone (``train_epoch``,
+  at float32 on all threads also the epoch through the backend's driver alone (``train_batches``,
   no validation), to show what fit costs on top;
 * time to the first epoch on nielsen, from process start (interpreter, ``import fastbp``, network,
   compilation or cache load, one epoch; generating the data is not counted): numba with an empty
@@ -104,7 +104,7 @@ def measure_gemm(spec):
 
 
 def _driver_epoch(net, workload, X, y):
-    """One epoch through the backend's train_epoch alone, on the buffers the Network owns (private
+    """One epoch through the backend's train_batches alone, on the buffers the Network owns (private
     attributes: reported as unavailable if they change)."""
     import numpy as np
     from fastbp import backends
@@ -120,7 +120,7 @@ def _driver_epoch(net, workload, X, y):
 
     def epoch():
         order = rng.permutation(n)
-        driver.train_epoch(desc, net.parameters, net._grads, net._state, Xc, Y, order, workload.batch,
+        driver.train_batches(desc, net.parameters, net._grads, net._state, Xc, Y, order, workload.batch,
                            0, n_batches, net._hyper, work, costs, threads)
 
     return epoch
@@ -660,7 +660,7 @@ class Run:
         notes.append("GFLOP/s counts the workload's FLOP per sample; % of peak is against the GEMM "
                      "peak of the same dtype (all threads)")
         if "driver" not in a.skip and "float32" in a.dtypes:
-            notes.append("driver only: the backend's train_epoch called directly with the network's "
+            notes.append("driver only: the backend's train_batches called directly with the network's "
                          "buffers (no input validation, no one-hot encoding, no chunking)")
         notes.append("† as above")
         out += ["", "; ".join(notes) + "."]

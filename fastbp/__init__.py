@@ -7,8 +7,8 @@
 __version__ = "0.1.0"
 
 from .backends import available_backends
-from .modelfile import load
-from .network import Evaluation, History, Network, TrainingDiverged
+from .network import Network, load
+from .training import Evaluation, History, TrainingDiverged
 
 __all__ = ["Network", "History", "Evaluation", "TrainingDiverged", "load", "available_backends",
            "MLPClassifier", "MLPRegressor", "__version__"]

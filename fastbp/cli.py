@@ -1,12 +1,13 @@
 """The command line: ``fastbp train`` (handwritten digits by default, or --dataset) and ``fastbp info``."""
 import argparse
 import json
+import os
 import sys
 import time
 
 import numpy as np
 
-from . import __version__, backends, datasets, initializers, schedules
+from . import __version__, backends, datasets, distributed, initializers, schedules
 from .kernels import codes
 from .network import Network, TrainingDiverged
 
@@ -56,9 +57,12 @@ def parser():
                      help="stop when the test loss stops improving; keep the best epoch")
     fit.add_argument("--patience", type=int, default=10, help="epochs without improvement")
     data = train.add_argument_group("data and output")
-    data.add_argument("--dataset", default="digits", metavar="SPEC",
-                      help="digits (bundled), mnist:DIR (IDX files), FILE.npz (arrays X, y) or "
-                           "FILE.csv (the label in the last column)")
+    data.add_argument("--dataset", "--data", default="digits", metavar="SPEC",
+                      help="digits (bundled), mnist:DIR (IDX files), FILE.npz (arrays X, y, and "
+                           "optionally X_test, y_test with --distributed), a directory of X.npy "
+                           "and y.npy (--distributed), or FILE.csv (the label in the last column); "
+                           "with --distributed each rank reads only its rows of an .npz or "
+                           "directory")
     data.add_argument("--test-fraction", type=float, default=0.2,
                       help="share of the data held out to test on")
     data.add_argument("--save", metavar="PATH", default=None,
@@ -73,10 +77,6 @@ def parser():
                      help="train data-parallel over MPI, each rank on its shard of the data: "
                           "mpiexec -n N fastbp train --distributed (--batch-size is the global "
                           "minibatch; rank 0 alone prints and writes files)")
-    mpi.add_argument("--data", metavar="PATH", default=None,
-                     help="with --distributed: train on this .npz (arrays X, y, and optionally "
-                          "X_test, y_test) or directory of X.npy, y.npy; each rank reads only its "
-                          "rows. Default: the bundled digits")
     mpi.add_argument("--allreduce-every", metavar="K", type=int, default=1,
                      help="with --distributed: one Allreduce and update per K minibatches")
     commands.add_parser("info", help="the backends available here and how they are built")
@@ -92,75 +92,173 @@ def _echo(text):
         print(text, flush=True)
 
 
-def train(args):
-    if args.distributed:
-        from .distributed import train_cli
-        return train_cli(args)
-    X, y = datasets.load(args.dataset)
-    classes, y = np.unique(y, return_inverse=True)  # any labels become 0..n_classes-1
-    X_train, X_test, y_train, y_test = datasets.train_test_split(X, y, args.test_fraction, args.seed)
-    n_classes = len(classes)
-    layers = args.layers or [X.shape[1], 64, n_classes]
-    backend = backends.resolve(args.backend)
-    lr = args.lr if args.lr is not None else (0.05 if args.optimizer == "sgd" else 0.001)
-    net = Network(layers, args.activation, args.output_activation, args.loss, args.dtype, backend,
-                  args.threads, args.seed, args.init)
-    if not args.quiet:
-        print(f"fastbp {__version__}: {net}")
-        print(f"{args.dataset}: {len(X_train)} training and {len(X_test)} test samples of "
-              f"{X.shape[1]} features, {n_classes} classes; {args.epochs} epochs, minibatches of {args.batch_size}, {args.optimizer} lr "
-              f"{lr}, l2 {args.l2}" + (f", momentum {args.momentum}" if args.optimizer == "sgd" else "")
-              + f", {net._threads()} threads", flush=True)
-
-    def progress(epoch, m):
-        if not args.quiet:
-            _echo(f"epoch {epoch:3d}/{args.epochs}  train loss {m['train_loss']:.4f} acc "
-                  f"{m['train_accuracy']:.4f}  test loss {m['val_loss']:.4f} acc "
-                  f"{m['val_accuracy']:.4f}  {m['seconds']:.2f}s")
-
-    started = time.perf_counter()
-    status, note = 0, ""
+def _communicator(args):
+    """MPI.COMM_WORLD for --distributed (None otherwise)."""
+    if not args.distributed:
+        if args.allreduce_every != 1:
+            raise ValueError("--allreduce-every needs --distributed")
+        return None
     try:
-        net.fit(X_train, y_train, args.epochs, args.batch_size, lr, args.l2,
-                args.momentum if args.optimizer == "sgd" else 0.0,
-                validation_data=(X_test, y_test), optimizer=args.optimizer,
-                nesterov=args.nesterov, schedule=args.schedule, dropout=args.dropout,
-                early_stopping=args.early_stopping, patience=args.patience,
-                metrics=("train_loss", "train_accuracy", "val_loss", "val_accuracy"),
-                callback=progress, progress=not args.quiet and sys.stderr.isatty())
-    except TrainingDiverged as error:
-        print(f"fastbp: {error}", file=sys.stderr)
-        status, note = 1, " (diverged)"
-    except KeyboardInterrupt:
-        status, note = 130, " (interrupted)"
-    history = net.history
-    if history.best_epoch is not None and not args.quiet:
-        print(f"best epoch {history.best_epoch}" + (
-            f" (stopped after epoch {history.stopped_epoch})" if history.stopped_epoch else "")
-            + "; its parameters are kept")
-    result = net.evaluate(X_test, y_test)
-    print(f"test accuracy {result.accuracy:.4f}  test loss {result.loss:.4f}  "
-          f"({time.perf_counter() - started:.2f}s){note}")
+        from mpi4py import MPI
+    except ImportError:
+        raise ImportError("--distributed needs mpi4py and an MPI library: pip install "
+                          "'fastbp[mpi]'") from None
+    return MPI.COMM_WORLD
+
+
+def _data(args, c):
+    """(X_train, y_train, X_test, y_test, where they come from) of this rank. In one process: the
+    dataset split by --test-fraction. Over MPI, an .npz archive or a directory of .npy files is read
+    rank by rank (its rows only; its X_test, y_test when it has them, else a share of each shard
+    held out); any other dataset is read whole and split, and each rank takes its block of rows."""
+    spec = args.dataset
+    if c.size > 1 and (os.path.isdir(spec) or spec.lower().endswith(".npz")):
+        X, y = distributed.load_shard(spec, c.rank, c.size)
+        if datasets.has_arrays(spec, datasets.TEST_KEYS):
+            X_test, y_test = distributed.load_shard(spec, c.rank, c.size, datasets.TEST_KEYS)
+            return X, y, X_test, y_test, f"{spec} (with its test set)"
+        X, X_test, y, y_test = datasets.train_test_split(X, y, args.test_fraction,
+                                                         [args.seed, c.rank])
+        return X, y, X_test, y_test, f"{spec} ({args.test_fraction:g} of each shard held out)"
+    X, y = datasets.load(spec)
+    X_train, X_test, y_train, y_test = datasets.train_test_split(X, y, args.test_fraction, args.seed)
+    if c.size > 1:
+        (X_train, y_train), (X_test, y_test) = (
+            tuple(a[slice(*distributed.shard_range(len(Xs), c.rank, c.size))] for a in (Xs, ys))
+            for Xs, ys in ((X_train, y_train), (X_test, y_test)))
+    return X_train, y_train, X_test, y_test, spec
+
+
+def train(args):
+    """``fastbp train``, in one process or (--distributed) on every MPI rank: rank 0 alone prints
+    and writes files. Returns the exit status (the same on every rank)."""
+    comm = _communicator(args)
+    c = distributed.Comm(comm)
+    lead = c.rank == 0
+
+    def say(text):
+        if lead and not args.quiet:
+            _echo(text)
+
+    try:
+        X, y, X_test, y_test, source = distributed.agree(c, "reading the data",
+                                                         lambda: _data(args, c))
+        classes = np.unique(np.concatenate(c.allgather(np.unique(np.concatenate([y, y_test])))))
+        y, y_test = np.searchsorted(classes, y), np.searchsorted(classes, y_test)  # 0..n-1
+        facts = c.allgather((X.shape[1], len(X), len(X_test)))
+        n_features, n_train, n_test = facts[0][0], sum(f[1] for f in facts), sum(f[2] for f in facts)
+        layers = args.layers or [n_features, 64, len(classes)]
+        lr = args.lr if args.lr is not None else (0.05 if args.optimizer == "sgd" else 0.001)
+        momentum = args.momentum if args.optimizer == "sgd" else 0.0
+        net = distributed.agree(c, "building the network", lambda: Network(
+            layers, args.activation, args.output_activation, args.loss, args.dtype, args.backend,
+            args.threads, args.seed, args.init))
+        threads = net.n_threads or (distributed.default_threads(comm) if comm else net.threads)
+        say(f"fastbp {__version__}: {net}")
+        say(f"{source}: {n_train} training and {n_test} test samples of {n_features} features, "
+            f"{len(classes)} classes; {args.epochs} epochs, minibatches of {args.batch_size}"
+            + (f" on {c.size} ranks ({'+'.join(map(str, distributed.local_batch_sizes(args.batch_size, c.size)))} rows each)" if comm else "")
+            + f", {args.optimizer} lr {lr}, l2 {args.l2}"
+            + (f", momentum {momentum}" if args.optimizer == "sgd" else "")
+            + f", {threads} thread{'s' if threads > 1 else ''}{' per rank' if comm else ''}"
+            + (f", one Allreduce and update per {args.allreduce_every} minibatches"
+               if args.allreduce_every > 1 else ""))
+
+        def progress(epoch, m):
+            say(f"epoch {epoch:3d}/{args.epochs}  train loss {m['train_loss']:.4f} acc "
+                f"{m['train_accuracy']:.4f}  test loss {m['val_loss']:.4f} acc "
+                f"{m['val_accuracy']:.4f}  {m['seconds']:.2f}s"
+                + (f"  allreduce {100 * m['comm_share']:.1f}%" if "comm_share" in m else ""))
+
+        started = time.perf_counter()
+        status, note = 0, ""
+        try:
+            net.fit(X, y, args.epochs, args.batch_size, lr, args.l2, momentum,
+                    validation_data=(X_test, y_test), optimizer=args.optimizer,
+                    nesterov=args.nesterov, schedule=args.schedule, dropout=args.dropout,
+                    early_stopping=args.early_stopping, patience=args.patience,
+                    metrics=("train_loss", "train_accuracy", "val_loss", "val_accuracy"),
+                    callback=progress, progress=lead and not args.quiet and sys.stderr.isatty(),
+                    comm=comm, allreduce_every=args.allreduce_every)
+        except TrainingDiverged as error:
+            if lead:
+                print(f"fastbp: {error}", file=sys.stderr)
+            status, note = 1, " (diverged)"
+        except KeyboardInterrupt:
+            status, note = 130, " (interrupted)"
+        history = net.history
+        if history.best_epoch is not None:
+            say(f"best epoch {history.best_epoch}" + (
+                f" (stopped after epoch {history.stopped_epoch})" if history.stopped_epoch else "")
+                + "; its parameters are kept")
+        result = distributed.evaluate(net, X_test, y_test, comm, threads) if comm else \
+            net.evaluate(X_test, y_test)
+        shares = history.get("comm_share", [])
+        if lead:
+            print(f"test accuracy {result.accuracy:.4f}  test loss {result.loss:.4f}  "
+                  f"({time.perf_counter() - started:.2f}s"
+                  + (f" on {c.size} ranks" if comm else "")
+                  + (f", {100 * np.mean(shares):.1f}% in allreduce" if shares else "") + f"){note}",
+                  flush=True)
+        for line in distributed.agree(c, "writing the results", lambda: _write_results(
+                args, net, history, result, layers, c.size) if lead else ()):
+            print(line, flush=True)
+        return status
+    except distributed.DistributedError as error:
+        if lead:
+            print(f"fastbp: error: {error}", file=sys.stderr)
+        return 2
+    except BaseException:
+        if c.size == 1:
+            raise
+        _abort(c)
+
+
+def _abort(c):
+    """An error on one rank alone would leave the others waiting in a collective: stop them all."""
+    import traceback
+    traceback.print_exc()
+    print(f"fastbp: rank {c.rank} failed; stopping every rank", file=sys.stderr, flush=True)
+    c.comm.Abort(1)
+
+
+def history_record(history, result=None):
+    """A JSON-ready dict of a History: the per-epoch metrics and, for distributed training, the
+    ranks, threads, seed, shards and each update's seconds."""
+    record = {"epochs": history.epochs, "best_epoch": history.best_epoch,
+              "stopped_epoch": history.stopped_epoch, "history": dict(history)}
+    if result is not None:
+        record.update(test_accuracy=result.accuracy, test_loss=result.loss)
+    if getattr(history, "ranks", None) is not None:
+        record.update(ranks=history.ranks, threads_per_rank=history.threads, seed=history.seed,
+                      shard_sizes=history.shard_sizes, local_batch_sizes=history.local_batch_sizes,
+                      update_seconds=[a.tolist() for a in history.batch_seconds],
+                      allreduce_seconds=[a.tolist() for a in history.allreduce_seconds])
+    return record
+
+
+def _write_results(args, net, history, result, layers, ranks):
+    """The files asked for: the model (--save), the learning curves (--plot), the history (--json).
+    Returns the lines to print."""
+    lines = []
     if args.save:
         net.save(args.save)
-        print(f"model saved to {args.save}")
+        lines.append(f"model saved to {args.save}")
     if args.plot:
         from .plotting import plot_learning_curves
         plot_learning_curves(history, args.plot, title=(
             f"{args.dataset}: {'-'.join(map(str, layers))} {args.activation}, {args.optimizer}, "
-            f"dropout {args.dropout}, test accuracy {result.accuracy:.4f}"))
-        print(f"learning curves drawn to {args.plot}")
+            f"dropout {args.dropout}, test accuracy {result.accuracy:.4f}"
+            + (f", {ranks} ranks" if ranks > 1 else "")))
+        lines.append(f"learning curves drawn to {args.plot}")
     if args.json:
-        record = {"epochs": history.epochs, "best_epoch": history.best_epoch,
-                  "stopped_epoch": history.stopped_epoch, "test_accuracy": result.accuracy,
-                  "test_loss": result.loss, "history": dict(history)}
-        text = json.dumps(record, indent=1)
+        text = json.dumps(history_record(history, result), indent=1)
         if args.json == "-":
-            print(text)
+            lines.append(text)
         else:
             with open(args.json, "w") as f:
                 f.write(text + "\n")
-    return status
+    return lines
 
 
 def info(args):

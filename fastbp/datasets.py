@@ -14,6 +14,8 @@ import zlib
 import numpy as np
 
 IDX_TYPES = {0x08: np.uint8, 0x09: np.int8, 0x0B: ">i2", 0x0C: ">i4", 0x0D: ">f4", 0x0E: ">f8"}
+DATA_KEYS = ("X", "y")   # the arrays of a data file (.npz, or a directory of .npy files)
+TEST_KEYS = ("X_test", "y_test")
 SPECS = "digits, mnist:DIR (a folder of MNIST IDX files), FILE.npz or FILE.csv"
 
 
@@ -437,3 +439,134 @@ def train_test_split(X, y, test_fraction=0.2, seed=0):
     n_test = min(len(X) - 1, max(1, int(round(len(X) * test_fraction))))
     test, train = order[:n_test], order[n_test:]
     return X[train], X[test], y[train], y[test]
+
+
+# --------------------------------------------------------------------------- rows of .npy / .npz files
+
+def _npy_header(f):
+    """(shape, fortran_order, dtype) of the .npy stream f, left at the start of the array data."""
+    version = np.lib.format.read_magic(f)
+    if version == (1, 0):
+        return np.lib.format.read_array_header_1_0(f)
+    if version == (2, 0):
+        return np.lib.format.read_array_header_2_0(f)
+    raise ValueError(f"unsupported .npy format version {version}")
+
+
+def _read_exactly(f, out):
+    """Fill array `out` (C-contiguous) from the stream f."""
+    view = memoryview(out.reshape(-1).view(np.uint8))
+    got = 0
+    while got < len(view):
+        n = f.readinto(view[got:])
+        if not n:
+            raise ValueError("the file ends before the array does (truncated)")
+        got += n
+    return out
+
+
+def _member_data_start(path, info):
+    """Where the bytes of an uncompressed zip member begin in the archive file."""
+    with open(path, "rb") as f:
+        f.seek(info.header_offset)
+        header = f.read(30)
+    if len(header) != 30 or header[:4] != b"PK\x03\x04":
+        raise ValueError(f"{path}: damaged zip archive (member {info.filename})")
+    name_length = int.from_bytes(header[26:28], "little")
+    extra_length = int.from_bytes(header[28:30], "little")
+    return info.header_offset + 30 + name_length + extra_length
+
+
+class _Array:
+    """A 2-D or 1-D array in a .npy file or a .npz member, read by rows."""
+
+    def __init__(self, path, member=None):
+        self.path, self.member = os.fspath(path), member
+        self.where = self.path if member is None else f"{self.path}[{member}]"
+        self.start = None  # byte offset of the data in the file, when rows can be read in place
+        if member is None:
+            with open(self.path, "rb") as f:
+                self.shape, self.fortran, self.dtype = _npy_header(f)
+                self.start = f.tell()
+        else:
+            with zipfile.ZipFile(self.path) as archive:
+                try:
+                    info = archive.getinfo(member + ".npy")
+                except KeyError:
+                    raise KeyError(f"{self.path} has no array {member!r} (it has "
+                                   f"{', '.join(n[:-4] for n in archive.namelist()) or 'none'})"
+                                   ) from None
+                with archive.open(info) as f:
+                    self.shape, self.fortran, self.dtype = _npy_header(f)
+                    header = f.tell()
+                if info.compress_type == zipfile.ZIP_STORED:
+                    self.start = _member_data_start(self.path, info) + header
+        if self.dtype.hasobject:
+            raise ValueError(f"{self.where} holds Python objects; save plain numbers")
+        if len(self.shape) not in (1, 2):
+            raise ValueError(f"{self.where} has shape {self.shape}; a 1-D or 2-D array is needed")
+
+    def rows(self, a, b):
+        """Rows a..b-1, read from the file and nothing else when the array is stored plainly (a .npy
+        file or an uncompressed .npz member, in C order); a compressed member is decompressed up to
+        row b (only rows a..b-1 are kept)."""
+        row_shape = tuple(self.shape[1:])
+        row_bytes = int(np.prod(row_shape, dtype=np.int64)) * self.dtype.itemsize
+        out = np.empty((b - a,) + row_shape, self.dtype)
+        if self.fortran and len(self.shape) == 2:  # columns are contiguous: rows are not
+            if self.member is None:
+                return np.ascontiguousarray(np.load(self.path, mmap_mode="r")[a:b])
+            with np.load(self.path) as archive:
+                return np.ascontiguousarray(archive[self.member][a:b])
+        if self.start is not None:
+            with open(self.path, "rb", buffering=0) as f:
+                f.seek(self.start + a * row_bytes)
+                return _read_exactly(f, out)
+        with zipfile.ZipFile(self.path) as archive, archive.open(self.member + ".npy") as f:
+            _npy_header(f)
+            skip = a * row_bytes
+            while skip:
+                skip -= len(f.read(min(skip, 1 << 22)))
+            return _read_exactly(f, out)
+
+
+def row_readers(spec, keys=DATA_KEYS):
+    """The on-disk arrays named by keys in spec: an .npz archive, a directory of KEY.npy files, or a
+    sequence of .npy paths (one per key)."""
+    if isinstance(spec, (str, os.PathLike)):
+        path = os.fspath(spec)
+        if os.path.isdir(path):
+            return [_Array(os.path.join(path, f"{key}.npy")) for key in keys]
+        if path.endswith(".npy"):
+            raise ValueError(f"{path}: one .npy file holds one array; pass (X_path, y_path), a "
+                             f"directory of {keys[0]}.npy and {keys[1]}.npy, or an .npz archive")
+        return [_Array(path, key) for key in keys]
+    paths = list(spec)
+    if len(paths) != len(keys):
+        raise ValueError(f"expected {len(keys)} .npy paths ({', '.join(keys)}), got {len(paths)}")
+    return [_Array(path) for path in paths]
+
+
+def has_arrays(spec, keys=TEST_KEYS):
+    """Whether the data `spec` (an .npz archive or a directory) holds the arrays named by keys."""
+    if not isinstance(spec, (str, os.PathLike)):
+        return False
+    path = os.fspath(spec)
+    if os.path.isdir(path):
+        return all(os.path.exists(os.path.join(path, f"{key}.npy")) for key in keys)
+    try:
+        with zipfile.ZipFile(path) as archive:
+            names = set(archive.namelist())
+    except (OSError, zipfile.BadZipFile):
+        return False
+    return all(f"{key}.npy" in names for key in keys)
+
+
+def n_rows(spec, keys=DATA_KEYS):
+    """The number of rows of the data `spec` (read from the headers only)."""
+    arrays = row_readers(spec, keys)
+    counts = {array.where: array.shape[0] for array in arrays}
+    if len(set(counts.values())) != 1:
+        raise ValueError("the arrays have different numbers of rows: " + ", ".join(
+            f"{where} {n}" for where, n in counts.items()))
+    return arrays[0].shape[0]

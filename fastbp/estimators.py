@@ -58,40 +58,6 @@ OUTPUTS = {"softmax": ("softmax", "cross_entropy"), "logistic": ("sigmoid", "cro
            "identity": ("identity", "mse")}
 
 
-# --------------------------------------------------------------------------- Network internals
-# The estimator needs four things the Network's public API does not offer (yet); they are kept here,
-# in one place: fresh optimizer state on a warm-started fit, rescaling the SGD velocity when the
-# learning rate changes, and pickling (a Network holds a lock).
-
-def _scale_velocity(net, factor):
-    """Multiply the SGD velocity (optimizer slot 0) by `factor`."""
-    net._state[0] *= factor
-
-
-def _network_state(net):
-    """A picklable snapshot of a Network: configuration, parameters, optimizer state, generator."""
-    return {"layer_sizes": list(net.layer_sizes), "activation": net.activation,
-            "output_activation": net.output_activation, "loss": net.loss,
-            "dtype": net.dtype.name, "backend": net.backend, "n_threads": net.n_threads,
-            "init": net.init, "parameters": net.parameters.copy(), "state": net._state.copy(),
-            "hyper": net._hyper.copy(), "optimizer": net._optimizer, "rng": net._rng}
-
-
-def _network_from_state(state, **overrides):
-    """The Network a snapshot describes (with `overrides` of dtype, backend or n_threads)."""
-    config = {name: state[name] for name in ("dtype", "backend", "n_threads")}
-    config.update(overrides)
-    net = Network(state["layer_sizes"], state["activation"], state["output_activation"],
-                  state["loss"], init=state["init"], seed=0, **config)
-    net.parameters[:] = state["parameters"]
-    if net._state.shape == state["state"].shape:
-        net._state[:] = state["state"]
-        net._hyper = state["hyper"].copy()
-        net._optimizer = state["optimizer"]
-    net._rng = state["rng"]
-    return net
-
-
 # --------------------------------------------------------------------------- the estimators
 
 class _BaseMLP(BaseEstimator):
@@ -168,19 +134,6 @@ class _BaseMLP(BaseEstimator):
 
     def __sklearn_is_fitted__(self):
         return hasattr(self, "network_")
-
-    def __getstate__(self):
-        state = dict(super().__getstate__())  # may be self.__dict__ itself: never change that
-        if "network_" in state:
-            state["network_"] = _network_state(state["network_"])
-        return state
-
-    def __setstate__(self, state):
-        state = dict(state)
-        snapshot = state.pop("network_", None)
-        super().__setstate__(state)
-        if snapshot is not None:
-            self.network_ = _network_from_state(snapshot)
 
     # ------------------------------------------------------------------- parameters
 
@@ -296,7 +249,7 @@ class _BaseMLP(BaseEstimator):
         wanted = {"backend": backends.resolve(self.backend), "n_threads": self.n_threads,
                   "dtype": validation.dtype(self.dtype).name}
         if wanted != {"backend": net.backend, "n_threads": net.n_threads, "dtype": net.dtype.name}:
-            self.network_ = _network_from_state(_network_state(net), **wanted)
+            self.network_ = net.copy(**wanted)
 
     def _fit_stochastic(self, X, y, incremental, rng):
         net = self.network_
@@ -344,9 +297,9 @@ class _BaseMLP(BaseEstimator):
                     sample_idx = _shuffle(sample_idx, random_state=rng)
                     np.take(X_train, sample_idx, axis=0, out=X_epoch)
                     np.take(y_train, sample_idx, axis=0, out=y_epoch)
-                squares = _squared_weights(net)
+                squares = net.squared_weights()
                 cost = self._train_epoch(X_epoch, y_epoch, batch_size)
-                squares = 0.5 * (squares + _squared_weights(net))
+                squares = 0.5 * (squares + net.squared_weights())
                 self.n_iter_ += 1
                 self.loss_ = cost * scale + penalty * squares
                 self.t_ += n_samples
@@ -406,7 +359,7 @@ class _BaseMLP(BaseEstimator):
     def _set_learning_rate(self, lr):
         """Change the learning rate between epochs, keeping scikit-learn's SGD velocity."""
         if self.solver == "sgd" and self.momentum > 0 and lr != self._lr:
-            _scale_velocity(self.network_, self._lr / lr)
+            self.network_.optimizer_state["slots"][0] *= self._lr / lr  # the SGD velocity
         self._lr = lr
 
     def _stop_or_slow_down(self, msg):
@@ -866,7 +819,3 @@ class MLPRegressor(RegressorMixin, _BaseMLP):
 
     def _more_tags(self):  # scikit-learn < 1.6
         return {"multioutput": True}
-
-
-def _squared_weights(net):
-    return float(sum(np.dot(W.ravel(), W.ravel()) for W in net.weights))

@@ -2,61 +2,41 @@
 
 Loading never executes code (``allow_pickle=False``), and everything read is checked before it is used:
 the format version, the configuration, and each array's shape and dtype against the configuration.
+``Network.save`` writes one; ``fastbp.load`` (``network.load``) builds the network from what
+:func:`read` returns.
 """
 import json
 import zipfile
 
 import numpy as np
 
-from . import validation
 from .kernels import codes
 
 FORMAT = "fastbp-model"
 VERSION = 1
+CONFIG = ("layer_sizes", "activation", "output_activation", "loss", "dtype", "init")
 
 
 class ModelFileError(ValueError):
     """The file is not a fastbp model, or it is damaged or inconsistent."""
 
 
-def save(net, path):
-    """Write `net` to `path` (an .npz archive): configuration, parameters and optimizer state."""
-    config = {
-        "format": FORMAT, "version": VERSION,
-        "layer_sizes": net.layer_sizes, "activation": net.activation,
-        "output_activation": net.output_activation, "loss": net.loss, "dtype": net.dtype.name,
-        "init": net.init, "optimizer": list(net._optimizer) if net._optimizer else None,
-    }
+def save(path, config, parameters, optimizer_state):
+    """Write a network's `config` (Network.config()), parameters and optimizer state to `path`."""
+    kind = optimizer_state["optimizer"]
+    header = dict(format=FORMAT, version=VERSION, **config,
+                  optimizer=None if kind is None else list(kind))
+    hyper = codes.hyperparameters(len(config["layer_sizes"]) - 1)
+    hyper[codes.H_STEP] = optimizer_state["step"]
     with open(path, "wb") as f:
-        np.savez(f, config=np.array(json.dumps(config)), parameters=net.parameters,
-                 state=net._state, hyper=net._hyper)
+        np.savez(f, config=np.array(json.dumps(header)), parameters=parameters,
+                 state=optimizer_state["slots"], hyper=hyper)
 
 
-def load(path, backend="numba", n_threads=None):
-    """Read a network written by ``Network.save``, to run on `backend`.
-
-    Parameters
-    ----------
-    path : str or path-like
-        An .npz file written by ``Network.save``. It is untrusted input: nothing in it is executed.
-    backend : str, default="numba"
-        The backend the loaded network runs on (see ``fastbp.Network``).
-    n_threads : int or None, default=None
-        Threads for training and prediction (None: every CPU).
-
-    Returns
-    -------
-    Network
-        The network with its configuration, parameters and optimizer state.
-
-    Raises
-    ------
-    FileNotFoundError, OSError
-        The file is missing or cannot be read.
-    ModelFileError (a ValueError)
-        The file is not a fastbp model, or it is damaged, tampered with or of another format version.
-    """
-    from .network import Network
+def read(path):
+    """(config, arrays) of the model file at `path`: the Network arguments, and ``parameters`` and
+    the optimizer state (``optimizer``, ``slots``, ``step``), checked for finite numbers. Raises
+    ModelFileError (or OSError for a missing or unreadable file)."""
     if not zipfile.is_zipfile(path):  # also keeps np.load from trying other formats (a pickle)
         open(path, "rb").close()      # a missing or unreadable file: the usual OSError
         raise ModelFileError(f"{path}: not a readable fastbp model file (not an .npz archive, or a "
@@ -70,30 +50,34 @@ def load(path, backend="numba", n_threads=None):
     if missing:
         raise ModelFileError(f"{path}: not a fastbp model file (missing {', '.join(sorted(missing))})")
     try:
-        config = json.loads(str(arrays["config"]))
-        if config.get("format") != FORMAT:
+        header = json.loads(str(arrays["config"]))
+        if not isinstance(header, dict) or header.get("format") != FORMAT:
             raise ModelFileError(f"{path}: not a fastbp model file")
-        if config.get("version") != VERSION:
-            raise ModelFileError(f"{path}: model format version {config.get('version')}; this "
+        if header.get("version") != VERSION:
+            raise ModelFileError(f"{path}: model format version {header.get('version')}; this "
                                  f"fastbp reads version {VERSION}")
-        net = Network(config["layer_sizes"], config["activation"], config["output_activation"],
-                      config["loss"], config["dtype"], backend=backend, n_threads=n_threads,
-                      init=config["init"])
+        config = {name: header[name] for name in CONFIG}
+        kind = header["optimizer"]
+        hyper = arrays["hyper"]
+        step = float(hyper[codes.H_STEP]) if hyper.ndim == 1 and len(hyper) > codes.H_STEP else 0.0
     except ModelFileError:
         raise
     except (ValueError, TypeError, KeyError, AttributeError) as error:
         raise ModelFileError(f"{path}: invalid model configuration ({error})") from error
-    expected = {"parameters": net.parameters, "state": net._state, "hyper": net._hyper}
-    for name, target in expected.items():
+    for name in ("parameters", "state", "hyper"):
+        if not np.isfinite(arrays[name]).all():
+            raise ModelFileError(f"{path}: {name} holds NaN or infinite values")
+    if kind is not None and (not isinstance(kind, list) or len(kind) != 2):
+        raise ModelFileError(f"{path}: invalid model configuration (optimizer {kind!r})")
+    return config, {"parameters": arrays["parameters"], "optimizer": kind,
+                    "slots": arrays["state"], "step": step, "hyper": hyper}
+
+
+def check_arrays(path, arrays, targets):
+    """Each array named in `targets` must have the target's shape and dtype."""
+    for name, target in targets.items():
         array = arrays[name]
         if array.shape != target.shape or array.dtype != target.dtype:
-            raise ModelFileError(f"{path}: {name} has shape {array.shape} and dtype {array.dtype}; "
+            shown = "state" if name == "slots" else name
+            raise ModelFileError(f"{path}: {shown} has shape {array.shape} and dtype {array.dtype}; "
                                  f"the configuration needs {target.shape} {target.dtype}")
-        if not np.isfinite(array).all():
-            raise ModelFileError(f"{path}: {name} holds NaN or infinite values")
-        target[:] = array
-    if config["optimizer"] is not None:
-        name, nesterov = config["optimizer"]
-        validation.choice("optimizer", name, codes.OPTIMIZERS)
-        net._optimizer = (name, bool(nesterov))
-    return net

@@ -5,57 +5,17 @@ The arithmetic happens in a backend (``backends.py``); this class validates inpu
 chunk of minibatches, sized to take a fraction of a second, so that progress is shown, Ctrl-C is
 answered and divergence is caught without Python between minibatches.
 """
-import signal
+import copy
 import threading
-import time
-from collections import namedtuple
 
 import numpy as np
 
-from . import backends, initializers, schedules, validation
+from . import backends, initializers, modelfile, training, validation
 from .kernels import codes
-
-FORWARD_BLOCK = 256   # samples per block when predicting or evaluating
-CHUNK_SECONDS = 0.2   # wall time aimed at per call into the backend while training
-
-Evaluation = namedtuple("Evaluation", "loss accuracy")
+from .training import FORWARD_BLOCK, Evaluation, History, TrainingDiverged  # noqa: F401  (public)
 
 
-class TrainingDiverged(FloatingPointError):
-    """The cost or the parameters became NaN or infinite. The network keeps the parameters of the last
-    finite step; ``history`` holds the epochs completed before."""
-
-    def __init__(self, message, epoch, batch, history):
-        super().__init__(message)
-        self.epoch, self.batch, self.history = epoch, batch, history
-
-
-class History(dict):
-    """What fit measured, one list per metric with an entry per epoch: ``loss`` (the mean cost of the
-    epoch's samples, each computed before its minibatch's update), ``lr``, ``seconds``, and the
-    metrics asked for (``train_loss``, ``train_accuracy``, ``val_loss``, ``val_accuracy``).
-    ``best_epoch`` (1-based) is set by early stopping, ``stopped_epoch`` when training stopped early,
-    ``interrupted`` when Ctrl-C did.
-    """
-
-    best_epoch = None
-    stopped_epoch = None
-    interrupted = None  # (epoch, minibatches of it completed) when Ctrl-C stopped training
-
-    @property
-    def epochs(self):
-        return len(self["loss"])
-
-    def add(self, **metrics):
-        for name, value in metrics.items():
-            self.setdefault(name, []).append(float(value))
-
-
-def accuracy(outputs, Y):
-    """The fraction of samples whose predicted class is the target's (argmax; 0.5 with one output)."""
-    if outputs.shape[1] == 1:
-        return float(np.mean((outputs[:, 0] > 0.5) == (Y[:, 0] > 0.5)))
-    return float(np.mean(outputs.argmax(axis=1) == Y.argmax(axis=1)))
+_SAME = object()  # copy(): keep this setting
 
 
 class Network:
@@ -96,7 +56,7 @@ class Network:
     """
 
     def __init__(self, layer_sizes, activation="sigmoid", output_activation=None, loss="mse",
-                 dtype="float64", backend="numba", n_threads=None, seed=None, init="auto"):
+                 dtype="float64", backend="auto", n_threads=None, seed=None, init="auto"):
         self.layer_sizes = validation.layer_sizes(layer_sizes)
         hidden = {name: codes.ACTIVATIONS[name] for name in codes.HIDDEN_ACTIVATIONS}
         self._hidden = validation.choice("activation", activation, hidden)
@@ -145,6 +105,9 @@ class Network:
         return state
 
     def __setstate__(self, state):
+        for name in ("parameters", "_grads", "_state", "_hyper"):  # e.g. read-only memory maps
+            if not state[name].flags.writeable:
+                state[name] = state[name].copy()
         self.__dict__.update(state)
         self._driver = backends.get(self.backend)
         self._lock = threading.Lock()
@@ -170,9 +133,6 @@ class Network:
             self._work = {key: (desc, np.zeros(size, self.dtype))}  # keep one: work can be large
         return self._work[key]
 
-    def _threads(self):
-        return self.n_threads or backends.default_threads()
-
     def _exclusive(self):
         """The network's lock, refused rather than waited for: one network, one user at a time."""
         if not self._lock.acquire(blocking=False):
@@ -194,7 +154,7 @@ class Network:
         costs = np.empty(n if Y is not None else 0)
         if Y is None:
             Y = np.empty((0, self.layer_sizes[-1]), self.dtype)
-        self._driver.forward(desc, self.parameters, X, Y, out, costs, work, self._threads())
+        self._driver.forward(desc, self.parameters, X, Y, out, costs, work, self.threads)
         return out, costs
 
     # ----------------------------------------------------------------------- using the network
@@ -217,7 +177,7 @@ class Network:
             X = self._X(X)
             Y = self._Y(y, X.shape[0])
             outputs, costs = self._forward(X, Y)
-        return Evaluation(float(costs.mean()), accuracy(outputs, Y))
+        return Evaluation(float(costs.mean()), training.correct(outputs, Y) / X.shape[0])
 
     def gradients(self, X, y):
         """Gradients of the mean cost over (X, y) by backpropagation, without updating anything.
@@ -230,7 +190,7 @@ class Network:
             desc, work = self._buffers(min(X.shape[0], FORWARD_BLOCK))
             grads = np.empty_like(self.parameters)
             self._driver.gradients(desc, self.parameters, grads, X, Y, work, np.empty(X.shape[0]),
-                                   self._threads())
+                                   self.threads)
         dW, db = codes.layer_views(self._desc, grads)
         return dW, db
 
@@ -240,7 +200,7 @@ class Network:
             validation_data=None, verbose=False, optimizer="sgd", nesterov=False, beta1=0.9,
             beta2=0.999, eps=1e-8, rho=0.99, schedule=None, dropout=0.0, early_stopping=False,
             monitor=None, patience=10, min_delta=0.0, metrics=None, l2_in_cost=False,
-            callback=None, progress=False, comm=None, allreduce_every=1):
+            callback=None, progress=False, comm=None, seed=None, allreduce_every=1):
         """Train by minibatch gradient descent; returns the History (also kept as ``self.history``).
 
         Parameters
@@ -252,7 +212,8 @@ class Network:
         lr, l2 : float
             Learning rate; L2 penalty: the gradient of a minibatch is the mean of its samples'
             gradients plus ``l2 * W`` for the weights (never the biases).
-        optimizer : {"sgd", "adam", "rmsprop"}
+        optimizer : {"sgd", "adam", "rmsprop"} or a fastbp.optimizers object
+            ``Adam(beta2=0.99)`` carries its own settings; a name takes them from the arguments below.
             As in torch.optim: ``sgd`` with ``momentum`` (``v = momentum*v + g``, ``theta -= lr*v``)
             and ``nesterov``; ``adam`` (``beta1``, ``beta2``, ``eps``); ``rmsprop`` (square-average
             smoothing ``rho``, ``eps``). L2 enters the gradient (torch's ``weight_decay``), weights
@@ -284,254 +245,110 @@ class Network:
         comm : mpi4py communicator
             Train data-parallel over MPI: each rank passes its own shard (X, y) (see
             ``fastbp.distributed.load_shard``) and ``batch_size`` is the global minibatch; see
-            ``fastbp.distributed``. ``allreduce_every``: one Allreduce and update per K minibatches.
+            ``fastbp.distributed``. ``allreduce_every``: one Allreduce and update per K minibatches;
+            ``seed``: the shards' shuffling seed (None: drawn by rank 0 from the network's generator).
 
         Raises TrainingDiverged if the cost or a parameter becomes NaN or infinite; the network then
         holds the parameters of the last finite step. On KeyboardInterrupt the network holds the
         parameters after the last completed minibatch and ``history`` the completed epochs.
         """
-        if comm is not None:  # data-parallel over MPI
-            from . import distributed
-            return distributed.fit(
-                self, X, y, comm, epochs=epochs, batch_size=batch_size, lr=lr, l2=l2,
-                momentum=momentum, shuffle=shuffle, validation_data=validation_data, verbose=verbose,
-                optimizer=optimizer, nesterov=nesterov, beta1=beta1, beta2=beta2, eps=eps, rho=rho,
-                schedule=schedule, dropout=dropout, early_stopping=early_stopping, monitor=monitor,
-                patience=patience, min_delta=min_delta, metrics=metrics, l2_in_cost=l2_in_cost,
-                callback=callback, progress=progress, allreduce_every=allreduce_every)
-        if allreduce_every != 1:
-            raise ValueError("allreduce_every needs comm (distributed training)")
-        X = self._X(X)
-        Y = self._Y(y, X.shape[0])
-        epochs = validation.integer("epochs", epochs, 0)
-        batch_size = validation.integer("batch_size", batch_size, 1)
-        opt = validation.choice("optimizer", optimizer, codes.OPTIMIZERS)
-        base_lr = validation.real("lr", lr, low=0, low_open=True)
-        hyper = codes.hyperparameters(len(self.weights))
-        hyper[codes.H_L2] = validation.real("l2", l2, low=0)
-        hyper[codes.H_MOMENTUM] = validation.real("momentum", momentum, 0, 1, high_open=True)
-        hyper[codes.H_NESTEROV] = bool(nesterov)
-        if nesterov and (opt != codes.SGD or momentum == 0):
-            raise ValueError("nesterov needs optimizer='sgd' with momentum > 0")
-        hyper[codes.H_BETA1] = validation.real("beta1", beta1, 0, 1, high_open=True)
-        hyper[codes.H_BETA2] = validation.real("beta2", beta2, 0, 1, high_open=True)
-        hyper[codes.H_EPS] = validation.real("eps", eps, low=0, low_open=True)
-        hyper[codes.H_RHO] = validation.real("rho", rho, 0, 1, high_open=True)
-        hyper[codes.H_DROPOUT:codes.H_DROPOUT + len(self.weights) - 1] = self._dropout(dropout)
-        hyper[codes.H_SEED] = self._rng.integers(0, 2 ** 53)
-        schedule = schedules.get(schedule)
-        if validation_data is not None:
-            if not isinstance(validation_data, (tuple, list)) or len(validation_data) != 2:
-                raise ValueError("validation_data must be a pair (X_val, y_val)")
-            X_val = self._X(validation_data[0], "validation X")
-            Y_val = self._Y(validation_data[1], X_val.shape[0], "validation y")
-        metrics, monitor = validation.monitoring(
-            metrics, monitor, validation_data is not None,
-            watched=early_stopping or isinstance(schedule, schedules.ReduceOnPlateau))
-        patience = validation.integer("patience", patience, 0)
-        min_delta = validation.real("min_delta", min_delta, low=0)
-        stopper = _EarlyStopping(monitor, patience, min_delta) if early_stopping else None
-        bar = _progress_bar(progress, epochs * -(-X.shape[0] // batch_size))
-
-        with self._exclusive():
-            if self._optimizer != (optimizer, bool(nesterov)):  # new optimizer: fresh state
-                self.reset_optimizer()
-                self._optimizer = (optimizer, bool(nesterov))
-            hyper[codes.H_STEP] = self._hyper[codes.H_STEP]
-            self._hyper = hyper
-            history = self.history = History(loss=[])
-            desc, work = self._buffers(min(batch_size, X.shape[0]), opt)
-            schedule.reset(epochs)
-            try:
-                for epoch in range(1, epochs + 1):
-                    started = time.perf_counter()
-                    hyper[codes.H_LR] = schedule.lr(epoch - 1, base_lr)
-                    order = self._rng.permutation(X.shape[0]) if shuffle else np.arange(X.shape[0])
-                    costs = self._train_epoch(desc, work, X, Y, order, batch_size, epoch, history, bar)
-                    penalty = 0.5 * hyper[codes.H_L2] * self._squared_weights() if l2_in_cost else 0.0
-                    values = {"loss": costs.mean() + penalty, "lr": hyper[codes.H_LR]}
-                    for prefix, data in (("train_", (X, Y)), ("val_", validation_data and (X_val, Y_val))):
-                        if metrics & {prefix + "loss", prefix + "accuracy"}:
-                            outputs, cost = self._forward(*data)
-                            values[prefix + "loss"] = cost.mean() + penalty
-                            values[prefix + "accuracy"] = accuracy(outputs, data[1])
-                    values = {name: value for name, value in values.items()
-                              if name in ("loss", "lr") or name in metrics}
-                    values["seconds"] = time.perf_counter() - started
-                    history.add(**values)
-                    if _epoch_done(self, epoch, epochs, values, monitor, schedule, stopper, callback,
-                                   verbose):
-                        history.stopped_epoch = epoch
-                        break
-            finally:
-                if bar is not None:
-                    bar.close()
-                if stopper is not None:
-                    stopper.finish(self, history)
-        return history
-
-    def _dropout(self, dropout):
-        """Per-hidden-layer dropout rates from one rate or a sequence of them."""
-        n_hidden = len(self.weights) - 1
-        rates = [dropout] * n_hidden if np.ndim(dropout) == 0 else list(dropout)
-        if len(rates) != n_hidden:
-            raise ValueError(f"dropout needs one rate per hidden layer ({n_hidden}), got {len(rates)}")
-        return [validation.real("dropout", rate, 0, 1, high_open=True) for rate in rates]
-
-    def _squared_weights(self):
-        return float(sum(np.dot(w.ravel(), w.ravel()) for w in self.weights))
-
-    def _train_epoch(self, desc, work, X, Y, order, batch_size, epoch, history, bar=None):
-        """One epoch, in chunks of minibatches timed to CHUNK_SECONDS. Returns each sample's cost."""
-        n_batches = -(-X.shape[0] // batch_size)
-        costs = np.zeros(X.shape[0])
-        if self._tuner is None or self._tuner.most != self._threads():
-            self._tuner = _ThreadTuner(self._threads(), fixed=self.n_threads is not None)
-        chunk = max(1, 4096 // batch_size)
-        first = 0
-        while first < n_batches:
-            last = min(first + chunk, n_batches)
-            saved = self.parameters.copy(), self._state.copy(), self._hyper.copy()
-            threads = self._tuner.pick()
-            started = time.perf_counter()
-            with _DeferredInterrupt() as interrupt:  # a chunk runs whole: Ctrl-C waits for its end
-                done, status, batch = self._driver.train_epoch(
-                    desc, self.parameters, self._grads, self._state, X, Y, order, batch_size, first,
-                    last, self._hyper, work, costs, threads)
-            if status != codes.DONE:
-                if status == codes.PARAMS_NOT_FINITE:  # back to the last finite step
-                    self.parameters[:], self._state[:], self._hyper[:] = saved
-                    self._driver.train_epoch(desc, self.parameters, self._grads, self._state, X, Y,
-                                             order, batch_size, first, batch, self._hyper, work,
-                                             costs, threads)
-                what = "cost" if status == codes.COST_NOT_FINITE else "parameters"
-                raise TrainingDiverged(
-                    f"training diverged: the {what} became NaN or infinite at epoch {epoch}, "
-                    f"minibatch {batch + 1} of {n_batches}; the network keeps the parameters of the "
-                    f"last finite step (try a smaller learning rate)", epoch, batch, history)
-            if interrupt.pending:
-                history.interrupted = (epoch, last)
-                raise KeyboardInterrupt
-            elapsed = time.perf_counter() - started
-            self._tuner.record(threads, (last - first) / max(elapsed, 1e-9))
-            if bar is not None:
-                bar.update(last - first)
-            chunk = int(np.clip(chunk * CHUNK_SECONDS / max(elapsed, 1e-6), 1, 1 << 20))
-            first = last
-        return costs
+        arguments = dict(locals())  # every argument, by name: the loop's one list of them
+        del arguments["self"]
+        return training.fit(self, **arguments)
 
     # ----------------------------------------------------------------------- files
 
     def save(self, path):
         """Write the network (configuration, parameters, optimizer state) to an .npz file."""
-        from . import modelfile
-        modelfile.save(self, path)
+        modelfile.save(path, self.config(), self.parameters, self.optimizer_state)
+
+    def config(self):
+        """The configuration that rebuilds this network's shape: a dict of Network's arguments."""
+        return {"layer_sizes": list(self.layer_sizes), "activation": self.activation,
+                "output_activation": self.output_activation, "loss": self.loss,
+                "dtype": self.dtype.name, "init": self.init}
+
+    def copy(self, backend=_SAME, dtype=_SAME, n_threads=_SAME):
+        """A network with this one's configuration, parameters, optimizer state and random generator
+        (independent copies), on another backend, dtype or thread count where given."""
+        config = dict(self.config(), backend=self.backend, n_threads=self.n_threads, seed=self.seed)
+        config.update({name: value for name, value in
+                       (("backend", backend), ("dtype", dtype), ("n_threads", n_threads))
+                       if value is not _SAME})
+        net = Network(**config)
+        net.parameters[:] = self.parameters
+        net.optimizer_state = self.optimizer_state
+        net._rng = copy.deepcopy(self._rng)
+        return net
+
+    @property
+    def optimizer_state(self):
+        """The optimizer's state: ``optimizer`` (its name and whether it is Nesterov's, or None before
+        any fit), ``slots`` (the (2, n_parameters) array of velocities or moments: a view, so writing
+        into it changes the state) and ``step`` (updates made). Assign such a dict to restore one."""
+        return {"optimizer": self._optimizer, "slots": self._state,
+                "step": int(self._hyper[codes.H_STEP])}
+
+    @optimizer_state.setter
+    def optimizer_state(self, value):
+        kind = value["optimizer"]
+        if kind is not None:
+            validation.choice("optimizer", kind[0], codes.OPTIMIZERS)
+            kind = (kind[0], bool(kind[1]))
+        self._state[:] = value["slots"]
+        self._hyper[codes.H_STEP] = value["step"]
+        self._optimizer = kind
+
+    @property
+    def threads(self):
+        """The threads a minibatch uses at most: n_threads, or every CPU this process may use."""
+        return self.n_threads or backends.default_threads()
+
+    def squared_weights(self):
+        """The sum of the squared weights (not the biases): twice the L2 term per unit of l2."""
+        return float(sum(np.dot(w.ravel(), w.ravel()) for w in self.weights))
 
 
-class _EarlyStopping:
-    """Tracks the monitored metric; keeps the best epoch's parameters, optimizer state and counters."""
+def load(path, backend="auto", n_threads=None):
+    """Read a network written by ``Network.save``, to run on `backend`.
 
-    def __init__(self, monitor, patience, min_delta):
-        self.sign = -1.0 if monitor.endswith("accuracy") else 1.0  # minimize sign * value
-        self.patience, self.min_delta = patience, min_delta
-        self.best = self.best_epoch = None
-        self.waited = 0
+    Parameters
+    ----------
+    path : str or path-like
+        An .npz file written by ``Network.save``. It is untrusted input: nothing in it is executed.
+    backend : str, default="auto"
+        The backend the loaded network runs on (see ``fastbp.Network``).
+    n_threads : int or None, default=None
+        Threads for training and prediction (None: every CPU).
 
-    def update(self, epoch, value, net):
-        """Record this epoch; True when training should stop."""
-        if self.best is None or self.sign * value < self.sign * self.best[0] - self.min_delta:
-            self.best = (value, net.parameters.copy(), net._state.copy(), net._hyper.copy())
-            self.best_epoch, self.waited = epoch, 0
-            return False
-        self.waited += 1
-        return self.waited >= self.patience
+    Returns
+    -------
+    Network
+        The network with its configuration, parameters and optimizer state.
 
-    def finish(self, net, history):
-        """At the end of training: back to the best epoch's parameters and state, if there was one."""
-        if self.best is not None:
-            _, parameters, state, hyper = self.best
-            net.parameters[:], net._state[:], net._hyper[:] = parameters, state, hyper
-            history.best_epoch = self.best_epoch
-
-
-def _epoch_done(net, epoch, epochs, values, monitor, schedule, stopper, callback, verbose):
-    """After an epoch's metrics (in `values`): the schedule observes the monitor, the epoch's line is
-    printed, early stopping and the callback decide. Returns whether training should stop (both fit
-    drivers: Network.fit and fastbp.distributed.fit)."""
-    schedule.observe(values[monitor] if monitor in values else values["loss"])
-    if verbose:
-        print(f"epoch {epoch}/{epochs}  " + "  ".join(
-            f"{name} {value:.4g}" for name, value in values.items()), flush=True)
-    stop = stopper is not None and stopper.update(epoch, values[monitor], net)
-    if callback is not None and callback(epoch, dict(values)):
-        stop = True
-    return stop
-
-
-class _ThreadTuner:
-    """Picks the thread count of each chunk of minibatches when n_threads is None: results do not
-    depend on it, so it can follow the machine. It keeps a smoothed rate (minibatches per second) for
-    each candidate (every CPU, half of them, one), uses the best, and now and then tries another: on
-    a busy machine, threads that wait for each other at every step can be slower than fewer."""
-
-    EXPLORE = 12  # chunks between two tries of another count
-
-    def __init__(self, most, fixed):
-        self.most = most
-        self.options = [most] if fixed else sorted({most, max(1, most // 2), 1}, reverse=True)
-        self.rates = {}
-        self.chunks = 0
-
-    def pick(self):
-        self.chunks += 1
-        untried = [n for n in self.options if n not in self.rates]
-        if untried:
-            return untried[0]
-        best = max(self.options, key=self.rates.get)
-        if len(self.options) > 1 and self.chunks % self.EXPLORE == 0:
-            others = [n for n in self.options if n != best]
-            return others[(self.chunks // self.EXPLORE) % len(others)]
-        return best
-
-    def record(self, threads, rate):
-        if self.chunks == 1:  # the first call may include compiling and page faults: not a rate
-            return
-        old = self.rates.get(threads)
-        self.rates[threads] = rate if old is None else 0.6 * old + 0.4 * rate
-
-
-def _progress_bar(progress, total):
-    if not progress:
-        return None
+    Raises
+    ------
+    FileNotFoundError, OSError
+        The file is missing or cannot be read.
+    ModelFileError (a ValueError)
+        The file is not a fastbp model, or it is damaged, tampered with or of another format version.
+    ValueError
+        An unknown backend.
+    """
+    backend = backends.resolve(backend)
+    backends.get(backend)  # a bad backend is the caller's mistake, not the file's
+    config, arrays = modelfile.read(path)
     try:
-        from tqdm.auto import tqdm
-    except ImportError:
-        raise ImportError("progress bars need tqdm: pip install tqdm") from None
-    return tqdm(total=total, unit="batch", leave=False, dynamic_ncols=True)
-
-
-class _DeferredInterrupt:
-    """Holds SIGINT (Ctrl-C) back during a block, so that a call into the backend is never cut in the
-    middle of a minibatch; ``pending`` tells whether one arrived. Only in the main thread (the only
-    one Python delivers signals to)."""
-
-    def __enter__(self):
-        self.pending = False
-        self._previous = None
-        if threading.current_thread() is threading.main_thread() and signal.getsignal(signal.SIGINT):
-            try:
-                self._previous = signal.signal(signal.SIGINT, self._hold)
-            except ValueError:  # signals unavailable (e.g. an embedded interpreter)
-                self._previous = None
-        return self
-
-    def _hold(self, signum, frame):
-        self.pending = True
-
-    def __exit__(self, *exc):
-        if self._previous is not None:
-            signal.signal(signal.SIGINT, self._previous)
-        return False
+        net = Network(**config, backend=backend, n_threads=n_threads)
+        modelfile.check_arrays(path, arrays, {"parameters": net.parameters, "slots": net._state,
+                                              "hyper": net._hyper})
+        net.parameters[:] = arrays["parameters"]
+        net.optimizer_state = arrays
+    except modelfile.ModelFileError:
+        raise
+    except (ValueError, TypeError, KeyError) as error:
+        raise modelfile.ModelFileError(f"{path}: invalid model configuration ({error})") from error
+    return net
 
 
 class _Release:

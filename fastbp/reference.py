@@ -6,7 +6,7 @@ the output error ``delta_L``; ``delta_l = f'(z_l) * (delta_{l+1} W_{l+1})``; gra
 ``dW_l = delta_l^T A_{l-1} / m`` and ``db_l = mean(delta_l)``; then the optimizer's step.
 
 It exports the same drivers, with the same arguments, as the compiled backends (``forward``,
-``gradients``, ``train_epoch``; see ``kernels/codes.py`` for the buffers), so the Network runs on any of
+``gradients``, ``train_batches``, ``update_parameters``; see ``kernels/codes.py`` for the buffers), so the Network runs on any of
 them unchanged. Arguments only the compiled backends need (``work``, ``n_threads``) are ignored.
 """
 import numpy as np
@@ -118,8 +118,11 @@ def backprop(desc, params, X, Y, hyper=None):
     return grads, cost
 
 
-def step(opt, params, grads, state, hyper, n_weights):
-    """One optimizer step, in place, as torch.optim does it; L2 on the weights (params[:n_weights])."""
+def update_parameters(opt, P, G, S, hyper, n_weights):
+    """One optimizer step, in place, as torch.optim does it, on the parameters P with the gradient G
+    and the optimizer state S; L2 on the weights (P[:n_weights]). Returns whether every parameter is
+    still finite (the compiled kernels' contract)."""
+    params, grads, state = P, G, S
     hyper[H_STEP] += 1
     lr, t = hyper[H_LR], hyper[H_STEP]
     g = grads.copy()
@@ -139,15 +142,16 @@ def step(opt, params, grads, state, hyper, n_weights):
         rho = hyper[H_RHO]
         state[1] = rho * state[1] + (1 - rho) * g * g
         params -= lr * g / (np.sqrt(state[1]) + hyper[H_EPS])
+    return bool(np.isfinite(params).all())
 
 
 # --------------------------------------------------------------------------- the drivers
 
-def train_epoch(desc, params, grads, state, X, Y, order, batch_size, first, last, hyper, work,
+def train_batches(desc, params, grads, state, X, Y, order, batch_size, first, last, hyper, work,
                 costs, n_threads):
     """Minibatches first..last-1 of the epoch visiting X in `order`: backprop, then one step each.
 
-    Same contract as kernels.nb_train.train_epoch; returns (batches done, status, batch).
+    Same contract as kernels.nb_train.train_batches; returns (batches done, status, batch).
     """
     n = order.shape[0]
     for i in range(first, last):
@@ -159,8 +163,9 @@ def train_epoch(desc, params, grads, state, X, Y, order, batch_size, first, last
             return i - first, COST_NOT_FINITE, i
         hyper[H_KEY] = hyper[H_STEP]
         with np.errstate(over="ignore", invalid="ignore"):
-            step(int(desc[D_OPTIMIZER]), params, grads, state, hyper, int(desc[D_NWEIGHTS]))
-        if not np.isfinite(params).all():
+            finite = update_parameters(int(desc[D_OPTIMIZER]), params, grads, state, hyper,
+                                       int(desc[D_NWEIGHTS]))
+        if not finite:
             return i - first + 1, PARAMS_NOT_FINITE, i
     return last - first, DONE, last
 

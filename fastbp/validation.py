@@ -3,46 +3,9 @@
 Each function returns the value in the form the kernels take (codes, C-contiguous arrays of the
 network's dtype) or raises ValueError / TypeError. Nothing here changes a network.
 """
-import numbers
-import operator
-
 import numpy as np
 
-DTYPES = ("float32", "float64")
-
-
-def choice(what, value, options):
-    """The code of `value` among `options` (a dict name -> code)."""
-    if not isinstance(value, str) or value not in options:
-        raise ValueError(f"unknown {what} {value!r}; choose one of {', '.join(options)}")
-    return options[value]
-
-
-def integer(name, value, minimum):
-    """An int >= minimum (bool is refused: True is not a size)."""
-    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
-        try:
-            value = operator.index(value)
-        except TypeError:
-            raise TypeError(f"{name} must be an integer, got {type(value).__name__} {value!r}") from None
-    value = int(value)
-    if value < minimum:
-        raise ValueError(f"{name} must be >= {minimum}, got {value}")
-    return value
-
-
-def real(name, value, low=None, high=None, low_open=False, high_open=False):
-    """A finite float within [low, high] (ends open when asked)."""
-    if isinstance(value, bool) or not isinstance(value, numbers.Real):
-        raise TypeError(f"{name} must be a real number, got {type(value).__name__} {value!r}")
-    value = float(value)
-    if not np.isfinite(value):
-        raise ValueError(f"{name} must be finite, got {value}")
-    if low is not None and (value < low or (low_open and value == low)):
-        raise ValueError(f"{name} must be {'>' if low_open else '>='} {low}, got {value}")
-    if high is not None and (value > high or (high_open and value == high)):
-        raise ValueError(f"{name} must be {'<' if high_open else '<='} {high}, got {value}")
-    return value
+from .kernels.checks import DTYPES, choice, dtype, integer, real  # noqa: F401  (one place)
 
 
 def layer_sizes(sizes):
@@ -53,17 +16,6 @@ def layer_sizes(sizes):
     if len(sizes) < 2:
         raise ValueError(f"layer_sizes needs at least an input and an output layer, got {list(sizes)}")
     return [integer(f"layer_sizes[{i}]", n, 1) for i, n in enumerate(sizes)]
-
-
-def dtype(value):
-    """float32 or float64, as a numpy dtype."""
-    try:
-        dt = np.dtype(value)
-    except TypeError:
-        dt = None
-    if dt is None or dt.name not in DTYPES:
-        raise ValueError(f"dtype must be one of {', '.join(DTYPES)}, got {value!r}")
-    return dt
 
 
 def threads(value):

@@ -18,7 +18,8 @@ integer codes (``fastbp.kernels.codes``) instead of names. Wrong shapes there ar
 """
 import numpy as np
 
-from . import codes
+from . import checks, codes
+from .optimizers import DEFAULTS, OPTIMIZERS
 
 __all__ = ["dense_forward", "activation_forward", "activation_backward", "output_error",
            "backward_error", "weight_gradient", "update_parameters", "hyperparameters"]
@@ -31,7 +32,6 @@ def _module(backend):
 
 def _arrays(dtype=None, **arrays):
     """The arrays as C-contiguous real arrays of one floating dtype (the first one's, or dtype)."""
-    from fastbp import validation
     out = {}
     for name, value in arrays.items():
         array = np.asarray(value)
@@ -39,7 +39,7 @@ def _arrays(dtype=None, **arrays):
             raise TypeError(f"{name} must hold real numbers, got dtype {array.dtype}")
         if dtype is None:
             dtype = array.dtype if array.dtype.kind == "f" else np.dtype(np.float64)
-            validation.dtype(dtype)
+            checks.dtype(dtype)
         out[name] = np.ascontiguousarray(array, dtype=dtype)
     return out, np.dtype(dtype)
 
@@ -73,8 +73,7 @@ def _rows(rows, n):
 
 
 def _code(what, name, options):
-    from fastbp import validation
-    return validation.choice(what, name, options)
+    return checks.choice(what, name, options)
 
 
 def dense_forward(W, b, A, rows=None, activation="identity", out=None, backend="numba"):
@@ -187,16 +186,12 @@ def weight_gradient(D, A, rows=None, scale=None, out=None, bias_out=None, backen
 def hyperparameters(lr, l2=0.0, momentum=0.0, nesterov=False, beta1=0.9, beta2=0.999, eps=1e-8,
                     rho=0.99):
     """The float64 hyperparameter array update_parameters takes (its step counter starts at 0)."""
-    from fastbp import validation
     hyper = codes.hyperparameters(0)
-    hyper[codes.H_LR] = validation.real("lr", lr, low=0, low_open=True)
-    hyper[codes.H_L2] = validation.real("l2", l2, low=0)
-    hyper[codes.H_MOMENTUM] = validation.real("momentum", momentum, 0, 1, high_open=True)
-    hyper[codes.H_NESTEROV] = bool(nesterov)
-    hyper[codes.H_BETA1] = validation.real("beta1", beta1, 0, 1, high_open=True)
-    hyper[codes.H_BETA2] = validation.real("beta2", beta2, 0, 1, high_open=True)
-    hyper[codes.H_EPS] = validation.real("eps", eps, low=0, low_open=True)
-    hyper[codes.H_RHO] = validation.real("rho", rho, 0, 1, high_open=True)
+    hyper[codes.H_LR] = checks.real("lr", lr, low=0, low_open=True)
+    hyper[codes.H_L2] = checks.real("l2", l2, low=0)
+    settings = dict(momentum=momentum, nesterov=nesterov, beta1=beta1, beta2=beta2, eps=eps, rho=rho)
+    for cls in OPTIMIZERS.values():  # every optimizer's slots, checked by the optimizer
+        cls(**{k: settings.get(k, DEFAULTS[k]) for k in cls._slots}).fill(hyper)
     return hyper
 
 

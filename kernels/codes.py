@@ -35,7 +35,7 @@ LOSSES = {"mse": MSE, "cross_entropy": CROSS_ENTROPY}
 SGD, ADAM, RMSPROP = range(3)
 OPTIMIZERS = {"sgd": SGD, "adam": ADAM, "rmsprop": RMSPROP}
 
-# Why train_epoch stopped before its last batch.
+# Why train_batches stopped before its last batch.
 DONE, COST_NOT_FINITE, PARAMS_NOT_FINITE = range(3)
 
 # Hyperparameters: a float64 array of H_SIZE + n_layers entries, indexed by these names. H_STEP
@@ -88,7 +88,7 @@ BLAS_TILES = 2  # few, large tiles: each gemm call packs its operands again (mea
 KERNELS = ("dense_forward", "activation_forward", "activation_backward", "output_error",
            "backward_error", "weight_gradient", "update_parameters")
 # The drivers every backend (the numpy reference too) exports with the same arguments.
-DRIVERS = ("forward", "gradients", "train_epoch")
+DRIVERS = ("forward", "gradients", "train_batches", "update_parameters")
 
 
 def describe(sizes, hidden, output, loss, optimizer, capacity):
@@ -253,7 +253,7 @@ def blas_single_threaded(program):
 
 
 def outcome(status, first, last):
-    """What train_epoch returns, from the kernels' status pair (code, batch) after batches first..last-1:
+    """What train_batches returns, from the kernels' status pair (code, batch) after batches first..last-1:
     (batches done, code, batch). COST_NOT_FINITE stops before that batch's update; PARAMS_NOT_FINITE
     after it (partly applied)."""
     code, batch = int(status[0]), int(status[1])

@@ -24,6 +24,7 @@ from fastbp.kernels.cy_kernels cimport (C_L2, C_SCALE, C_SIZE, COST_NOT_FINITE, 
                                         TRAIN, _finite)
 
 from . import codes
+from .cy_kernels import update_parameters  # a driver too (the MPI step)
 
 cdef extern from *:
     """
@@ -352,13 +353,13 @@ cdef void _run_workers(int kind, int64_t[:, ::1] program, const int64_t[::1] des
                 n_workers)
 
 
-def train_epoch(const int64_t[::1] desc, floating[::1] params, floating[::1] grads,
+def train_batches(const int64_t[::1] desc, floating[::1] params, floating[::1] grads,
                 floating[:, ::1] state, const floating[:, ::1] X, const floating[:, ::1] Y,
                 const int64_t[::1] order, Py_ssize_t batch_size, Py_ssize_t first,
                 Py_ssize_t last, double[::1] hyper, floating[::1] work, double[::1] costs,
                 int n_threads):
     """Minibatch training over batches first..last-1 of the epoch that visits X in `order`; see
-    nb_train.train_epoch. Returns codes.outcome: (batches done, status, batch). Twin: nb_train.train_epoch.
+    nb_train.train_batches. Returns codes.outcome: (batches done, status, batch). Twin: nb_train.train_batches.
     """
     cdef floating[:, ::1] no_out = np.zeros((0, 1), np.asarray(params).dtype)
     codes.check_buffers(np.asarray(desc), np.asarray(params), np.asarray(X), np.asarray(Y), None,

@@ -37,7 +37,8 @@ from .codes import (C_L2, C_SCALE, C_SIZE, COST_NOT_FINITE, D_CAPACITY, D_GATHER
                     PARAMS_NOT_FINITE, SPINS, TRAIN)
 from .nb_kernels import (_backward_block, _bias_activate, _coefficients, _derivative_block,
                          _dropout_rows, _finite, _forward_rows, _gradient_rows,
-                         _update_range, activation_forward, jit, jit_inline, output_error)
+                         _update_range, activation_forward, jit, jit_inline, output_error,
+                         update_parameters)  # noqa: F401  (a driver too: the MPI step)
 
 
 # --------------------------------------------------------------------------- atomics (LLVM)
@@ -448,14 +449,14 @@ def _run_workers(n_threads, args):
         raise interrupted
 
 
-def train_epoch(desc, params, grads, state, X, Y, order, batch_size, first, last, hyper, work,
+def train_batches(desc, params, grads, state, X, Y, order, batch_size, first, last, hyper, work,
                 costs, n_threads):
     """Minibatch training over batches first..last-1 of the epoch that visits X in `order`.
 
     Batch i is X[order[i*batch_size : (i+1)*batch_size]] (the last may be partial). IN/OUT params,
     state, hyper (the step counter advances), work; OUT grads (the last batch's mean gradient without
     L2), costs (n,): each sample's cost before its batch's update, indexed like order. Returns
-    codes.outcome: (batches done, status, batch). Twin: cy_train.train_epoch.
+    codes.outcome: (batches done, status, batch). Twin: cy_train.train_batches.
     """
     codes.check_buffers(desc, params, X, Y, None, costs, work, hyper, order, grads, state)
     status = _launch(TRAIN, n_threads, desc, params, grads, state, X, Y, order, batch_size, first,

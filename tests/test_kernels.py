@@ -170,7 +170,7 @@ def test_update_parameters(compiled, dtype, opt, momentum, nesterov):
     for _ in range(3):
         G = rng.standard_normal(n).astype(dtype)
         assert kernels(compiled).update_parameters(code, P, G, S, hyper, n_weights)
-        reference.step(code, P_ref, G.astype(np.float64), S_ref, hyper_ref, n_weights)
+        reference.update_parameters(code, P_ref, G.astype(np.float64), S_ref, hyper_ref, n_weights)
     assert hyper[codes.H_STEP] == 3
     close(P, P_ref, dtype, factor=10)
     close(S, S_ref, dtype, factor=10)
@@ -194,7 +194,7 @@ def test_drivers_refuse_buffers_that_do_not_fit(compiled):
     args = dict(desc=desc, params=net.parameters, grads=net._grads, state=net._state, X=X, Y=Y,
                 order=np.arange(10), batch_size=8, first=0, last=2,
                 hyper=codes.hyperparameters(2), work=work, costs=np.zeros(10), n_threads=1)
-    driver.train_epoch(**args)
+    driver.train_batches(**args)
     for name, bad, message in [("hyper", np.zeros(codes.H_SIZE), "hyper has shape"),
                                ("work", work[:-1], "work has shape"),
                                ("X", np.zeros((10, 5)), "X has shape"),
@@ -203,6 +203,6 @@ def test_drivers_refuse_buffers_that_do_not_fit(compiled):
                                ("costs", np.zeros(3), "costs has shape"),
                                ("Y", np.zeros((10, 3), np.float32), "Y must be a C-contiguous float64|dtype mismatch")]:
         with pytest.raises((ValueError, TypeError), match=message):
-            driver.train_epoch(**dict(args, **{name: bad}))
+            driver.train_batches(**dict(args, **{name: bad}))
     with pytest.raises(ValueError, match="out has shape"):
         driver.forward(desc, net.parameters, X, Y[:0], np.zeros((9, 3)), np.zeros(0), work, 1)

@@ -184,7 +184,7 @@ def test_networks_pickle(backend):
 
 
 def test_the_thread_tuner_follows_the_faster_count():
-    from fastbp.network import _ThreadTuner
+    from fastbp.training import _ThreadTuner
     tuner = _ThreadTuner(4, fixed=False)
     assert tuner.options == [4, 2, 1]
     speed = {4: 100.0, 2: 300.0, 1: 150.0}  # a busy machine: fewer threads are faster

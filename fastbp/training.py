@@ -1,0 +1,448 @@
+"""The one training loop: every fit of a Network, in one process or over MPI ranks, runs :func:`fit`.
+
+- :class:`Settings`: fit's arguments, checked once, with the hyperparameter array they give.
+- A *stepper* runs a chunk of an epoch's minibatches: :class:`LocalStepper` calls the backend's
+  ``train_batches`` driver (with the thread tuner); ``fastbp.distributed.MPIStepper`` computes
+  gradients, sums them with one Allreduce and updates. Both keep the same parameters in the same
+  buffers, so the loop above them is the same.
+- :func:`fit` owns the epochs: the schedule's learning rate, the metrics and the History, early
+  stopping, the callback, the progress bar and the per-epoch line, Ctrl-C (answered between chunks)
+  and the roll back to the last finite step when training diverges.
+"""
+import signal
+import threading
+import time
+from collections import namedtuple
+
+import numpy as np
+
+from . import schedules, validation
+from .kernels import codes, optimizers
+
+FORWARD_BLOCK = 256   # samples per block when predicting or evaluating
+CHUNK_SECONDS = 0.2   # wall time aimed at per call into the backend while training
+
+Evaluation = namedtuple("Evaluation", "loss accuracy")
+
+
+class TrainingDiverged(FloatingPointError):
+    """The cost or the parameters became NaN or infinite. The network keeps the parameters of the last
+    finite step; ``history`` holds the epochs completed before."""
+
+    def __init__(self, message, epoch, batch, history):
+        super().__init__(message)
+        self.epoch, self.batch, self.history = epoch, batch, history
+
+
+class History(dict):
+    """What fit measured, one list per metric with an entry per epoch: ``loss`` (the mean cost of the
+    epoch's samples, each computed before its minibatch's update), ``lr``, ``seconds``, and the
+    metrics asked for (``train_loss``, ``train_accuracy``, ``val_loss``, ``val_accuracy``).
+    ``best_epoch`` (1-based) is set by early stopping, ``stopped_epoch`` when training stopped early,
+    ``interrupted`` when Ctrl-C did.
+    """
+
+    best_epoch = None
+    stopped_epoch = None
+    interrupted = None  # (epoch, minibatches of it completed) when Ctrl-C stopped training
+
+    @property
+    def epochs(self):
+        return len(self["loss"])
+
+    def add(self, **metrics):
+        for name, value in metrics.items():
+            self.setdefault(name, []).append(float(value))
+
+
+def correct(outputs, Y):
+    """How many samples' predicted class is the target's (argmax; > 0.5 with one output)."""
+    if outputs.shape[1] == 1:
+        return int(np.sum((outputs[:, 0] > 0.5) == (Y[:, 0] > 0.5)))
+    return int(np.sum(outputs.argmax(axis=1) == Y.argmax(axis=1)))
+
+
+# --------------------------------------------------------------------------- settings
+
+class Settings:
+    """fit's arguments, checked: what every rank must agree on, and the hyperparameter array."""
+
+    def __init__(self, net, epochs, batch_size, lr, l2, momentum, shuffle, optimizer, nesterov,
+                 beta1, beta2, eps, rho, schedule, dropout, early_stopping, monitor, patience,
+                 min_delta, metrics, l2_in_cost, seed, allreduce_every):
+        self.epochs = validation.integer("epochs", epochs, 0)
+        self.batch_size = validation.integer("batch_size", batch_size, 1)
+        self.lr = validation.real("lr", lr, low=0, low_open=True)
+        self.optimizer = optimizers.get(optimizer, momentum=momentum, nesterov=nesterov,
+                                        beta1=beta1, beta2=beta2, eps=eps, rho=rho)
+        self.hyper = self.optimizer.fill(codes.hyperparameters(len(net.weights)))
+        self.hyper[codes.H_L2] = validation.real("l2", l2, low=0)
+        self.hyper[codes.H_DROPOUT:codes.H_DROPOUT + len(net.weights) - 1] = _dropout(net, dropout)
+        self.shuffle = bool(shuffle)
+        self.schedule = schedules.get(schedule)
+        self.early_stopping = bool(early_stopping)
+        self.asked = (None if metrics is None else tuple(sorted(set(metrics))), monitor)
+        self.patience = validation.integer("patience", patience, 0)
+        self.min_delta = validation.real("min_delta", min_delta, low=0)
+        self.l2_in_cost = bool(l2_in_cost)
+        self.seed = None if seed is None else validation.integer("seed", seed, 0)
+        self.allreduce_every = validation.integer("allreduce_every", allreduce_every, 1)
+
+    def watch(self, has_validation):
+        """Settle the metrics to measure and the one to monitor (validation.monitoring), knowing
+        whether there is validation data."""
+        self.metrics, self.monitor = validation.monitoring(
+            *self.asked, has_validation,
+            watched=self.early_stopping or isinstance(self.schedule, schedules.ReduceOnPlateau))
+
+    @property
+    def l2(self):
+        return self.hyper[codes.H_L2]
+
+    def fingerprint(self):
+        """What must be the same on every rank, comparable with ==."""
+        return {name: repr(value) if name in ("schedule", "optimizer") else
+                (value.tolist() if isinstance(value, np.ndarray) else value)
+                for name, value in vars(self).items()}
+
+
+def _dropout(net, dropout):
+    """Per-hidden-layer dropout rates from one rate or a sequence of them."""
+    n_hidden = len(net.weights) - 1
+    rates = [dropout] * n_hidden if np.ndim(dropout) == 0 else list(dropout)
+    if len(rates) != n_hidden:
+        raise ValueError(f"dropout needs one rate per hidden layer ({n_hidden}), got {len(rates)}")
+    return [validation.real("dropout", rate, 0, 1, high_open=True) for rate in rates]
+
+
+def data(net, X, y, validation_data):
+    """(X, Y, validation pair or None) in the network's dtype, checked."""
+    X = validation.features(X, net.layer_sizes[0], net.dtype)
+    Y = validation.targets(y, X.shape[0], net.layer_sizes[-1], net.dtype)
+    val = None
+    if validation_data is not None:
+        if not isinstance(validation_data, (tuple, list)) or len(validation_data) != 2:
+            raise ValueError("validation_data must be a pair (X_val, y_val)")
+        if validation_data[0] is not None and len(validation_data[0]) > 0:
+            X_val = validation.features(validation_data[0], net.layer_sizes[0], net.dtype,
+                                        "validation X")
+            val = (X_val, validation.targets(validation_data[1], X_val.shape[0],
+                                             net.layer_sizes[-1], net.dtype, "validation y"))
+    return X, Y, val
+
+
+# --------------------------------------------------------------------------- steppers
+
+def forward_sums(net, X, Y, threads):
+    """(sum of the samples' costs, correctly classified samples, samples) over (X, Y)."""
+    if X is None or X.shape[0] == 0:
+        return 0.0, 0, 0
+    n = X.shape[0]
+    desc, work = net._buffers(min(n, FORWARD_BLOCK))
+    out = np.empty((n, net.layer_sizes[-1]), net.dtype)
+    costs = np.empty(n)
+    net._driver.forward(desc, net.parameters, X, Y, out, costs, work, threads)
+    return float(costs.sum()), correct(out, Y), n
+
+
+class Stepper:
+    """What the loop needs of the way an epoch runs, here in one process; subclasses add ranks.
+
+    The buffers are the network's own: ``parameters``, ``grads``, ``state`` (optimizer slots) and
+    ``hyper``, which the loop may snapshot and restore. ``n_units`` steps (minibatches here) make an
+    epoch; ``run`` takes a range of them."""
+
+    unit = "minibatch"
+    lead = True  # this process prints
+
+    def __init__(self, net, X, Y, settings):
+        self.net, self.X, self.Y, self.settings = net, X, Y, settings
+        self.parameters, self.grads = net.parameters, net._grads
+        self.state, self.hyper = net._state, net._hyper
+        self.driver = net._driver
+        self.threads = net.threads
+
+    def begin(self, history):
+        """When the loop starts, with the History it fills."""
+        self.history = history
+
+    def start_epoch(self):
+        """Before an epoch's first chunk."""
+
+    def reduce(self, values):
+        """The sums of `values` (a float64 array) over every rank, in place."""
+        return values
+
+    def any(self, flag):
+        return bool(flag)
+
+    def sums(self, X, Y):
+        """(cost sum, correct, samples) of the current parameters over every rank's (X, Y)."""
+        return tuple(self.reduce(np.array(forward_sums(self.net, X, Y, self.threads), np.float64)))
+
+    def extras(self, seconds):
+        """Per-epoch values the stepper adds to the History."""
+        return {}
+
+    def end_epoch(self, epoch):
+        """After an epoch's metrics were recorded."""
+
+    def finish(self):
+        """When training ends, whichever way."""
+
+
+class LocalStepper(Stepper):
+    """One process: the driver's ``train_batches`` over a range of minibatches, on the thread count
+    the tuner picks (results never depend on it)."""
+
+    def __init__(self, net, X, Y, settings):
+        super().__init__(net, X, Y, settings)
+        n = X.shape[0]
+        self.n_units = -(-n // settings.batch_size)
+        self.desc, self.work = net._buffers(min(settings.batch_size, n), settings.optimizer.code)
+        self.costs = np.zeros(n)
+        if net._tuner is None or net._tuner.most != self.threads:
+            net._tuner = _ThreadTuner(self.threads, fixed=net.n_threads is not None)
+        self.tuner = net._tuner
+
+    def order(self, epoch):
+        n = self.X.shape[0]
+        return self.net._rng.permutation(n) if self.settings.shuffle else np.arange(n)
+
+    def first_chunk(self):
+        return max(1, 4096 // self.settings.batch_size)
+
+    def next_chunk(self, chunk, elapsed):
+        return int(np.clip(chunk * CHUNK_SECONDS / max(elapsed, 1e-6), 1, 1 << 20))
+
+    def start_epoch(self):
+        self.costs[:] = 0
+
+    def run(self, order, first, last):
+        """Minibatches first..last-1 of the epoch visiting X in `order`: (status, batch)."""
+        threads = self.tuner.pick()
+        started = time.perf_counter()
+        _, status, batch = self.driver.train_batches(
+            self.desc, self.parameters, self.grads, self.state, self.X, self.Y, order,
+            self.settings.batch_size, first, last, self.hyper, self.work, self.costs, threads)
+        if status == codes.DONE:
+            self.tuner.record(threads, (last - first) / max(time.perf_counter() - started, 1e-9))
+        return status, batch
+
+    def epoch_cost(self):
+        return float(self.costs.sum()), self.costs.shape[0]
+
+
+# --------------------------------------------------------------------------- the loop
+
+def fit(net, X, y, comm=None, validation_data=None, verbose=False, callback=None, progress=False,
+        **arguments):
+    """Network.fit (see there), on this process or, with `comm`, over MPI ranks."""
+    if comm is None:
+        if arguments["allreduce_every"] != 1:
+            raise ValueError("allreduce_every needs comm (distributed training)")
+        if arguments["seed"] is not None:
+            raise ValueError("seed (the shuffling's) needs comm; a network's shuffles come from "
+                             "its own seed")
+        X, Y, val = data(net, X, y, validation_data)
+        settings = Settings(net, **arguments)
+        settings.watch(has_validation=val is not None)
+        make = LocalStepper
+    else:
+        from . import distributed
+        X, Y, val, settings, make = distributed.prepare(net, X, y, validation_data, comm, arguments)
+    with net._exclusive():
+        optimizer = settings.optimizer
+        if net._optimizer != optimizer.kind:  # another optimizer: fresh state
+            net.reset_optimizer()
+            net._optimizer = optimizer.kind
+        settings.hyper[codes.H_STEP] = net._hyper[codes.H_STEP]
+        settings.hyper[codes.H_SEED] = net._rng.integers(0, 2 ** 53)
+        net._hyper = settings.hyper
+        stepper = make(net, X, Y, settings)
+        history = net.history = History(loss=[])
+        stepper.begin(history)
+        try:
+            _epochs(net, stepper, settings, val, history, verbose, callback, progress)
+        finally:
+            stepper.finish()
+    return history
+
+
+def _epochs(net, stepper, settings, val, history, verbose, callback, progress):
+    stopper = _EarlyStopping(settings.monitor, settings.patience, settings.min_delta) \
+        if settings.early_stopping else None
+    bar = _progress_bar(progress and stepper.lead, settings.epochs * stepper.n_units, stepper.unit)
+    schedule = settings.schedule
+    schedule.reset(settings.epochs)
+    try:
+        for epoch in range(1, settings.epochs + 1):
+            started = time.perf_counter()
+            stepper.hyper[codes.H_LR] = schedule.lr(epoch - 1, settings.lr)
+            _run_epoch(stepper, epoch, history, bar)
+            values = _measure(net, stepper, settings, val)
+            values["seconds"] = time.perf_counter() - started
+            values.update(stepper.extras(values["seconds"]))
+            history.add(**values)
+            stepper.end_epoch(epoch)
+            stop = _epoch_done(net, epoch, settings.epochs, values, settings.monitor, schedule,
+                               stopper, callback, verbose and stepper.lead)
+            if stepper.any(stop):
+                history.stopped_epoch = epoch
+                break
+    finally:
+        if bar is not None:
+            bar.close()
+        if stopper is not None:
+            stopper.finish(net, history)
+
+
+def _run_epoch(stepper, epoch, history, bar):
+    """One epoch, in chunks: Ctrl-C waits for a chunk's end; a chunk that makes the parameters NaN or
+    infinite is undone and replayed up to its last finite step."""
+    order = stepper.order(epoch)
+    stepper.start_epoch()
+    n = stepper.n_units
+    chunk = stepper.first_chunk()
+    first = 0
+    while first < n:
+        last = min(first + chunk, n)
+        saved = stepper.parameters.copy(), stepper.state.copy(), stepper.hyper.copy()
+        started = time.perf_counter()
+        with _DeferredInterrupt() as interrupt:  # a chunk runs whole: Ctrl-C waits for its end
+            status, batch = stepper.run(order, first, last)
+            if status == codes.PARAMS_NOT_FINITE:  # back to the last finite step
+                stepper.parameters[:], stepper.state[:], stepper.hyper[:] = saved
+                stepper.run(order, first, batch)
+        if status != codes.DONE:
+            what = "cost" if status == codes.COST_NOT_FINITE else "parameters"
+            raise TrainingDiverged(
+                f"training diverged: the {what} became NaN or infinite at epoch {epoch}, "
+                f"{stepper.unit} {batch + 1} of {n}; the network keeps the parameters of the last "
+                f"finite step (try a smaller learning rate)", epoch, batch, history)
+        if stepper.any(interrupt.pending):
+            history.interrupted = (epoch, last)
+            raise KeyboardInterrupt
+        if bar is not None:
+            bar.update(last - first)
+        chunk = stepper.next_chunk(chunk, time.perf_counter() - started)
+        first = last
+
+
+def _measure(net, stepper, settings, val):
+    """The epoch's values: loss and lr, and the metrics asked for (over every rank's samples)."""
+    penalty = 0.5 * settings.l2 * net.squared_weights() if settings.l2_in_cost else 0.0
+    cost, count = stepper.reduce(np.array(stepper.epoch_cost(), np.float64))
+    values = {"loss": cost / count + penalty, "lr": stepper.hyper[codes.H_LR]}
+    for prefix, (X, Y) in (("train_", (stepper.X, stepper.Y)), ("val_", val or (None, None))):
+        if settings.metrics & {prefix + "loss", prefix + "accuracy"}:
+            cost, right, n = stepper.sums(X, Y)
+            values[prefix + "loss"] = cost / n + penalty
+            values[prefix + "accuracy"] = right / n
+    return {name: value for name, value in values.items()
+            if name in ("loss", "lr") or name in settings.metrics}
+
+
+class _EarlyStopping:
+    """Tracks the monitored metric; keeps the best epoch's parameters, optimizer state and counters."""
+
+    def __init__(self, monitor, patience, min_delta):
+        self.sign = -1.0 if monitor.endswith("accuracy") else 1.0  # minimize sign * value
+        self.patience, self.min_delta = patience, min_delta
+        self.best = self.best_epoch = None
+        self.waited = 0
+
+    def update(self, epoch, value, net):
+        """Record this epoch; True when training should stop."""
+        if self.best is None or self.sign * value < self.sign * self.best[0] - self.min_delta:
+            self.best = (value, net.parameters.copy(), net._state.copy(), net._hyper.copy())
+            self.best_epoch, self.waited = epoch, 0
+            return False
+        self.waited += 1
+        return self.waited >= self.patience
+
+    def finish(self, net, history):
+        """At the end of training: back to the best epoch's parameters and state, if there was one."""
+        if self.best is not None:
+            _, parameters, state, hyper = self.best
+            net.parameters[:], net._state[:], net._hyper[:] = parameters, state, hyper
+            history.best_epoch = self.best_epoch
+
+
+def _epoch_done(net, epoch, epochs, values, monitor, schedule, stopper, callback, verbose):
+    """After an epoch's metrics (in `values`): the schedule observes the monitor, the epoch's line is
+    printed, early stopping and the callback decide. Returns whether training should stop."""
+    schedule.observe(values[monitor] if monitor in values else values["loss"])
+    if verbose:
+        print(f"epoch {epoch}/{epochs}  " + "  ".join(
+            f"{name} {value:.4g}" for name, value in values.items()), flush=True)
+    stop = stopper is not None and stopper.update(epoch, values[monitor], net)
+    if callback is not None and callback(epoch, dict(values)):
+        stop = True
+    return stop
+
+
+class _ThreadTuner:
+    """Picks the thread count of each chunk of minibatches when n_threads is None: results do not
+    depend on it, so it can follow the machine. It keeps a smoothed rate (minibatches per second) for
+    each candidate (every CPU, half of them, one), uses the best, and now and then tries another: on
+    a busy machine, threads that wait for each other at every step can be slower than fewer."""
+
+    EXPLORE = 12  # chunks between two tries of another count
+
+    def __init__(self, most, fixed):
+        self.most = most
+        self.options = [most] if fixed else sorted({most, max(1, most // 2), 1}, reverse=True)
+        self.rates = {}
+        self.chunks = 0
+
+    def pick(self):
+        self.chunks += 1
+        untried = [n for n in self.options if n not in self.rates]
+        if untried:
+            return untried[0]
+        best = max(self.options, key=self.rates.get)
+        if len(self.options) > 1 and self.chunks % self.EXPLORE == 0:
+            others = [n for n in self.options if n != best]
+            return others[(self.chunks // self.EXPLORE) % len(others)]
+        return best
+
+    def record(self, threads, rate):
+        if self.chunks == 1:  # the first call may include compiling and page faults: not a rate
+            return
+        old = self.rates.get(threads)
+        self.rates[threads] = rate if old is None else 0.6 * old + 0.4 * rate
+
+
+def _progress_bar(progress, total, unit):
+    if not progress:
+        return None
+    try:
+        from tqdm.auto import tqdm
+    except ImportError:
+        raise ImportError("progress bars need tqdm: pip install tqdm") from None
+    return tqdm(total=total, unit=unit, leave=False, dynamic_ncols=True)
+
+
+class _DeferredInterrupt:
+    """Holds SIGINT (Ctrl-C) back during a block, so that a call into the backend is never cut in the
+    middle of a minibatch; ``pending`` tells whether one arrived. Only in the main thread (the only
+    one Python delivers signals to)."""
+
+    def __enter__(self):
+        self.pending = False
+        self._previous = None
+        if threading.current_thread() is threading.main_thread() and signal.getsignal(signal.SIGINT):
+            try:
+                self._previous = signal.signal(signal.SIGINT, self._hold)
+            except ValueError:  # signals unavailable (e.g. an embedded interpreter)
+                self._previous = None
+        return self
+
+    def _hold(self, signum, frame):
+        self.pending = True
+
+    def __exit__(self, *exc):
+        if self._previous is not None:
+            signal.signal(signal.SIGINT, self._previous)
+        return False
