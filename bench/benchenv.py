@@ -1,7 +1,8 @@
 """The environment a measurement runs in: BLAS variables removed, thread counts pinned.
 
-This machine sets OPENBLAS_CORETYPE and OPENBLAS_L2_SIZE; they slow a current OpenBLAS (numpy's and
-scipy's BLAS), so every benchmark process runs without both. OpenBLAS reads them when it is loaded
+If your environment sets OPENBLAS_CORETYPE or OPENBLAS_L2_SIZE (some machines set them because old
+OpenBLAS builds misbehave on their CPUs), they slow a current OpenBLAS (numpy's and scipy's BLAS), so
+every benchmark process runs without both. OpenBLAS reads them when it is loaded
 (at ``import numpy``), so they must be gone from the environment *before* the process starts:
 compare.py launches its measurements with ``clean_env``; the command-line tools re-execute themselves
 with ``reexec_clean``; under pytest, run ``env -u OPENBLAS_CORETYPE -u OPENBLAS_L2_SIZE pytest ...``

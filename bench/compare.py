@@ -783,7 +783,7 @@ def main(argv=None):
             "" if others is None else f"; other processes used {100 * max(others, 0):.0f}% of the "
             f"machine's CPU time during the run" + (" (busy: expect noisy numbers)" if others > 0.1
                                                     else "")),
-        f"- versions: " + ", ".join(f"{k} {val}" for k, val in v.items()),
+        "- versions: " + ", ".join(f"{k} {val}" for k, val in v.items()),
         f"- each measurement in its own process with {', '.join(benchenv.BLAS_VARIABLES)} unset and "
         f"OMP/OpenBLAS/MKL thread variables set to its thread count; {a.n:,} samples per epoch "
         f"(wide: {a.wide_n:,}), random X uniform in [0, 1), labels 0..9; a warm-up epoch, then "

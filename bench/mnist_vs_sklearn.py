@@ -10,11 +10,11 @@ Data: the MNIST directory given (the IDX files of t10k; first 8,000 images to tr
 test), and scikit-learn's 8x8 digits (fastbp.datasets.train_test_split, 20 % test, seed 0).
 
 For each data set it fits scikit-learn's MLPClassifier, then fastbp.MLPClassifier with each compiled
-backend in float32 and float64, with every CPU (t=all) and with one thread (t=1), and prints the test accuracy, the fit time (the best of --repeats
-fits; a fit of fastbp is preceded by an untimed warm-up fit, so that compiling kernels is not
-counted), the accuracy difference from scikit-learn in points and the time ratio. scikit-learn is
-timed with its BLAS as configured and with one BLAS thread (threadpoolctl); the faster is the
-reference.
+backend in float32 and float64, with every CPU (t=all) and with one thread (t=1), and prints the
+test accuracy, the fit time (the best of --repeats fits; a fit of fastbp is preceded by an untimed
+warm-up fit, so that compiling kernels is not counted), the accuracy difference from scikit-learn in
+points and the time ratio. scikit-learn is timed with its BLAS as configured and with one BLAS
+thread (threadpoolctl); the faster is the reference.
 
     python bench/mnist_vs_sklearn.py ../shared/data/mnist-t10k [--epochs 30] [--repeats 1]
         [--threads 0,1] [--sklearn-blas-threads 0,1] [--backends numba,cython] [--skip-digits]
@@ -88,7 +88,7 @@ def compare(name, X_train, y_train, X_test, y_test, args):
         for backend in args.backends:
             for dtype in ("float32", "float64"):
                 for threads in args.threads:
-                    def make():
+                    def make(backend=backend, dtype=dtype, threads=threads):
                         return MLPClassifier(backend=backend, dtype=dtype,
                                              n_threads=threads or None, **settings(args))
                     make().set_params(max_iter=1).fit(X_train[:200], y_train[:200])  # warm-up

@@ -228,7 +228,6 @@ def build_jax(w, X, y, threads, dtype, seed):
     """The whole epoch in one jitted function: permutation, lax.scan over the full minibatches, and
     the partial last one, without leaving XLA."""
     jax = _import_jax(threads, dtype)
-    jnp = jax.numpy
     step = _jax_step(w, jax)
     carry, Xj, Yj = _jax_state(w, X, y, dtype, seed, jax)
     n = X.shape[0]

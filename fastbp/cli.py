@@ -155,9 +155,10 @@ def train(args):
             args.threads, args.seed, args.init))
         threads = net.n_threads or (distributed.default_threads(comm) if comm else net.threads)
         say(f"fastbp {__version__}: {net}")
+        shares = "+".join(map(str, distributed.local_batch_sizes(args.batch_size, c.size)))
         say(f"{source}: {n_train} training and {n_test} test samples of {n_features} features, "
             f"{len(classes)} classes; {args.epochs} epochs, minibatches of {args.batch_size}"
-            + (f" on {c.size} ranks ({'+'.join(map(str, distributed.local_batch_sizes(args.batch_size, c.size)))} rows each)" if comm else "")
+            + (f" on {c.size} ranks ({shares} rows each)" if comm else "")
             + f", {args.optimizer} lr {lr}, l2 {args.l2}"
             + (f", momentum {momentum}" if args.optimizer == "sgd" else "")
             + f", {threads} thread{'s' if threads > 1 else ''}{' per rank' if comm else ''}"

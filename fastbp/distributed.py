@@ -279,7 +279,7 @@ def fit(net, X, y, comm=None, **arguments):
     return net.fit(X, y, comm=Comm(comm), **arguments)
 
 
-def prepare(net, X, y, validation_data, comm, arguments):
+def prepare(net, X, y, validation_data, arguments, comm=None):
     """The training loop's start over MPI: every rank's data and settings checked (a failure on one
     rank is raised on all), the ranks' settings compared. Returns (X, Y, validation pair or None,
     Settings, a function making the MPIStepper)."""
@@ -328,9 +328,9 @@ class MPIStepper(training.Stepper):
         self.b = sizes[c.rank]
         self.n_units = -(-self.n_batches // self.k)
         self.group_rows = np.add.reduceat(global_rows, np.arange(0, self.n_batches, self.k))
-        self.n_weights = int(net._desc[codes.D_NWEIGHTS])
+        self.n_weights = sum(W.size for W in net.weights)
         capacity = max(1, min(self.b, X.shape[0]))
-        self.desc, self.work = net._buffers(capacity, settings.optimizer.code)
+        self.desc, self.work = self.workspace(capacity)
         self.Xb = np.empty((capacity, X.shape[1]), net.dtype)
         self.Yb = np.empty((capacity, Y.shape[1]), net.dtype)
         self.sample_costs = np.empty(capacity)

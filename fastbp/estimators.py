@@ -279,7 +279,7 @@ class _BaseMLP(BaseEstimator):
         else:
             if self.batch_size > n_samples:
                 warnings.warn("Got `batch_size` less than 1 or larger than sample size. It is "
-                              "going to be clipped")
+                              "going to be clipped", stacklevel=3)
             batch_size = int(np.clip(self.batch_size, 1, n_samples))
         sample_idx = np.arange(n_samples, dtype=int)
         if self.shuffle:  # each epoch's samples in order, gathered into buffers reused each epoch
@@ -328,9 +328,9 @@ class _BaseMLP(BaseEstimator):
                 if self.n_iter_ == self.max_iter:
                     warnings.warn("Stochastic Optimizer: Maximum iterations (%d) reached and the "
                                   "optimization hasn't converged yet." % self.max_iter,
-                                  ConvergenceWarning)
+                                  ConvergenceWarning, stacklevel=3)
         except KeyboardInterrupt:
-            warnings.warn("Training interrupted by user.")
+            warnings.warn("Training interrupted by user.", stacklevel=3)
         except TrainingDiverged as error:
             raise ValueError(f"{error} The input data may contain large values and need to be "
                              f"preprocessed (StandardScaler), or learning_rate_init is too "

@@ -6,6 +6,7 @@ chunk of minibatches, sized to take a fraction of a second, so that progress is 
 answered and divergence is caught without Python between minibatches.
 """
 import copy
+import functools
 import threading
 
 import numpy as np
@@ -253,8 +254,12 @@ class Network:
         parameters after the last completed minibatch and ``history`` the completed epochs.
         """
         arguments = dict(locals())  # every argument, by name: the loop's one list of them
-        del arguments["self"]
-        return training.fit(self, **arguments)
+        del arguments["self"], arguments["comm"]
+        if comm is None:
+            return training.fit(self, **arguments)
+        from . import distributed
+        return training.fit(self, begin=functools.partial(distributed.prepare, comm=comm),
+                            **arguments)
 
     # ----------------------------------------------------------------------- files
 

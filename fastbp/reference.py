@@ -6,7 +6,8 @@ the output error ``delta_L``; ``delta_l = f'(z_l) * (delta_{l+1} W_{l+1})``; gra
 ``dW_l = delta_l^T A_{l-1} / m`` and ``db_l = mean(delta_l)``; then the optimizer's step.
 
 It exports the same drivers, with the same arguments, as the compiled backends (``forward``,
-``gradients``, ``train_batches``, ``update_parameters``; see ``kernels/codes.py`` for the buffers), so the Network runs on any of
+``gradients``, ``train_batches``, ``update_parameters``; see ``kernels/codes.py`` for the buffers), so the
+Network runs on any of
 them unchanged. Arguments only the compiled backends need (``work``, ``n_threads``) are ignored.
 """
 import numpy as np

@@ -162,6 +162,10 @@ class Stepper:
         self.driver = net._driver
         self.threads = net.threads
 
+    def workspace(self, capacity):
+        """The descriptor and work buffer for batches of up to `capacity` samples."""
+        return self.net._buffers(capacity, self.settings.optimizer.code)
+
     def begin(self, history):
         """When the loop starts, with the History it fills."""
         self.history = history
@@ -199,7 +203,7 @@ class LocalStepper(Stepper):
         super().__init__(net, X, Y, settings)
         n = X.shape[0]
         self.n_units = -(-n // settings.batch_size)
-        self.desc, self.work = net._buffers(min(settings.batch_size, n), settings.optimizer.code)
+        self.desc, self.work = self.workspace(min(settings.batch_size, n))
         self.costs = np.zeros(n)
         if net._tuner is None or net._tuner.most != self.threads:
             net._tuner = _ThreadTuner(self.threads, fixed=net.n_threads is not None)
@@ -235,22 +239,25 @@ class LocalStepper(Stepper):
 
 # --------------------------------------------------------------------------- the loop
 
-def fit(net, X, y, comm=None, validation_data=None, verbose=False, callback=None, progress=False,
+def start(net, X, y, validation_data, arguments):
+    """The loop's start in one process: (X, Y, validation pair or None, Settings, the stepper's
+    class); ``fastbp.distributed.prepare`` is its twin over MPI ranks."""
+    if arguments["allreduce_every"] != 1:
+        raise ValueError("allreduce_every needs comm (distributed training)")
+    if arguments["seed"] is not None:
+        raise ValueError("seed (the shuffling's) needs comm; a network's shuffles come from its "
+                         "own seed")
+    X, Y, val = data(net, X, y, validation_data)
+    settings = Settings(net, **arguments)
+    settings.watch(has_validation=val is not None)
+    return X, Y, val, settings, LocalStepper
+
+
+def fit(net, X, y, validation_data=None, verbose=False, callback=None, progress=False, begin=start,
         **arguments):
-    """Network.fit (see there), on this process or, with `comm`, over MPI ranks."""
-    if comm is None:
-        if arguments["allreduce_every"] != 1:
-            raise ValueError("allreduce_every needs comm (distributed training)")
-        if arguments["seed"] is not None:
-            raise ValueError("seed (the shuffling's) needs comm; a network's shuffles come from "
-                             "its own seed")
-        X, Y, val = data(net, X, y, validation_data)
-        settings = Settings(net, **arguments)
-        settings.watch(has_validation=val is not None)
-        make = LocalStepper
-    else:
-        from . import distributed
-        X, Y, val, settings, make = distributed.prepare(net, X, y, validation_data, comm, arguments)
+    """Network.fit (see there): `begin` checks the input and settings and names the stepper (`start`
+    here, or ``fastbp.distributed.prepare`` over MPI)."""
+    X, Y, val, settings, make = begin(net, X, y, validation_data, arguments)
     with net._exclusive():
         optimizer = settings.optimizer
         if net._optimizer != optimizer.kind:  # another optimizer: fresh state

@@ -4,7 +4,6 @@ Set FASTBP_REQUIRE_BACKENDS=all (as .ci/run does) to fail, rather than skip, whe
 """
 import os
 
-import numpy as np
 import pytest
 
 import fastbp

@@ -1,7 +1,6 @@
 """Property-based tests (hypothesis): kernels and training over random shapes — one-unit layers,
 batches of one, batches larger than the data — against the numpy reference."""
 import numpy as np
-import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 

@@ -42,7 +42,7 @@ def test_a_training_loop_written_with_the_kernels_reproduces_fit(compiled):
     state = np.zeros((2, params.size))
     hyper = K.hyperparameters(lr=0.5, l2=1e-3, momentum=0.9)
     n_weights = W1.size + W2.size
-    for epoch in range(2):
+    for _epoch in range(2):
         for start in range(0, 50, 8):
             rows = np.arange(start, min(start + 8, 50))
             A1 = K.dense_forward(W1, b1, X, rows, "sigmoid", backend=compiled)
