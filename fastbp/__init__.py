@@ -8,9 +8,9 @@ __version__ = "0.1.0"
 
 from .backends import available_backends
 from .network import Network, load
-from .training import Evaluation, History, TrainingDiverged
+from .training import CostGrowthWarning, Evaluation, History, TrainingDiverged
 
-__all__ = ["Network", "History", "Evaluation", "TrainingDiverged", "load", "available_backends",
+__all__ = ["Network", "History", "Evaluation", "TrainingDiverged", "CostGrowthWarning", "load", "available_backends",
            "MLPClassifier", "MLPRegressor", "__version__"]
 
 

@@ -47,24 +47,32 @@ def parser():
     fit.add_argument("--optimizer", default="sgd", choices=tuple(codes.OPTIMIZERS))
     fit.add_argument("--lr", type=float, default=None,
                      help="default: 0.05 for sgd, 0.001 for adam and rmsprop")
-    fit.add_argument("--momentum", type=float, default=0.9, help="sgd only")
+    fit.add_argument("--momentum", type=float, default=None, help="sgd only; default 0.9")
     fit.add_argument("--nesterov", action="store_true", help="Nesterov momentum (sgd)")
     fit.add_argument("--l2", type=float, default=1e-4)
     fit.add_argument("--schedule", default="constant", choices=tuple(schedules.SCHEDULES),
                      help="learning rate per epoch")
     fit.add_argument("--dropout", type=float, default=0.0, help="dropout rate of the hidden layers")
     fit.add_argument("--early-stopping", action="store_true",
-                     help="stop when the test loss stops improving; keep the best epoch")
-    fit.add_argument("--patience", type=int, default=10, help="epochs without improvement")
+                     help="stop when the validation loss stops improving; keep the best epoch")
+    fit.add_argument("--patience", type=int, default=None,
+                     help="with --early-stopping: epochs without improvement; default 10")
     data = train.add_argument_group("data and output")
     data.add_argument("--dataset", "--data", default="digits", metavar="SPEC",
-                      help="digits (bundled), mnist:DIR (IDX files), FILE.npz (arrays X, y, and "
-                           "optionally X_test, y_test with --distributed), a directory of X.npy "
-                           "and y.npy (--distributed), or FILE.csv (the label in the last column); "
-                           "with --distributed each rank reads only its rows of an .npz or "
-                           "directory")
-    data.add_argument("--test-fraction", type=float, default=0.2,
-                      help="share of the data held out to test on")
+                      help="digits (bundled), mnist:DIR (IDX files), FILE.npz (arrays X, y and "
+                           "optionally a test set X_test, y_test), a directory of X.npy and y.npy "
+                           "(and optionally X_test.npy, y_test.npy), or FILE.csv (the label in the "
+                           "last column unless --label-column says otherwise); with --distributed "
+                           "each rank reads only its rows of an .npz archive or a directory")
+    data.add_argument("--label-column", metavar="COLUMN", default=None,
+                      help="CSV only: the label's column: an index (negative from the end), "
+                           "first, last or a header name; default last")
+    data.add_argument("--test-fraction", type=float, default=None,
+                      help="share of the data held out to test on, once, at the end; default 0.2 "
+                           "(not for a dataset with its own test set)")
+    data.add_argument("--validation-fraction", type=float, default=0.1,
+                      help="share of the training data held out to validate on after each epoch "
+                           "(what --early-stopping and --schedule plateau watch); 0 for none")
     data.add_argument("--save", metavar="PATH", default=None,
                       help="write the trained model here (.npz; read it with fastbp.load)")
     data.add_argument("--plot", metavar="PATH", default=None,
@@ -107,31 +115,80 @@ def _communicator(args):
 
 
 def _data(args, c):
-    """(X_train, y_train, X_test, y_test, where they come from) of this rank. In one process: the
-    dataset split by --test-fraction. Over MPI, an .npz archive or a directory of .npy files is read
-    rank by rank (its rows only; its X_test, y_test when it has them, else a share of each shard
-    held out); any other dataset is read whole and split, and each rank takes its block of rows."""
+    """(X, y, X_test, y_test, where they come from) of this rank. The test set is the dataset's own
+    (X_test, y_test) when it has one, else a --test-fraction share held out. Over MPI an .npz archive
+    or a directory of .npy files is read rank by rank (its rows only; without a test set a share of
+    each shard is held out); any other dataset is read whole and split, and each rank takes its block
+    of rows."""
     spec = args.dataset
+    own_test = datasets.has_arrays(spec, datasets.TEST_KEYS)
+    if own_test and args.test_fraction is not None:
+        raise ValueError(f"--test-fraction: {spec} has its own test set (X_test, y_test)")
+    fraction = 0.2 if args.test_fraction is None else args.test_fraction
+    held_out = f"{fraction:g} held out for testing"
     if c.size > 1 and (os.path.isdir(spec) or spec.lower().endswith(".npz")):
         X, y = distributed.load_shard(spec, c.rank, c.size)
-        if datasets.has_arrays(spec, datasets.TEST_KEYS):
+        if own_test:
             X_test, y_test = distributed.load_shard(spec, c.rank, c.size, datasets.TEST_KEYS)
             return X, y, X_test, y_test, f"{spec} (with its test set)"
-        X, X_test, y, y_test = datasets.train_test_split(X, y, args.test_fraction,
-                                                         [args.seed, c.rank])
-        return X, y, X_test, y_test, f"{spec} ({args.test_fraction:g} of each shard held out)"
-    X, y = datasets.load(spec)
-    X_train, X_test, y_train, y_test = datasets.train_test_split(X, y, args.test_fraction, args.seed)
+        X, X_test, y, y_test = datasets.train_test_split(X, y, fraction, [args.seed, c.rank])
+        return X, y, X_test, y_test, f"{spec} ({held_out} from each shard)"
+    X, y = datasets.load(spec, label_column=args.label_column)
+    if own_test:
+        (X_test, y_test), source = datasets.load_npz(spec, datasets.TEST_KEYS), f"{spec} (with its test set)"
+    else:
+        X, X_test, y, y_test = datasets.train_test_split(X, y, fraction, args.seed)
+        source = f"{spec} ({held_out})"
+    if args.label_column is not None:
+        source += f", labels in column {args.label_column}"
     if c.size > 1:
-        (X_train, y_train), (X_test, y_test) = (
+        (X, y), (X_test, y_test) = (
             tuple(a[slice(*distributed.shard_range(len(Xs), c.rank, c.size))] for a in (Xs, ys))
-            for Xs, ys in ((X_train, y_train), (X_test, y_test)))
-    return X_train, y_train, X_test, y_test, spec
+            for Xs, ys in ((X, y), (X_test, y_test)))
+    return X, y, X_test, y_test, source
+
+
+MAX_CLASSES = 256  # more distinct labels than this (or than half the samples) are not class labels
+
+
+def _classes(args, *label_sets):
+    """The sorted distinct labels of every set: the classes (label k is output unit k). Refuses
+    labels that do not look like classes (fractional numbers, or about one class per sample), which
+    is what a wrong label column gives."""
+    labels = np.concatenate([np.asarray(y) for y in label_sets])
+    classes = np.unique(labels)
+    fractional = labels.dtype.kind == "f" and not np.array_equal(labels, np.round(labels))
+    if fractional or len(classes) > MAX_CLASSES or len(classes) > max(10, len(labels) // 2):
+        what = (f"fractional values such as {labels[labels != np.round(labels)][0]!r}" if fractional
+                else f"{len(classes)} distinct values in {len(labels)} samples")
+        hint = ("; choose the label's column with --label-column (an index, first, last or a header "
+                "name)" if str(args.dataset).lower().endswith((".csv", ".csv.gz", ".tsv", ".tsv.gz"))
+                else "")
+        raise ValueError(f"the labels of {args.dataset} do not look like class labels ({what}){hint}")
+    return classes
+
+
+def _check_options(args):
+    """Options that would be silently ignored are refused (exit 2)."""
+    if args.optimizer != "sgd" and (args.momentum is not None or args.nesterov):
+        raise ValueError(f"--momentum and --nesterov apply to --optimizer sgd, not {args.optimizer}")
+    if args.patience is not None and not args.early_stopping:
+        raise ValueError("--patience applies to --early-stopping")
+    if not 0 <= args.validation_fraction < 1:
+        raise ValueError(f"--validation-fraction must be in [0, 1), got {args.validation_fraction}")
+    if args.validation_fraction == 0 and (args.early_stopping or args.schedule == "plateau"):
+        raise ValueError("--early-stopping and --schedule plateau watch the validation set: give "
+                         "--validation-fraction > 0 (the test set stays unseen until the end)")
 
 
 def train(args):
     """``fastbp train``, in one process or (--distributed) on every MPI rank: rank 0 alone prints
-    and writes files. Returns the exit status (the same on every rank)."""
+    and writes files. Returns the exit status (the same on every rank).
+
+    Three sets: the network trains on the training set; after each epoch it is measured on the
+    validation set (--validation-fraction of the training data), which early stopping and the
+    plateau schedule watch; the test set is used once, for the final report."""
+    _check_options(args)
     comm = _communicator(args)
     c = distributed.Comm(comm)
     lead = c.rank == 0
@@ -143,42 +200,50 @@ def train(args):
     try:
         X, y, X_test, y_test, source = distributed.agree(c, "reading the data",
                                                          lambda: _data(args, c))
-        classes = np.unique(np.concatenate(c.allgather(np.unique(np.concatenate([y, y_test])))))
-        y, y_test = np.searchsorted(classes, y), np.searchsorted(classes, y_test)  # 0..n-1
-        facts = c.allgather((X.shape[1], len(X), len(X_test)))
-        n_features, n_train, n_test = facts[0][0], sum(f[1] for f in facts), sum(f[2] for f in facts)
-        layers = args.layers or [n_features, 64, len(classes)]
+        X_val, y_val = X[:0], y[:0]
+        if args.validation_fraction > 0:
+            X, X_val, y, y_val = distributed.agree(c, "holding out the validation set", lambda: (
+                datasets.train_test_split(X, y, args.validation_fraction, [args.seed, c.rank, 1])))
+        classes = distributed.agree(c, "reading the labels", lambda: _classes(
+            args, *c.allgather(np.concatenate([np.asarray(y), y_val, y_test]))))
+        y, y_val, y_test = (np.searchsorted(classes, labels) for labels in (y, y_val, y_test))
+        counts = np.sum(c.allgather((len(X), len(X_val), len(X_test))), axis=0)
+        layers = args.layers or [X.shape[1], 64, len(classes)]
         lr = args.lr if args.lr is not None else (0.05 if args.optimizer == "sgd" else 0.001)
-        momentum = args.momentum if args.optimizer == "sgd" else 0.0
+        momentum = (0.9 if args.momentum is None else args.momentum) if args.optimizer == "sgd" else 0.0
         net = distributed.agree(c, "building the network", lambda: Network(
             layers, args.activation, args.output_activation, args.loss, args.dtype, args.backend,
             args.threads, args.seed, args.init))
         threads = net.n_threads or (distributed.default_threads(comm) if comm else net.threads)
         say(f"fastbp {__version__}: {net}")
         shares = "+".join(map(str, distributed.local_batch_sizes(args.batch_size, c.size)))
-        say(f"{source}: {n_train} training and {n_test} test samples of {n_features} features, "
-            f"{len(classes)} classes; {args.epochs} epochs, minibatches of {args.batch_size}"
-            + (f" on {c.size} ranks ({shares} rows each)" if comm else "")
+        say(f"{source}: {counts[0]} training, {counts[1]} validation and {counts[2]} test samples of "
+            f"{X.shape[1]} features, {len(classes)} classes; {args.epochs} epochs, minibatches of "
+            f"{args.batch_size}" + (f" on {c.size} ranks ({shares} rows each)" if comm else "")
             + f", {args.optimizer} lr {lr}, l2 {args.l2}"
             + (f", momentum {momentum}" if args.optimizer == "sgd" else "")
             + f", {threads} thread{'s' if threads > 1 else ''}{' per rank' if comm else ''}"
             + (f", one Allreduce and update per {args.allreduce_every} minibatches"
                if args.allreduce_every > 1 else ""))
+        validation = (X_val, y_val) if counts[1] else None
 
         def progress(epoch, m):
             say(f"epoch {epoch:3d}/{args.epochs}  train loss {m['train_loss']:.4f} acc "
-                f"{m['train_accuracy']:.4f}  test loss {m['val_loss']:.4f} acc "
-                f"{m['val_accuracy']:.4f}  {m['seconds']:.2f}s"
+                f"{m['train_accuracy']:.4f}"
+                + (f"  val loss {m['val_loss']:.4f} acc {m['val_accuracy']:.4f}" if validation else "")
+                + f"  {m['seconds']:.2f}s"
                 + (f"  allreduce {100 * m['comm_share']:.1f}%" if "comm_share" in m else ""))
 
         started = time.perf_counter()
         status, note = 0, ""
         try:
             net.fit(X, y, args.epochs, args.batch_size, lr, args.l2, momentum,
-                    validation_data=(X_test, y_test), optimizer=args.optimizer,
-                    nesterov=args.nesterov, schedule=args.schedule, dropout=args.dropout,
-                    early_stopping=args.early_stopping, patience=args.patience,
-                    metrics=("train_loss", "train_accuracy", "val_loss", "val_accuracy"),
+                    validation_data=validation, optimizer=args.optimizer, nesterov=args.nesterov,
+                    schedule=args.schedule, dropout=args.dropout,
+                    early_stopping=args.early_stopping,
+                    patience=10 if args.patience is None else args.patience,
+                    metrics=("train_loss", "train_accuracy")
+                    + (("val_loss", "val_accuracy") if validation else ()),
                     callback=progress, progress=lead and not args.quiet and sys.stderr.isatty(),
                     comm=comm, allreduce_every=args.allreduce_every)
         except TrainingDiverged as error:
@@ -188,9 +253,13 @@ def train(args):
         except KeyboardInterrupt:
             status, note = 130, " (interrupted)"
         history = net.history
+        if history.interrupted is not None:
+            epoch, done = history.interrupted
+            say(f"interrupted in epoch {epoch} after {done} of its {'updates' if comm else 'minibatches'}"
+                f"; {history.epochs} epochs recorded")
         if history.best_epoch is not None:
-            say(f"best epoch {history.best_epoch}" + (
-                f" (stopped after epoch {history.stopped_epoch})" if history.stopped_epoch else "")
+            say(f"best epoch {history.best_epoch} (by validation loss)" + (
+                f", stopped after epoch {history.stopped_epoch}" if history.stopped_epoch else "")
                 + "; its parameters are kept")
         result = distributed.evaluate(net, X_test, y_test, comm, threads) if comm else \
             net.evaluate(X_test, y_test)
@@ -201,8 +270,9 @@ def train(args):
                   + (f" on {c.size} ranks" if comm else "")
                   + (f", {100 * np.mean(shares):.1f}% in allreduce" if shares else "") + f"){note}",
                   flush=True)
+        sizes = dict(zip(("train", "validation", "test"), map(int, counts)))
         for line in distributed.agree(c, "writing the results", lambda: _write_results(
-                args, net, history, result, layers, c.size) if lead else ()):
+                args, net, history, result, layers, c.size, sizes) if lead else ()):
             print(line, flush=True)
         return status
     except distributed.DistributedError as error:
@@ -223,13 +293,19 @@ def _abort(c):
     c.comm.Abort(1)
 
 
-def history_record(history, result=None):
-    """A JSON-ready dict of a History: the per-epoch metrics and, for distributed training, the
-    ranks, threads, seed, shards and each update's seconds."""
+def history_record(history, result=None, sizes=None):
+    """A JSON-ready dict of a History: the per-epoch metrics (``train_*`` on the training set,
+    ``val_*`` on the validation set), where an interruption stopped it, the final test result, the
+    sets' sizes and, for distributed training, the ranks, threads, seed, shards and each update's
+    seconds."""
     record = {"epochs": history.epochs, "best_epoch": history.best_epoch,
-              "stopped_epoch": history.stopped_epoch, "history": dict(history)}
+              "stopped_epoch": history.stopped_epoch, "history": dict(history),
+              "interrupted": None if history.interrupted is None else dict(
+                  zip(("epoch", "minibatches_done"), history.interrupted))}
     if result is not None:
         record.update(test_accuracy=result.accuracy, test_loss=result.loss)
+    if sizes is not None:
+        record["samples"] = sizes
     if getattr(history, "ranks", None) is not None:
         record.update(ranks=history.ranks, threads_per_rank=history.threads, seed=history.seed,
                       shard_sizes=history.shard_sizes, local_batch_sizes=history.local_batch_sizes,
@@ -238,7 +314,7 @@ def history_record(history, result=None):
     return record
 
 
-def _write_results(args, net, history, result, layers, ranks):
+def _write_results(args, net, history, result, layers, ranks, sizes):
     """The files asked for: the model (--save), the learning curves (--plot), the history (--json).
     Returns the lines to print."""
     lines = []
@@ -253,7 +329,7 @@ def _write_results(args, net, history, result, layers, ranks):
             + (f", {ranks} ranks" if ranks > 1 else "")))
         lines.append(f"learning curves drawn to {args.plot}")
     if args.json:
-        text = json.dumps(history_record(history, result), indent=1)
+        text = json.dumps(history_record(history, result, sizes), indent=1)
         if args.json == "-":
             lines.append(text)
         else:

@@ -179,13 +179,14 @@ def _features(X, path):
     return X
 
 
-def load_npz(path):
-    """X and y from an ``.npz`` archive (as written by ``numpy.savez``).
+def load_npz(path, keys=None):
+    """X and y from an ``.npz`` archive (as written by ``numpy.savez``) or a directory of .npy files.
 
     Parameters
     ----------
     path : str or path-like
-        The archive: arrays named ``X`` and ``y``, or else its first two arrays, in that order.
+        The archive: arrays named ``X`` and ``y``, or else its first two arrays, in that order; or a
+        directory holding ``X.npy`` and ``y.npy``.
         ``X`` of more than two dimensions (images) is flattened per sample; ``y`` may be
         ``(n,)`` or ``(n, 1)``. Pickled (object) arrays are refused.
 
@@ -195,8 +196,14 @@ def load_npz(path):
         float64, the values as stored (not rescaled).
     y : ndarray of shape (n_samples,)
         int64 for whole numbers, float64 for other numbers, str for text.
+    keys : pair of str, optional
+        The names of the two arrays to read (for instance ``("X_test", "y_test")``).
     """
     path = os.fspath(path)
+    if os.path.isdir(path):
+        keys = keys or DATA_KEYS
+        X, y = (np.load(os.path.join(path, f"{key}.npy"), allow_pickle=False) for key in keys)
+        return _sample_arrays(X, y, keys, path)
     try:
         archive = np.load(path, allow_pickle=False)
     except FileNotFoundError:
@@ -208,7 +215,12 @@ def load_npz(path):
                          f"(write one with numpy.savez(path, X=X, y=y))")
     with archive:
         names = list(archive.files)
-        if "X" in names and "y" in names:
+        if keys is not None:
+            missing = [key for key in keys if key not in names]
+            if missing:
+                raise ValueError(f"{path}: has no array {missing[0]} (arrays: {', '.join(names)})")
+            chosen = list(keys)
+        elif "X" in names and "y" in names:
             chosen = ["X", "y"]
         elif "X" in names or "y" in names:
             raise ValueError(f"{path}: has {'X' if 'X' in names else 'y'} but not "
@@ -225,6 +237,11 @@ def load_npz(path):
                              f"unpickling ({error}); store plain numeric arrays") from None
         except (OSError, EOFError, zipfile.BadZipFile, zlib.error) as error:
             raise ValueError(f"{path}: damaged archive ({error})") from None
+    return _sample_arrays(X, y, chosen, path)
+
+
+def _sample_arrays(X, y, chosen, path):
+    """X flattened per sample and checked, y one label per sample (see load_npz)."""
     if X.ndim < 2:
         raise ValueError(f"{path}: {chosen[0]} must have a row per sample (2-D or more), got "
                          f"shape {X.shape}")
@@ -276,9 +293,10 @@ def load_csv(path, label_column=-1, header=None, delimiter=None):
     ----------
     path : str or path-like
         The file, raw or gzip-compressed. Lines starting with ``#`` are comments.
-    label_column : int, default=-1
-        The column holding the label (negative counts from the end); every other column is a
-        feature and must be a number.
+    label_column : int or str, default=-1
+        The column holding the label: an index (negative counts from the end), ``"first"``,
+        ``"last"``, or the column's name in the header line; every other column is a feature and
+        must be a number.
     header : bool or None, default=None
         Whether the first line names the columns; None detects it (a first line whose feature
         fields are not all numbers is a header).
@@ -308,10 +326,7 @@ def load_csv(path, label_column=-1, header=None, delimiter=None):
     if n_columns < 2:
         raise ValueError(f"{path}: one column per line; needs at least one feature and a label "
                          f"(delimiter {delimiter!r})")
-    if not -n_columns <= label_column < n_columns:
-        raise ValueError(f"label_column {label_column} is outside the {n_columns} columns of "
-                         f"{path}")
-    label_column %= n_columns
+    label_column = _column(label_column, fields, header, path)
     features = [i for i in range(n_columns) if i != label_column]
     if header is None:
         header = not all(_is_number(fields[i]) for i in features)
@@ -343,6 +358,31 @@ def load_csv(path, label_column=-1, header=None, delimiter=None):
     return _features(X, path), _labels(y, path)
 
 
+def _column(label_column, fields, header, path):
+    """The index of the label column: an int (negative from the end), "first", "last", a number
+    written as text, or a name of the header line `fields`."""
+    n_columns = len(fields)
+    if isinstance(label_column, str):
+        name = label_column.strip()
+        if name in ("first", "last"):
+            return 0 if name == "first" else n_columns - 1
+        if name.lstrip("-").isdigit():
+            label_column = int(name)
+        elif header is False or name not in fields:
+            raise ValueError(f"{path}: no column named {name!r} in its header line "
+                             f"({', '.join(fields[:8])}{', ...' if n_columns > 8 else ''}); name "
+                             f"the label column by index, first, last or a header name")
+        else:
+            return fields.index(name)
+    if isinstance(label_column, bool) or not isinstance(label_column, (int, np.integer)):
+        raise TypeError(f"label_column must be an int, 'first', 'last' or a header name, got "
+                        f"{label_column!r}")
+    if not -n_columns <= label_column < n_columns:
+        raise ValueError(f"label_column {label_column} is outside the {n_columns} columns of "
+                         f"{path}")
+    return int(label_column) % n_columns
+
+
 def _find_bad_line(path, delimiter, n_columns, features, skip):
     """What is wrong with the first bad line of a csv file (for the error message), or None."""
     try:
@@ -365,8 +405,9 @@ def _find_bad_line(path, delimiter, n_columns, features, skip):
 
 # --------------------------------------------------------------------------- by name
 
-def load(spec):
-    """The data set a spec names: ``digits``, ``mnist:DIR``, ``FILE.npz`` or ``FILE.csv``.
+def load(spec, label_column=None):
+    """The data set a spec names: ``digits``, ``mnist:DIR``, ``FILE.npz``, ``FILE.csv`` or a directory
+    of ``X.npy`` and ``y.npy``.
 
     Parameters
     ----------
@@ -374,7 +415,10 @@ def load(spec):
         ``"digits"``: scikit-learn's 8x8 digits (:func:`load_digits`). ``"mnist:DIR"``: the MNIST
         IDX files in DIR (:func:`load_mnist`), the training set when DIR has it, else the test set
         (``t10k``). A path ending in ``.npz`` (:func:`load_npz`) or ``.csv`` / ``.csv.gz`` /
-        ``.tsv`` (:func:`load_csv`, with its defaults: the label in the last column).
+        ``.tsv`` (:func:`load_csv`: the label in the last column unless `label_column` says
+        otherwise). A directory holding ``X.npy`` and ``y.npy``.
+    label_column : int or str, optional
+        For CSV files: which column holds the label (see :func:`load_csv`); other specs refuse it.
 
     Returns
     -------
@@ -393,6 +437,10 @@ def load(spec):
     if not isinstance(spec, (str, os.PathLike)):
         raise TypeError(f"a dataset spec is a string ({SPECS}), got {type(spec).__name__}")
     spec = os.fspath(spec)
+    lower = spec.lower()
+    is_csv = lower.endswith((".csv", ".csv.gz", ".tsv", ".tsv.gz"))
+    if label_column is not None and not is_csv:
+        raise ValueError(f"a label column can be chosen for CSV files only, not for {spec!r}")
     if spec == "digits":
         return load_digits()
     if spec.startswith("mnist:"):
@@ -403,11 +451,12 @@ def load(spec):
             raise FileNotFoundError(f"no such directory: {directory} (from {spec!r})")
         has_train = all(_find_mnist(directory, "train", what) for what in ("images", "labels"))
         return load_mnist(directory, "train" if has_train else "t10k")
-    lower = spec.lower()
     if lower.endswith(".npz"):
         return load_npz(spec)
-    if lower.endswith((".csv", ".csv.gz", ".tsv", ".tsv.gz")):
-        return load_csv(spec)
+    if is_csv:
+        return load_csv(spec, -1 if label_column is None else label_column)
+    if os.path.isdir(spec) and has_arrays(spec, DATA_KEYS):
+        return load_npz(spec)
     if os.path.isdir(spec):
         raise ValueError(f"{spec} is a directory; for the MNIST files in it write mnist:{spec}")
     raise ValueError(f"unknown dataset {spec!r}; use one of: {SPECS}")

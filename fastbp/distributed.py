@@ -338,6 +338,7 @@ class MPIStepper(training.Stepper):
         self.buffer = np.zeros(n + 1, net.dtype)  # the gradient, then a count of bad costs
         self.mean_grads = self.buffer[:n]
         self.chunk = max(1, -(-SNAPSHOT_SAMPLES // (settings.batch_size * self.k)))
+        self.opening = None
         # Every rank starts from rank 0's network (initialized with another seed, or trained apart).
         for buf in (self.parameters, self.state, self.hyper):
             c.bcast(buf)
@@ -386,6 +387,9 @@ class MPIStepper(training.Stepper):
     def epoch_cost(self):
         return self.cost, self.X.shape[0]
 
+    def opening_cost(self):
+        return self.opening
+
     def extras(self, seconds):
         comm, total = float(self.allreduce_seconds.sum()), float(self.batch_seconds.sum())
         return {"comm_seconds": comm, "comm_share": comm / total if total > 0 else 0.0}
@@ -425,6 +429,8 @@ class MPIStepper(training.Stepper):
         last = min(first + self.k, self.n_batches)
         rows_total = int(self.group_rows[update])
         cost = self._local_gradient(order, first, rows_total, self.mean_grads)
+        if self.opening is None:  # the untrained network's cost on this rank's rows, for the loop
+            self.opening = (cost, min(self.b, order.shape[0]))
         for batch in range(first + 1, last):
             cost += self._local_gradient(order, batch, rows_total, self.grads)
             self.mean_grads += self.grads

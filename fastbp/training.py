@@ -12,6 +12,7 @@
 import signal
 import threading
 import time
+import warnings
 from collections import namedtuple
 
 import numpy as np
@@ -236,6 +237,10 @@ class LocalStepper(Stepper):
     def epoch_cost(self):
         return float(self.costs.sum()), self.costs.shape[0]
 
+    def opening_cost(self):
+        first = self.costs[:min(self.settings.batch_size, self.costs.shape[0])]
+        return float(first.sum()), first.shape[0]
+
 
 # --------------------------------------------------------------------------- the loop
 
@@ -282,21 +287,29 @@ def _epochs(net, stepper, settings, val, history, verbose, callback, progress):
     bar = _progress_bar(progress and stepper.lead, settings.epochs * stepper.n_units, stepper.unit)
     schedule = settings.schedule
     schedule.reset(settings.epochs)
+    growth = _CostGrowth()
     try:
-        for epoch in range(1, settings.epochs + 1):
-            started = time.perf_counter()
-            stepper.hyper[codes.H_LR] = schedule.lr(epoch - 1, settings.lr)
-            _run_epoch(stepper, epoch, history, bar)
-            values = _measure(net, stepper, settings, val)
-            values["seconds"] = time.perf_counter() - started
-            values.update(stepper.extras(values["seconds"]))
-            history.add(**values)
-            stepper.end_epoch(epoch)
-            stop = _epoch_done(net, epoch, settings.epochs, values, settings.monitor, schedule,
-                               stopper, callback, verbose and stepper.lead)
-            if stepper.any(stop):
-                history.stopped_epoch = epoch
-                break
+        # Ctrl-C is answered between chunks of minibatches and once an epoch is recorded, so that the
+        # parameters, the history and history.interrupted always tell the same story.
+        with _DeferredInterrupt() as interrupt:
+            for epoch in range(1, settings.epochs + 1):
+                started = time.perf_counter()
+                stepper.hyper[codes.H_LR] = schedule.lr(epoch - 1, settings.lr)
+                _run_epoch(stepper, epoch, history, bar, interrupt)
+                values = _measure(net, stepper, settings, val)
+                values["seconds"] = time.perf_counter() - started
+                values.update(stepper.extras(values["seconds"]))
+                history.add(**values)
+                growth.check(stepper, epoch, values["loss"])
+                stepper.end_epoch(epoch)
+                stop = _epoch_done(net, epoch, settings.epochs, values, settings.monitor, schedule,
+                                   stopper, callback, verbose and stepper.lead)
+                if stepper.any(interrupt.pending):
+                    history.interrupted = (epoch, stepper.n_units)
+                    raise KeyboardInterrupt
+                if stepper.any(stop):
+                    history.stopped_epoch = epoch
+                    break
     finally:
         if bar is not None:
             bar.close()
@@ -304,9 +317,10 @@ def _epochs(net, stepper, settings, val, history, verbose, callback, progress):
             stopper.finish(net, history)
 
 
-def _run_epoch(stepper, epoch, history, bar):
-    """One epoch, in chunks: Ctrl-C waits for a chunk's end; a chunk that makes the parameters NaN or
-    infinite is undone and replayed up to its last finite step."""
+def _run_epoch(stepper, epoch, history, bar, interrupt):
+    """One epoch, in chunks; a chunk that makes the parameters NaN or infinite is undone and replayed
+    up to its last finite step. A Ctrl-C stops the epoch after a chunk (``history.interrupted`` says
+    how many of its minibatches were trained) unless the epoch is done: then it is recorded first."""
     order = stepper.order(epoch)
     stepper.start_epoch()
     n = stepper.n_units
@@ -316,24 +330,51 @@ def _run_epoch(stepper, epoch, history, bar):
         last = min(first + chunk, n)
         saved = stepper.parameters.copy(), stepper.state.copy(), stepper.hyper.copy()
         started = time.perf_counter()
-        with _DeferredInterrupt() as interrupt:  # a chunk runs whole: Ctrl-C waits for its end
-            status, batch = stepper.run(order, first, last)
-            if status == codes.PARAMS_NOT_FINITE:  # back to the last finite step
-                stepper.parameters[:], stepper.state[:], stepper.hyper[:] = saved
-                stepper.run(order, first, batch)
+        status, batch = stepper.run(order, first, last)
+        if status == codes.PARAMS_NOT_FINITE:  # back to the last finite step
+            stepper.parameters[:], stepper.state[:], stepper.hyper[:] = saved
+            stepper.run(order, first, batch)
         if status != codes.DONE:
             what = "cost" if status == codes.COST_NOT_FINITE else "parameters"
             raise TrainingDiverged(
                 f"training diverged: the {what} became NaN or infinite at epoch {epoch}, "
                 f"{stepper.unit} {batch + 1} of {n}; the network keeps the parameters of the last "
                 f"finite step (try a smaller learning rate)", epoch, batch, history)
-        if stepper.any(interrupt.pending):
+        if last < n and stepper.any(interrupt.pending):
             history.interrupted = (epoch, last)
             raise KeyboardInterrupt
         if bar is not None:
             bar.update(last - first)
         chunk = stepper.next_chunk(chunk, time.perf_counter() - started)
         first = last
+
+
+class CostGrowthWarning(RuntimeWarning):
+    """The training cost grew far above its starting value: finite, but most likely diverging."""
+
+
+class _CostGrowth:
+    """Warns once per fit when an epoch's cost exceeds GROWTH times the cost of the untrained network
+    (the first minibatch's mean cost, before its update): finite training is legal, but a cost that
+    grew a thousandfold means the learning rate is too large far more often than not."""
+
+    GROWTH = 1e3
+
+    def __init__(self):
+        self.opening = None
+        self.warned = False
+
+    def check(self, stepper, epoch, loss):
+        if self.opening is None:
+            total, count = stepper.reduce(np.array(stepper.opening_cost(), np.float64))
+            self.opening = total / count
+        if not self.warned and self.opening > 0 and loss > self.GROWTH * self.opening:
+            self.warned = True
+            if stepper.lead:
+                warnings.warn(CostGrowthWarning(
+                    f"the training cost grew from {self.opening:.4g} (before the first update) to "
+                    f"{loss:.4g} at epoch {epoch}: training is most likely diverging; try a smaller "
+                    f"learning rate"), stacklevel=5)
 
 
 def _measure(net, stepper, settings, val):

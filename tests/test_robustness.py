@@ -156,17 +156,60 @@ def test_ctrl_c_stops_at_a_minibatch_boundary(compiled):
         net.fit(X, y, epochs=100, batch_size=10, lr=0.01, momentum=0.9, shuffle=False)
     timer.join()
     epoch, batches = net.history.interrupted
-    assert net.history.epochs == epoch - 1 and 0 < epoch * 4000 + batches
+    assert net.history.epochs == (epoch if batches == 4000 else epoch - 1)  # a whole epoch is recorded
     replay = fastbp.Network([20, 64, 3], "relu", loss="cross_entropy", backend=compiled, seed=0)
     replay.parameters[:], replay._state[:] = start
     replay._optimizer = net._optimizer
-    if epoch > 1:
-        replay.fit(X, y, epochs=epoch - 1, batch_size=10, lr=0.01, momentum=0.9, shuffle=False)
-    if batches:
-        replay.fit(X[:batches * 10], y[:batches * 10], epochs=1, batch_size=10, lr=0.01,
-                   momentum=0.9, shuffle=False)
+    _replay(replay, X, y, epoch, batches, 10, lr=0.01, momentum=0.9)
     assert np.array_equal(net.parameters, replay.parameters)
     assert np.isfinite(net.forward(X[:5])).all()  # usable
+
+
+def _replay(net, X, y, epoch, batches, batch_size, **options):
+    """Train `net` (in order) through epoch-1 whole epochs and `batches` minibatches of the next."""
+    n_batches = -(-len(X) // batch_size)
+    whole = epoch if batches == n_batches else epoch - 1
+    if whole:
+        net.fit(X, y, epochs=whole, batch_size=batch_size, shuffle=False, **options)
+    if 0 < batches < n_batches:
+        net.fit(X[:batches * batch_size], y[:batches * batch_size], epochs=1,
+                batch_size=batch_size, shuffle=False, **options)
+
+
+@pytest.mark.parametrize("at", list(range(1, 12)))
+def test_an_interrupt_anywhere_leaves_records_that_agree(at, monkeypatch):
+    """Ctrl-C after any chunk of minibatches, the last one of an epoch included (and in the
+    callback, after an epoch is recorded): the parameters are those of exactly the completed epochs
+    plus the minibatches history.interrupted names, and the history holds the completed epochs."""
+    from fastbp import training
+    X, y = problem(SIZES, 23, seed=9)  # 6 minibatches of 4 (the last partial), chunks of 2: 3 a epoch
+    monkeypatch.setattr(training.LocalStepper, "first_chunk", lambda self: 2)
+    monkeypatch.setattr(training.LocalStepper, "next_chunk", lambda self, chunk, elapsed: 2)
+    run, calls = training.LocalStepper.run, []
+
+    def counting(self, order, first, last):
+        calls.append(last)
+        if len(calls) == at and at != 7:
+            signal.raise_signal(signal.SIGINT)  # held until the chunk is done
+        return run(self, order, first, last)
+    monkeypatch.setattr(training.LocalStepper, "run", counting)
+
+    def callback(epoch, metrics):  # at == 7: right after epoch 2 is recorded
+        if at == 7 and epoch == 2:
+            signal.raise_signal(signal.SIGINT)
+    net = fresh()
+    start = net.parameters.copy()
+    with pytest.raises(KeyboardInterrupt):
+        net.fit(X, y, epochs=5, batch_size=4, lr=0.3, shuffle=False, callback=callback)
+    epoch, batches = net.history.interrupted
+    expected = (2, 6) if at == 7 else ((at - 1) // 3 + 1, 2 * ((at - 1) % 3 + 1))
+    assert (epoch, min(batches, 6)) == (expected[0], min(expected[1], 6))
+    assert net.history.epochs == (epoch if batches == 6 else epoch - 1)
+    assert len(net.history.get("lr", [])) == net.history.epochs
+    replay = fresh()
+    replay.parameters[:] = start
+    _replay(replay, X, y, epoch, batches, 4, lr=0.3)
+    assert np.array_equal(net.parameters, replay.parameters)
 
 
 # ----------------------------------------------------------------------------- threads
