@@ -7,7 +7,8 @@ import time
 
 import numpy as np
 
-from . import __version__, backends, datasets, distributed, initializers, schedules
+from . import (__version__, backends, checkpoints, datasets, distributed, initializers, modelfile,
+               schedules, training)
 from .kernels import codes
 from .network import Network, TrainingDiverged
 
@@ -79,6 +80,14 @@ def parser():
                       help="draw the learning curves (cost and accuracy per epoch) to this image")
     data.add_argument("--json", metavar="PATH", default=None,
                       help="write the history (per-epoch metrics) as JSON to PATH ('-': stdout)")
+    data.add_argument("--checkpoint", metavar="PATH", default=None,
+                      help="after every --checkpoint-every epochs write all that training needs to "
+                           "continue; rerunning the same command (after a crash, Ctrl-C or kill) "
+                           "resumes from it and ends with the same model")
+    data.add_argument("--checkpoint-every", metavar="K", type=int, default=None,
+                      help="with --checkpoint: epochs between checkpoints; default 1")
+    data.add_argument("--fresh", action="store_true",
+                      help="with --checkpoint: start afresh, overwriting the checkpoint")
     data.add_argument("--quiet", action="store_true", help="print only the final result")
     mpi = train.add_argument_group("training on many processes (MPI; see README)")
     mpi.add_argument("--distributed", action="store_true",
@@ -87,6 +96,10 @@ def parser():
                           "minibatch; rank 0 alone prints and writes files)")
     mpi.add_argument("--allreduce-every", metavar="K", type=int, default=1,
                      help="with --distributed: one Allreduce and update per K minibatches")
+    mpi.add_argument("--global-shuffle", action="store_true",
+                     help="with --distributed: every rank reads all the data and trains on the "
+                          "minibatches one process would (the same model as without MPI, for any "
+                          "number of ranks), each split among the ranks")
     commands.add_parser("info", help="the backends available here and how they are built")
     return p
 
@@ -103,8 +116,8 @@ def _echo(text):
 def _communicator(args):
     """MPI.COMM_WORLD for --distributed (None otherwise)."""
     if not args.distributed:
-        if args.allreduce_every != 1:
-            raise ValueError("--allreduce-every needs --distributed")
+        if args.allreduce_every != 1 or args.global_shuffle:
+            raise ValueError("--allreduce-every and --global-shuffle need --distributed")
         return None
     try:
         from mpi4py import MPI
@@ -126,7 +139,8 @@ def _data(args, c):
         raise ValueError(f"--test-fraction: {spec} has its own test set (X_test, y_test)")
     fraction = 0.2 if args.test_fraction is None else args.test_fraction
     held_out = f"{fraction:g} held out for testing"
-    if c.size > 1 and (os.path.isdir(spec) or spec.lower().endswith(".npz")):
+    whole = c.size == 1 or args.global_shuffle  # every rank reads every row
+    if not whole and (os.path.isdir(spec) or spec.lower().endswith(".npz")):
         X, y = distributed.load_shard(spec, c.rank, c.size)
         if own_test:
             X_test, y_test = distributed.load_shard(spec, c.rank, c.size, datasets.TEST_KEYS)
@@ -141,7 +155,7 @@ def _data(args, c):
         source = f"{spec} ({held_out})"
     if args.label_column is not None:
         source += f", labels in column {args.label_column}"
-    if c.size > 1:
+    if not whole:
         (X, y), (X_test, y_test) = (
             tuple(a[slice(*distributed.shard_range(len(Xs), c.rank, c.size))] for a in (Xs, ys))
             for Xs, ys in ((X, y), (X_test, y_test)))
@@ -174,6 +188,8 @@ def _check_options(args):
         raise ValueError(f"--momentum and --nesterov apply to --optimizer sgd, not {args.optimizer}")
     if args.patience is not None and not args.early_stopping:
         raise ValueError("--patience applies to --early-stopping")
+    if (args.checkpoint_every is not None or args.fresh) and args.checkpoint is None:
+        raise ValueError("--checkpoint-every and --fresh apply to --checkpoint")
     if not 0 <= args.validation_fraction < 1:
         raise ValueError(f"--validation-fraction must be in [0, 1), got {args.validation_fraction}")
     if args.validation_fraction == 0 and (args.early_stopping or args.schedule == "plateau"):
@@ -202,12 +218,15 @@ def train(args):
                                                          lambda: _data(args, c))
         X_val, y_val = X[:0], y[:0]
         if args.validation_fraction > 0:
+            split = [args.seed, 0 if args.global_shuffle else c.rank, 1]
             X, X_val, y, y_val = distributed.agree(c, "holding out the validation set", lambda: (
-                datasets.train_test_split(X, y, args.validation_fraction, [args.seed, c.rank, 1])))
+                datasets.train_test_split(X, y, args.validation_fraction, split)))
         classes = distributed.agree(c, "reading the labels", lambda: _classes(
             args, *c.allgather(np.concatenate([np.asarray(y), y_val, y_test]))))
         y, y_val, y_test = (np.searchsorted(classes, labels) for labels in (y, y_val, y_test))
         counts = np.sum(c.allgather((len(X), len(X_val), len(X_test))), axis=0)
+        if args.global_shuffle:  # every rank holds every row: count them once
+            counts //= c.size
         layers = args.layers or [X.shape[1], 64, len(classes)]
         lr = args.lr if args.lr is not None else (0.05 if args.optimizer == "sgd" else 0.001)
         momentum = (0.9 if args.momentum is None else args.momentum) if args.optimizer == "sgd" else 0.0
@@ -234,6 +253,11 @@ def train(args):
                 + f"  {m['seconds']:.2f}s"
                 + (f"  allreduce {100 * m['comm_share']:.1f}%" if "comm_share" in m else ""))
 
+        if args.checkpoint and not args.fresh:
+            found = checkpoints.peek(args.checkpoint) if lead else None
+            if found:
+                done, epochs, stopped = found
+                say(training.resuming_line(done, epochs, args.checkpoint, stopped))
         started = time.perf_counter()
         status, note = 0, ""
         try:
@@ -245,7 +269,9 @@ def train(args):
                     metrics=("train_loss", "train_accuracy")
                     + (("val_loss", "val_accuracy") if validation else ()),
                     callback=progress, progress=lead and not args.quiet and sys.stderr.isatty(),
-                    comm=comm, allreduce_every=args.allreduce_every)
+                    checkpoint=args.checkpoint, checkpoint_every=args.checkpoint_every or 1,
+                    resume=not args.fresh, comm=comm, allreduce_every=args.allreduce_every,
+                    shuffle="global" if args.global_shuffle else True)
         except TrainingDiverged as error:
             if lead:
                 print(f"fastbp: {error}", file=sys.stderr)
@@ -261,6 +287,9 @@ def train(args):
             say(f"best epoch {history.best_epoch} (by validation loss)" + (
                 f", stopped after epoch {history.stopped_epoch}" if history.stopped_epoch else "")
                 + "; its parameters are kept")
+        if args.global_shuffle:  # each rank measures its block of the test set
+            X_test, y_test = (a[slice(*distributed.shard_range(len(X_test), c.rank, c.size))]
+                              for a in (X_test, y_test))
         result = distributed.evaluate(net, X_test, y_test, comm, threads) if comm else \
             net.evaluate(X_test, y_test)
         shares = history.get("comm_share", [])
@@ -333,8 +362,7 @@ def _write_results(args, net, history, result, layers, ranks, sizes):
         if args.json == "-":
             lines.append(text)
         else:
-            with open(args.json, "w") as f:
-                f.write(text + "\n")
+            modelfile.write_atomically(args.json, lambda f: f.write((text + "\n").encode()))
     return lines
 
 

@@ -56,7 +56,7 @@ import zlib
 
 import numpy as np
 
-from . import backends, training, validation
+from . import backends, checkpoints, training, validation
 from . import datasets
 from .datasets import DATA_KEYS, row_readers
 from .kernels import codes
@@ -302,13 +302,19 @@ def prepare(net, X, y, validation_data, arguments, comm=None):
         raise DistributedError(f"ranks {differ} were called with other arguments than rank 0 "
                                f"(they differ in {', '.join(keys)}); every rank must train the same "
                                f"network the same way")
+    shard_sizes = [n for n, _, _ in everyone]
     settings.watch(has_validation=sum(v for _, v, _ in everyone) > 0)  # all ranks' validation data
-    if settings.batch_size < c.size:
+    if settings.shuffle == "global":
+        if len(set(shard_sizes)) > 1 or len(set(map(str, c.allgather(
+                checkpoints.data_fingerprint(X, Y))))) > 1:
+            raise DistributedError("shuffle='global' needs the same (X, y) on every rank: each rank "
+                                   "reads rows from all of it (in memory, or a memory map of one "
+                                   f"file); the ranks hold {shard_sizes} rows, or other rows")
+    elif settings.batch_size < c.size:
         raise DistributedError(f"batch_size {settings.batch_size} is smaller than the number of "
                                f"ranks ({c.size}): every rank needs rows in each minibatch")
-    if settings.seed is None:
+    elif settings.seed is None:
         settings.seed = c.bcast_obj(int(net._rng.integers(0, 2 ** 62)) if c.rank == 0 else None)
-    shard_sizes = [n for n, _, _ in everyone]
     threads = net.n_threads or default_threads(c.comm)  # collective: every rank calls it
     return X, Y, val, settings, lambda *args: MPIStepper(c, shard_sizes, threads, *args)
 
@@ -324,12 +330,20 @@ class MPIStepper(training.Stepper):
         super().__init__(net, X, Y, settings)
         self.c, self.threads, self.k = c, threads, settings.allreduce_every
         self.lead = c.rank == 0
-        sizes, self.n_batches, global_rows = _plan(shard_sizes, settings.batch_size)
+        B = settings.batch_size
+        self.spread = settings.shuffle == "global"  # every rank holds all rows; batches are split
+        if self.spread:
+            n = X.shape[0]
+            sizes, self.n_batches = local_batch_sizes(B, c.size), -(-n // B)
+            global_rows = np.minimum(B, n - B * np.arange(self.n_batches))
+            shard_sizes = shard_sizes[:1]
+        else:
+            sizes, self.n_batches, global_rows = _plan(shard_sizes, B)
         self.b = sizes[c.rank]
         self.n_units = -(-self.n_batches // self.k)
         self.group_rows = np.add.reduceat(global_rows, np.arange(0, self.n_batches, self.k))
         self.n_weights = sum(W.size for W in net.weights)
-        capacity = max(1, min(self.b, X.shape[0]))
+        capacity = max(1, min(max(sizes), X.shape[0]))
         self.desc, self.work = self.workspace(capacity)
         self.Xb = np.empty((capacity, X.shape[1]), net.dtype)
         self.Yb = np.empty((capacity, Y.shape[1]), net.dtype)
@@ -342,6 +356,8 @@ class MPIStepper(training.Stepper):
         # Every rank starts from rank 0's network (initialized with another seed, or trained apart).
         for buf in (self.parameters, self.state, self.hyper):
             c.bcast(buf)
+        if self.spread:  # the shuffles: rank 0's generator, as one process would draw them
+            net._rng.bit_generator.state = c.bcast_obj(net._rng.bit_generator.state)
         self.facts = {"seed": settings.seed, "ranks": c.size, "threads": threads,
                       "shard_sizes": shard_sizes, "local_batch_sizes": sizes}
 
@@ -351,6 +367,12 @@ class MPIStepper(training.Stepper):
             setattr(history, name, value)
         history.batch_seconds, history.allreduce_seconds = [], []
 
+    def agree(self, what, action):
+        return agree(self.c, what, action)
+
+    def data_fingerprint(self):
+        return self.c.allgather(super().data_fingerprint())
+
     def reduce(self, values):
         self.c.allreduce(values)
         return values
@@ -359,8 +381,25 @@ class MPIStepper(training.Stepper):
         return self.c.any(flag)
 
     def order(self, epoch):
+        if self.spread:  # the permutation one process draws from the network's generator
+            return self.net._rng.permutation(self.X.shape[0])
         return _epoch_order(self.X.shape[0], self.settings.seed, epoch, self.c.rank,
                             self.settings.shuffle)
+
+    def _rows(self, order, batch):
+        """This rank's rows of minibatch `batch`: its block of the global minibatch's rows
+        (global shuffle), or its local minibatch of its shard."""
+        if not self.spread:
+            return order[batch * self.b:(batch + 1) * self.b]
+        B, size, rank = self.settings.batch_size, self.c.size, self.c.rank
+        rows = order[batch * B:(batch + 1) * B]
+        m = rows.shape[0]
+        return rows[m * rank // size:m * (rank + 1) // size]
+
+    def sums(self, X, Y):
+        if self.spread and X is not None:  # every rank holds every row: each measures its block
+            X, Y = (a[slice(*shard_range(X.shape[0], self.c.rank, self.c.size))] for a in (X, Y))
+        return super().sums(X, Y)
 
     def first_chunk(self):
         return self.chunk  # the same on every rank: chunks end in collective decisions
@@ -369,7 +408,7 @@ class MPIStepper(training.Stepper):
         return chunk
 
     def start_epoch(self):
-        self.cost = 0.0
+        self.cost, self.rows_seen = 0.0, 0
         self.batch_seconds = np.zeros(self.n_units)
         self.allreduce_seconds = np.zeros(self.n_units)
         self.history.batch_seconds.append(self.batch_seconds)
@@ -385,7 +424,7 @@ class MPIStepper(training.Stepper):
         return codes.DONE, last
 
     def epoch_cost(self):
-        return self.cost, self.X.shape[0]
+        return self.cost, self.rows_seen
 
     def opening_cost(self):
         return self.opening
@@ -408,8 +447,9 @@ class MPIStepper(training.Stepper):
     def _local_gradient(self, order, batch, rows_total, out):
         """OUT out: the gradient of this rank's rows of minibatch `batch`, summed and divided by
         rows_total (the update's rows on every rank), or 0 without rows; returns their costs' sum."""
-        rows = order[batch * self.b:(batch + 1) * self.b]
+        rows = self._rows(order, batch)
         m = rows.shape[0]
+        self.rows_seen += m
         if m == 0:
             out[:] = 0
             return 0.0
@@ -430,7 +470,7 @@ class MPIStepper(training.Stepper):
         rows_total = int(self.group_rows[update])
         cost = self._local_gradient(order, first, rows_total, self.mean_grads)
         if self.opening is None:  # the untrained network's cost on this rank's rows, for the loop
-            self.opening = (cost, min(self.b, order.shape[0]))
+            self.opening = (cost, self._rows(order, first).shape[0])
         for batch in range(first + 1, last):
             cost += self._local_gradient(order, batch, rows_total, self.grads)
             self.mean_grads += self.grads

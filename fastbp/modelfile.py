@@ -6,6 +6,8 @@ the format version, the configuration, and each array's shape and dtype against 
 :func:`read` returns.
 """
 import json
+import os
+import tempfile
 import zipfile
 
 import numpy as np
@@ -28,9 +30,38 @@ def save(path, config, parameters, optimizer_state):
                   optimizer=None if kind is None else list(kind))
     hyper = codes.hyperparameters(len(config["layer_sizes"]) - 1)
     hyper[codes.H_STEP] = optimizer_state["step"]
-    with open(path, "wb") as f:
-        np.savez(f, config=np.array(json.dumps(header)), parameters=parameters,
-                 state=optimizer_state["slots"], hyper=hyper)
+    write_atomically(path, lambda f: np.savez(
+        f, config=np.array(json.dumps(header)), parameters=parameters,
+        state=optimizer_state["slots"], hyper=hyper))
+
+
+def write_atomically(path, write):
+    """Call write(f) on a new file beside `path`, flush it to the disk, then rename it to `path`: the
+    previous file stays whole until the new one is complete (a crash leaves one or the other)."""
+    path = os.fspath(path)
+    folder = os.path.dirname(os.path.abspath(path))
+    f = tempfile.NamedTemporaryFile(dir=folder, prefix=f".{os.path.basename(path)}.",
+                                    suffix=".partial", delete=False)
+    try:
+        with f:
+            write(f)
+            f.flush()
+            os.fsync(f.fileno())
+        # the permissions a plain open() would give (a temporary file is private)
+        os.chmod(f.name, os.stat(path).st_mode & 0o777 if os.path.exists(path) else 0o666 & ~_UMASK)
+        os.replace(f.name, path)
+    except BaseException:
+        os.unlink(f.name)
+        raise
+
+
+def _umask():
+    mask = os.umask(0)  # reading the mask means setting it: once, at import (one thread then)
+    os.umask(mask)
+    return mask
+
+
+_UMASK = _umask()
 
 
 def read(path):

@@ -201,7 +201,8 @@ class Network:
             validation_data=None, verbose=False, optimizer="sgd", nesterov=False, beta1=0.9,
             beta2=0.999, eps=1e-8, rho=0.99, schedule=None, dropout=0.0, early_stopping=False,
             monitor=None, patience=10, min_delta=0.0, metrics=None, l2_in_cost=False,
-            callback=None, progress=False, comm=None, seed=None, allreduce_every=1):
+            callback=None, progress=False, checkpoint=None, checkpoint_every=1, resume=True,
+            comm=None, seed=None, allreduce_every=1):
         """Train by minibatch gradient descent; returns the History (also kept as ``self.history``).
 
         Parameters
@@ -209,7 +210,9 @@ class Network:
         X : array (n, layer_sizes[0]); y : labels (n,) or targets (n, layer_sizes[-1])
         epochs, batch_size : int
             Each epoch visits X in a fresh random order (``shuffle``) or in order, in minibatches of
-            ``batch_size`` (the last one may be smaller).
+            ``batch_size`` (the last one may be smaller). With ``comm``, ``shuffle="global"`` has
+            every rank pass the whole (X, y) and trains on the minibatches one process would, each
+            split among the ranks (see ``fastbp.distributed``).
         lr, l2 : float
             Learning rate; L2 penalty: the gradient of a minibatch is the mean of its samples'
             gradients plus ``l2 * W`` for the weights (never the biases).
@@ -243,6 +246,14 @@ class Network:
             True stops training.
         verbose, progress : bool
             Print a line per epoch; show a progress bar (tqdm) over the minibatches.
+        checkpoint : path, optional
+            After every ``checkpoint_every``-th epoch (and the last) write, atomically, all that
+            training needs to continue: parameters, optimizer state, the random generator, the
+            schedule's and early stopping's state, the history, and a fingerprint of the settings,
+            network and data. A fit started with an existing checkpoint of the same training
+            continues after its last epoch and ends with the same parameters, bit for bit, as a run
+            never interrupted; one of another training is refused (CheckpointError, saying what
+            differs) unless ``resume=False``, which starts afresh and overwrites it.
         comm : mpi4py communicator
             Train data-parallel over MPI: each rank passes its own shard (X, y) (see
             ``fastbp.distributed.load_shard``) and ``batch_size`` is the global minibatch; see

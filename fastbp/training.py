@@ -9,6 +9,7 @@
   stopping, the callback, the progress bar and the per-epoch line, Ctrl-C (answered between chunks)
   and the roll back to the last finite step when training diverges.
 """
+import os
 import signal
 import threading
 import time
@@ -17,7 +18,7 @@ from collections import namedtuple
 
 import numpy as np
 
-from . import schedules, validation
+from . import checkpoints, modelfile, schedules, validation
 from .kernels import codes, optimizers
 
 FORWARD_BLOCK = 256   # samples per block when predicting or evaluating
@@ -79,7 +80,9 @@ class Settings:
         self.hyper = self.optimizer.fill(codes.hyperparameters(len(net.weights)))
         self.hyper[codes.H_L2] = validation.real("l2", l2, low=0)
         self.hyper[codes.H_DROPOUT:codes.H_DROPOUT + len(net.weights) - 1] = _dropout(net, dropout)
-        self.shuffle = bool(shuffle)
+        if shuffle != "global":
+            shuffle = bool(shuffle)
+        self.shuffle = shuffle
         self.schedule = schedules.get(schedule)
         self.early_stopping = bool(early_stopping)
         self.asked = (None if metrics is None else tuple(sorted(set(metrics))), monitor)
@@ -174,6 +177,13 @@ class Stepper:
     def start_epoch(self):
         """Before an epoch's first chunk."""
 
+    def agree(self, what, action):
+        """action(), run on every rank; a failure on one is raised on all."""
+        return action()
+
+    def data_fingerprint(self):
+        return checkpoints.data_fingerprint(self.X, self.Y)
+
     def reduce(self, values):
         """The sums of `values` (a float64 array) over every rank, in place."""
         return values
@@ -249,6 +259,9 @@ def start(net, X, y, validation_data, arguments):
     class); ``fastbp.distributed.prepare`` is its twin over MPI ranks."""
     if arguments["allreduce_every"] != 1:
         raise ValueError("allreduce_every needs comm (distributed training)")
+    if arguments["shuffle"] == "global":
+        raise ValueError("shuffle='global' is for distributed training (comm); one process always "
+                         "shuffles all of its data")
     if arguments["seed"] is not None:
         raise ValueError("seed (the shuffling's) needs comm; a network's shuffles come from its "
                          "own seed")
@@ -259,10 +272,13 @@ def start(net, X, y, validation_data, arguments):
 
 
 def fit(net, X, y, validation_data=None, verbose=False, callback=None, progress=False, begin=start,
-        **arguments):
+        checkpoint=None, checkpoint_every=1, resume=True, **arguments):
     """Network.fit (see there): `begin` checks the input and settings and names the stepper (`start`
     here, or ``fastbp.distributed.prepare`` over MPI)."""
     X, Y, val, settings, make = begin(net, X, y, validation_data, arguments)
+    fingerprint = settings.fingerprint()  # before training changes the hyperparameters
+    if checkpoint is not None:
+        checkpoint = _Checkpoint(checkpoint, checkpoint_every, resume)
     with net._exclusive():
         optimizer = settings.optimizer
         if net._optimizer != optimizer.kind:  # another optimizer: fresh state
@@ -274,25 +290,40 @@ def fit(net, X, y, validation_data=None, verbose=False, callback=None, progress=
         stepper = make(net, X, Y, settings)
         history = net.history = History(loss=[])
         stepper.begin(history)
+        loop = _Loop(net, stepper, settings, history)
         try:
-            _epochs(net, stepper, settings, val, history, verbose, callback, progress)
+            if checkpoint is not None:
+                checkpoint.start(loop, fingerprint, verbose)
+            _epochs(loop, val, verbose, callback, progress, checkpoint)
         finally:
             stepper.finish()
     return history
 
 
-def _epochs(net, stepper, settings, val, history, verbose, callback, progress):
-    stopper = _EarlyStopping(settings.monitor, settings.patience, settings.min_delta) \
-        if settings.early_stopping else None
-    bar = _progress_bar(progress and stepper.lead, settings.epochs * stepper.n_units, stepper.unit)
-    schedule = settings.schedule
-    schedule.reset(settings.epochs)
-    growth = _CostGrowth()
+class _Loop:
+    """The state of the epoch loop besides the network's buffers: what a checkpoint holds."""
+
+    def __init__(self, net, stepper, settings, history):
+        self.net, self.stepper, self.settings, self.history = net, stepper, settings, history
+        self.stopper = _EarlyStopping(settings.monitor, settings.patience, settings.min_delta) \
+            if settings.early_stopping else None
+        self.schedule = settings.schedule
+        self.schedule.reset(settings.epochs)
+        self.growth = _CostGrowth()
+        self.done = 0  # epochs completed
+
+
+def _epochs(loop, val, verbose, callback, progress, checkpoint):
+    net, stepper, settings, history = loop.net, loop.stepper, loop.settings, loop.history
+    stopper, schedule, growth = loop.stopper, loop.schedule, loop.growth
+    bar = _progress_bar(progress and stepper.lead, (settings.epochs - loop.done) * stepper.n_units,
+                        stepper.unit)
     try:
         # Ctrl-C is answered between chunks of minibatches and once an epoch is recorded, so that the
         # parameters, the history and history.interrupted always tell the same story.
         with _DeferredInterrupt() as interrupt:
-            for epoch in range(1, settings.epochs + 1):
+            first = settings.epochs + 1 if history.stopped_epoch else loop.done + 1
+            for epoch in range(first, settings.epochs + 1):
                 started = time.perf_counter()
                 stepper.hyper[codes.H_LR] = schedule.lr(epoch - 1, settings.lr)
                 _run_epoch(stepper, epoch, history, bar, interrupt)
@@ -302,13 +333,17 @@ def _epochs(net, stepper, settings, val, history, verbose, callback, progress):
                 history.add(**values)
                 growth.check(stepper, epoch, values["loss"])
                 stepper.end_epoch(epoch)
-                stop = _epoch_done(net, epoch, settings.epochs, values, settings.monitor, schedule,
-                                   stopper, callback, verbose and stepper.lead)
+                stop = stepper.any(_epoch_done(net, epoch, settings.epochs, values, settings.monitor,
+                                               schedule, stopper, callback, verbose and stepper.lead))
+                loop.done = epoch
+                if stop:
+                    history.stopped_epoch = epoch
+                if checkpoint is not None and stepper.lead:
+                    checkpoint.save(loop)
                 if stepper.any(interrupt.pending):
                     history.interrupted = (epoch, stepper.n_units)
                     raise KeyboardInterrupt
-                if stepper.any(stop):
-                    history.stopped_epoch = epoch
+                if stop:
                     break
     finally:
         if bar is not None:
@@ -347,6 +382,105 @@ def _run_epoch(stepper, epoch, history, bar, interrupt):
             bar.update(last - first)
         chunk = stepper.next_chunk(chunk, time.perf_counter() - started)
         first = last
+
+
+class _Checkpoint:
+    """fit's checkpoint file: the loop's state written (atomically, by the leading rank) after every
+    `every`-th epoch and the last, and read back when a fit starts with the same file, so that it
+    continues where the last one stopped and ends with the same bits as a run never interrupted."""
+
+    def __init__(self, path, every, resume):
+        self.path = os.fspath(path)
+        self.every = validation.integer("checkpoint_every", every, 1)
+        self.resume = bool(resume)
+
+    def start(self, loop, settings_fingerprint, verbose):
+        """Fingerprint this training; when the file holds a checkpoint of it, restore it whole."""
+        net, stepper = loop.net, loop.stepper
+        self.fingerprint = _jsonable({"settings": settings_fingerprint, "network": net.config(),
+                                      "data": stepper.data_fingerprint()})
+        if not (self.resume and stepper.agree("looking for the checkpoint",
+                                              lambda: os.path.exists(self.path))):
+            return
+        record, arrays = stepper.agree("reading the checkpoint", lambda: checkpoints.load(self.path))
+        differ = checkpoints.differences(record.get("fingerprint", {}), self.fingerprint)
+        if differ:
+            raise checkpoints.CheckpointError(
+                f"{self.path} is a checkpoint of another training: {'; '.join(differ)}. Use another "
+                f"checkpoint path, or resume=False (--fresh on the command line) to start afresh "
+                f"and overwrite it")
+        buffers = {"parameters": net.parameters, "slots": net._state, "hyper": net._hyper}
+        try:
+            if record["stopper"] is not None:
+                buffers.update(best_parameters=net.parameters, best_slots=net._state,
+                               best_hyper=net._hyper)
+            modelfile.check_arrays(self.path, arrays, buffers)
+            history = dict(record["history"])
+            attributes = history.pop("_attributes")
+            rng_state, schedule_state = record["rng"], record["schedule"]
+            opening, warned = record["growth"]
+            done = int(record["epoch"])
+        except (KeyError, TypeError, ValueError) as error:
+            raise checkpoints.CheckpointError(f"{self.path}: a damaged checkpoint ({error})") from error
+        # Everything is read and checked: only now do the network and the loop take it.
+        for name, target in (("parameters", net.parameters), ("slots", net._state),
+                             ("hyper", net._hyper)):
+            target[:] = arrays[name]
+        net._rng.bit_generator.state = rng_state
+        vars(loop.schedule).update(schedule_state)
+        if loop.stopper is not None and record["stopper"] is not None:
+            value, loop.stopper.best_epoch, loop.stopper.waited = record["stopper"]
+            loop.stopper.best = (value, arrays["best_parameters"], arrays["best_slots"],
+                                 arrays["best_hyper"])
+        loop.history.update(history)
+        for name, value in attributes.items():
+            setattr(loop.history, name, value)
+        loop.growth.opening, loop.growth.warned = opening, warned
+        loop.done = done
+        if verbose and stepper.lead:
+            print(resuming_line(done, loop.settings.epochs, self.path, attributes["stopped_epoch"]),
+                  flush=True)
+
+    def save(self, loop):
+        """After an epoch: write the checkpoint when it is an `every`-th, the last or the stopping one."""
+        last = loop.done == loop.settings.epochs or loop.history.stopped_epoch
+        if loop.done % self.every and not last:
+            return
+        net, stopper = loop.net, loop.stopper
+        arrays = {"parameters": net.parameters, "slots": net._state, "hyper": net._hyper}
+        best = None
+        if stopper is not None and stopper.best is not None:
+            best = [stopper.best[0], stopper.best_epoch, stopper.waited]
+            arrays.update(zip(("best_parameters", "best_slots", "best_hyper"), stopper.best[1:]))
+        history = dict(loop.history, _attributes={"best_epoch": loop.history.best_epoch,
+                                                  "stopped_epoch": loop.history.stopped_epoch})
+        record = {"epoch": loop.done, "epochs": loop.settings.epochs,
+                  "fingerprint": self.fingerprint, "rng": net._rng.bit_generator.state,
+                  "schedule": vars(loop.schedule), "stopper": best, "history": history,
+                  "growth": [loop.growth.opening, loop.growth.warned]}
+        checkpoints.save(self.path, _jsonable(record), arrays)
+
+
+def resuming_line(done, epochs, path, stopped=None):
+    """What a fit resuming from a checkpoint after `done` epochs of `epochs` says."""
+    if stopped or done >= epochs:
+        return f"{path}: training already complete ({done} of {epochs} epochs); nothing to resume"
+    return f"resuming at epoch {done + 1} of {epochs} ({path})"
+
+
+def _jsonable(value):
+    """`value` with numpy scalars and arrays as plain Python (the JSON of a checkpoint)."""
+    if isinstance(value, dict):
+        return {str(k): _jsonable(v) for k, v in value.items()}
+    if isinstance(value, (set, frozenset)):
+        return sorted(_jsonable(v) for v in value)
+    if isinstance(value, (list, tuple)):
+        return [_jsonable(v) for v in value]
+    if isinstance(value, np.ndarray):
+        return value.tolist()
+    if isinstance(value, np.generic):
+        return value.item()
+    return value
 
 
 class CostGrowthWarning(RuntimeWarning):
