@@ -3,7 +3,9 @@
 Shapes are chosen to hit the kernels' register tiles and every remainder: row counts that are not
 multiples of 4, odd sample counts, a single sample, a single unit.
 """
+import ast
 import inspect
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -250,3 +252,19 @@ def test_the_build_fingerprint_covers_only_what_is_compiled_in(monkeypatch):
     assert f"#define FBP_GOLDEN {codes.GOLDEN:#x}ULL" in pxi and 'const uint64_t MIX_1 "FBP_MIX_1"' in pxi
     assert "TILE_ROWS" not in pxi and "SPINS" not in pxi
 
+
+def test_the_kernels_package_imports_nothing_from_the_api():
+    """fastbp.kernels knows only the contract: no import of fastbp outside fastbp.kernels."""
+    from fastbp import kernels
+    folder = Path(kernels.__file__).parent
+    for path in folder.glob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text())):
+            names = []
+            if isinstance(node, ast.Import):
+                names = [alias.name for alias in node.names]
+            elif isinstance(node, ast.ImportFrom):
+                assert node.level <= 1, f"{path.name} imports from above fastbp.kernels"
+                names = [node.module or ""] if node.level == 0 else []
+            for name in names:
+                assert name.split(".")[0] != "fastbp" or name.startswith("fastbp.kernels"), \
+                    f"{path.name} imports {name}"
