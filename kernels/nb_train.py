@@ -393,12 +393,33 @@ def _worker(worker, n_workers, kind, program, desc, params, grads, state, X, Y, 
 # --------------------------------------------------------------------------- drivers
 
 _pool = None
+_announced = []
+
+
+def _announce_compilation():
+    """Say on stderr, once per process, that Numba is about to compile the kernels when its on-disk
+    cache holds none of the workers (the first use on a machine, or after an upgrade): the wait would
+    otherwise look like a hang. Numba finds the cache in NUMBA_CACHE_DIR when set, else in the
+    __pycache__ beside this file when writable, else in a user-wide directory; the worker's cache
+    index (numba.core.caching, not public API: nothing is said if it changes) is empty until the
+    worker is compiled and saved there, and again when this file changes."""
+    if _announced:
+        return
+    _announced.append(True)
+    try:
+        cold = not _worker._cache._cache_file._load_index()
+    except Exception:  # not a cache this knows: say nothing
+        return
+    if cold:
+        print("fastbp: compiling the Numba kernels for this machine (about 15 s, once: they are "
+              "cached afterwards)", file=sys.stderr, flush=True)
 
 
 def _launch(kind, n_threads, desc, params, grads, state, X, Y, order, batch_size, first, last,
             hyper, work, costs, out, scale):
     """Run n_threads workers over batches first..last-1: one on the calling thread, the others on a
     pool of threads (the worker releases the GIL). Returns the status array."""
+    _announce_compilation()
     program = planner.program(kind, desc, batch_size, order.shape[0])
     counters = np.zeros(1, np.int64)
     claims = np.zeros(max(last - first, 1) * (int(program[-1, codes.P_STEP]) + 1) * max(1, n_threads),
