@@ -1,63 +1,38 @@
 """The backends by name: which module does the arithmetic, imported on first use.
 
-Each backend module exports the drivers of ``kernels/codes.py`` (``forward``, ``gradients``,
-``train_epoch``) with the same arguments; the compiled ones also export the primitive kernels.
+Each backend module exports the drivers of ``kernels/codes.py`` (``codes.DRIVERS``) with the same
+arguments; the compiled ones also export the primitive kernels. The compiled backends are looked up
+(and a Cython build from other codes refused) by ``fastbp.kernels.loader``; this adds the numpy
+reference.
 """
 import importlib
 import os
 
-MODULES = {
-    "numpy": "fastbp.reference",
-    "numba": "fastbp.kernels.nb_train",
-    "cython": "fastbp.kernels.cy_train",
-}
-BACKENDS = tuple(MODULES)
-KERNEL_MODULES = {"numba": "fastbp.kernels.nb_kernels", "cython": "fastbp.kernels.cy_kernels"}
+from .kernels import loader
+from .kernels.loader import BackendUnavailable
 
-
-class BackendUnavailable(ImportError):
-    """The backend exists but cannot be used here (not built, or a dependency is missing)."""
+REFERENCE = "fastbp.reference"
+BACKENDS = ("numpy",) + loader.COMPILED
 
 
 def resolve(name):
     """`name`, or for ``auto`` the fastest backend built here: cython, else numba."""
-    if name != "auto":
-        return name
-    try:
-        get("cython")
-        return "cython"
-    except BackendUnavailable:
-        return "numba"
+    return loader.resolve(name, get)
 
 
 def get(name):
     """The driver module of backend `name`."""
-    try:
-        module = importlib.import_module(MODULES[name])
-    except (KeyError, TypeError):
+    if name == "numpy":
+        return importlib.import_module(REFERENCE)
+    if name not in loader.COMPILED:
         raise ValueError(f"unknown backend {name!r}; choose one of {', '.join(BACKENDS)} or "
-                         f"auto") from None
-    except ImportError as error:
-        raise BackendUnavailable(f"the {name} backend is not available: {error}") from error
-    built_from = getattr(module, "CODES", None)
-    if built_from is not None:
-        from .kernels import codes
-        if built_from != codes.source_hash():
-            raise BackendUnavailable(f"the {name} backend was built from another version of "
-                                     f"kernels/codes.py: rebuild it (pip install .)")
-    return module
+                         f"auto")
+    return loader.drivers(name)
 
 
 def kernels(name):
     """The primitive-kernel module of compiled backend `name` (numba or cython)."""
-    if name not in KERNEL_MODULES:
-        raise ValueError(f"backend {name!r} has no compiled kernels; choose one of "
-                         f"{', '.join(KERNEL_MODULES)}")
-    get(name)  # the same checks
-    try:
-        return importlib.import_module(KERNEL_MODULES[name])
-    except ImportError as error:
-        raise BackendUnavailable(f"the {name} backend is not available: {error}") from error
+    return loader.kernels(name)
 
 
 def available_backends(details=False):

@@ -1,10 +1,10 @@
 """fastbp.kernels: the compiled kernels of backpropagation, for people who write their own training loop.
 
 Each function checks its arguments (shapes, dtypes, names), then runs one kernel of the chosen compiled
-backend (``"numba"`` or ``"cython"``) on numpy arrays. Arrays are float32 or float64 (all the same);
-matrices are row-major with one row per sample; ``W`` has shape ``(n_out, n_in)`` (the W of
-``z = W a + b``). Outputs may be passed in (``out=``, C-contiguous, the right dtype) to avoid
-allocating; they are returned either way.
+backend (``"numba"``, ``"cython"``, or by default ``"auto"``: cython when it is built, else numba) on
+numpy arrays. Arrays are float32 or float64 (all the same); matrices are row-major with one row per
+sample; ``W`` has shape ``(n_out, n_in)`` (the W of ``z = W a + b``). Outputs may be passed in
+(``out=``, C-contiguous, the right dtype) to avoid allocating; they are returned either way.
 
 >>> from fastbp import kernels as K
 >>> Z = K.dense_forward(W, b, X, activation="sigmoid")          # forward through a layer
@@ -18,7 +18,7 @@ integer codes (``fastbp.kernels.codes``) instead of names. Wrong shapes there ar
 """
 import numpy as np
 
-from . import checks, codes
+from . import checks, codes, loader
 from .optimizers import DEFAULTS, OPTIMIZERS
 
 __all__ = ["dense_forward", "activation_forward", "activation_backward", "output_error",
@@ -26,8 +26,7 @@ __all__ = ["dense_forward", "activation_forward", "activation_backward", "output
 
 
 def _module(backend):
-    from fastbp import backends
-    return backends.kernels(backend)
+    return loader.kernels(loader.resolve(backend))
 
 
 def _arrays(dtype=None, **arrays):
@@ -76,7 +75,7 @@ def _code(what, name, options):
     return checks.choice(what, name, options)
 
 
-def dense_forward(W, b, A, rows=None, activation="identity", out=None, backend="numba"):
+def dense_forward(W, b, A, rows=None, activation="identity", out=None, backend="auto"):
     """Forward through one layer: ``Z = f(A[rows] W^T + b)``, shape (m, n_out).
 
     With one row of A this is the matrix-vector product ``z = W a + b``. ``rows`` (default: all)
@@ -96,7 +95,7 @@ def dense_forward(W, b, A, rows=None, activation="identity", out=None, backend="
     return Z
 
 
-def activation_forward(Z, activation, backend="numba"):
+def activation_forward(Z, activation, backend="auto"):
     """Apply the activation to the pre-activations Z in place (softmax per row); returns Z."""
     Z = _output("Z", Z, np.shape(Z), getattr(Z, "dtype", None))
     _matrix("Z", Z)
@@ -105,7 +104,7 @@ def activation_forward(Z, activation, backend="numba"):
     return Z
 
 
-def activation_backward(A, D, activation, backend="numba"):
+def activation_backward(A, D, activation, backend="auto"):
     """Turn D = dC/da into dC/dz = f'(z) * dC/da in place, from the activations A; returns D."""
     arrays, dt = _arrays(getattr(D, "dtype", None), A=A)
     A = arrays["A"]
@@ -116,7 +115,7 @@ def activation_backward(A, D, activation, backend="numba"):
     return D
 
 
-def output_error(Z, Y, activation, loss, rows=None, out=None, cost=None, backend="numba"):
+def output_error(Z, Y, activation, loss, rows=None, out=None, cost=None, backend="auto"):
     """The output layer's error terms delta = dC/dz and each sample's cost.
 
     Z (m, k): the output layer's pre-activations, turned into its activations in place. Y: targets,
@@ -141,7 +140,7 @@ def output_error(Z, Y, activation, loss, rows=None, out=None, cost=None, backend
     return D, C
 
 
-def backward_error(W, D, A, activation, out=None, backend="numba"):
+def backward_error(W, D, A, activation, out=None, backend="auto"):
     """Error terms of the layer below: ``E = (D W) * f'(A)``, shape (m, n_in).
 
     W (n_out, n_in) the weights between the two layers, D (m, n_out) the error terms above, A (m, n_in)
@@ -162,7 +161,7 @@ def backward_error(W, D, A, activation, out=None, backend="numba"):
     return E
 
 
-def weight_gradient(D, A, rows=None, scale=None, out=None, bias_out=None, backend="numba"):
+def weight_gradient(D, A, rows=None, scale=None, out=None, bias_out=None, backend="auto"):
     """A layer's gradients: ``G = scale * sum_s D[s] A[rows[s]]^T`` (outer products) and
     ``gb = scale * sum_s D[s]``; scale defaults to 1/m (the mean over the batch). Returns (G, gb)."""
     arrays, dt = _arrays(D=D, A=A)
@@ -196,7 +195,7 @@ def hyperparameters(lr, l2=0.0, momentum=0.0, nesterov=False, beta1=0.9, beta2=0
 
 
 def update_parameters(params, grads, state, hyper, optimizer="sgd", n_weights=None,
-                      backend="numba"):
+                      backend="auto"):
     """One optimizer step, in place, on flat buffers: params (n,) and state (2, n) change.
 
     grads (n,) is the mean gradient without L2; L2 (``hyper``, from ``hyperparameters()``) applies

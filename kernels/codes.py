@@ -4,6 +4,12 @@ One source for every backend (Numba, Cython, the numpy reference): activations, 
 enter the kernels as the integer codes below, never as Python functions, and a network's static shape
 enters as one int64 array, the *descriptor*, built by :func:`describe`.
 
+The compiled code is built from the constants of this module: Numba imports them, and setup.py
+writes them into the Cython sources (``cy_codes.pxi``, from :func:`cython_declarations`) with their
+fingerprint, :func:`source_hash`, which the loader checks. Only the names and values count: a
+docstring or a Python-only function may change without a rebuild. How a minibatch is cut into tiles
+(the *program* of the ``P_*`` fields below) is planned in ``planner.py``, in Python only.
+
 Buffers the descriptor points into (all C-contiguous, one dtype, float32 or float64):
 
 ``params``  flat, ``[W_1, ..., W_L, b_1, ..., b_L]``; ``W_l`` is ``(n_l, n_{l-1})`` row-major, so every
@@ -15,8 +21,6 @@ Buffers the descriptor points into (all C-contiguous, one dtype, float32 or floa
             ``(capacity, n_l)`` (a batch of ``m <= capacity`` samples uses the first ``m`` rows);
             then, at ``D_GATHER``, room for the batch's rows of X gathered ``(capacity, n_0)``.
 """
-import contextlib
-
 import numpy as np
 
 # Activations. Derivatives are computed from the activation's output a = f(z).
@@ -62,28 +66,17 @@ C_SIZE = 13
 TRAIN, GRADIENTS, FORWARD = range(3)
 OP_FORWARD, OP_OUTPUT, OP_BACKWARD, OP_UPDATE, OP_GRADIENT, OP_GATHER = range(6)
 
-# Threads work on tiles whose size depends on the shapes only (never on the thread count, so neither
-# do the results). A tile is made big enough to be worth handing to another thread.
-TILE_ROWS = 4            # weight rows per forward / gradient tile: a multiple of this
-TILE_COLUMNS = 512       # columns per error-term tile, at most
-MIN_TILE_WORK = 16384    # multiply-adds per tile, at least (when the phase is that big)
-SPINS = 4000             # spin-wait iterations (a few microseconds) before a waiting worker yields
-
 # A driver's program: one row per phase of a minibatch. Rows with the same P_STEP form a step; the
 # workers finish a step before starting the next. A parallel step's tiles are its rows' tiles, which
 # are independent; a serial step is one tile that runs its rows in order.
 # P_BLAS: the phase's tiles call BLAS (single-threaded gemm on the tile: deterministic); error-term
 # tiles are then blocks of P_SAMPLES samples. P_GATHERED: layer 0 reads the batch from the
 # gather buffer (filled by an OP_GATHER phase) rather than from X through the permutation.
-(P_OP, P_LAYER, P_STEP, P_SERIAL, P_ROWS, P_SAMPLES, P_COLUMNS, P_BLAS, P_GATHERED) = range(9)
-P_FIELDS = 9
-# When a phase uses BLAS: big enough batches and layers (where measured faster than the tiles); a
-# BLAS phase has about BLAS_TILES tiles. Forward and gradient tiles are blocks of rows of W (a block
-# of columns of Z = A W^T, rows of G = D^T A), error-term tiles blocks of samples (rows of E = D W).
-BLAS_MIN_BATCH = 32
-BLAS_MIN_LAYER = 128 * 128
-BLAS_TILES = 2  # few, large tiles: each gemm call packs its operands again (measured: 2 > 4 > 8)
-
+# P_TILES: how many tiles the phase has for a full batch; P_LAST_TILES: for the call's last batch,
+# which may be partial (the workers count tiles only through these two).
+(P_OP, P_LAYER, P_STEP, P_SERIAL, P_ROWS, P_SAMPLES, P_COLUMNS, P_BLAS, P_GATHERED, P_TILES,
+ P_LAST_TILES) = range(11)
+P_FIELDS = 11
 # The primitive kernels every compiled backend exports under these names (a test checks it).
 KERNELS = ("dense_forward", "activation_forward", "activation_backward", "output_error",
            "backward_error", "weight_gradient", "update_parameters")
@@ -156,102 +149,6 @@ def check_buffers(desc, params, X, Y=None, out=None, costs=None, work=None, hype
         need("out", out, (n, n_out))
 
 
-def part_tiles(phase, n_in, n_out, m):
-    """How many tiles one program row has for a batch of m samples (the same arithmetic is in
-    both backends' workers)."""
-    op, rows, samples, columns = phase[P_OP], phase[P_ROWS], phase[P_SAMPLES], phase[P_COLUMNS]
-    if op == OP_OUTPUT:
-        return 1
-    if op == OP_GATHER or (phase[P_BLAS] and op == OP_BACKWARD):
-        return -(-m // samples)
-    if op == OP_BACKWARD:
-        return -(-m // samples) * -(-n_in // columns)
-    return -(-n_out // rows)
-
-
-def use_blas(op, m, n_in, n_out):
-    """Whether a phase of this shape calls BLAS rather than the hand-written tiles (measured: the
-    forward tile is as fast as a gemm that repacks its operands, up to batches of about 128)."""
-    if op == OP_FORWARD and m < 4 * BLAS_MIN_BATCH:
-        return False
-    return m >= BLAS_MIN_BATCH and n_in * n_out >= BLAS_MIN_LAYER and min(n_in, n_out) >= 64
-
-
-def program(kind, desc, batch_size):
-    """The phases of one minibatch of `batch_size` samples for a driver call of this kind, with their
-    tiles, as an int64 array of P_FIELDS columns.
-
-    Forward through every layer, then the output error; for TRAIN and GRADIENTS, the error terms of
-    every layer but the first, top down, then every layer's gradient with its update (TRAIN) or
-    accumulation (GRADIENTS), all layers in one step: they are independent. Large layers use BLAS
-    (layer 0 then reads the batch gathered first). Consecutive phases of one tile each are merged into
-    one serial step (no waiting between them).
-    """
-    n_layers = int(desc[D_LAYERS])
-    m = batch_size
-    sample_tile = max(BLAS_MIN_BATCH // 2, -(-m // BLAS_TILES))
-
-    def rows_for(n_in, n_out, blas):
-        if blas:  # a few large tiles: each gemm call packs the whole batch again
-            return TILE_ROWS * max(1, -(-n_out // (BLAS_TILES * TILE_ROWS)))
-        return TILE_ROWS * max(1, -(-MIN_TILE_WORK // (TILE_ROWS * m * n_in)))
-
-    phases = []
-    for l in range(n_layers):
-        n_in, n_out = layer(desc, l)[:2]
-        blas = use_blas(OP_FORWARD, m, n_in, n_out)
-        phases.append([OP_FORWARD, l, rows_for(n_in, n_out, blas), sample_tile, 0, blas])
-    phases.append([OP_OUTPUT, n_layers - 1, 0, 0, 0, 0])
-    if kind != FORWARD:
-        for l in range(n_layers - 1, 0, -1):
-            n_in, n_out = layer(desc, l)[:2]
-            blas = use_blas(OP_BACKWARD, m, n_in, n_out)
-            columns = min(n_in, TILE_COLUMNS)
-            samples = sample_tile if blas else min(
-                m, max(2, 2 * -(-MIN_TILE_WORK // (2 * columns * n_out))))
-            phases.append([OP_BACKWARD, l, 0, samples, columns, blas])
-        op = OP_UPDATE if kind == TRAIN else OP_GRADIENT
-        for l in range(n_layers - 1, -1, -1):
-            n_in, n_out = layer(desc, l)[:2]
-            blas = use_blas(op, m, n_in, n_out)
-            phases.append([op, l, rows_for(n_in, n_out, blas), 0, 0, blas])
-    gathered = any(p[5] and p[1] == 0 for p in phases)
-    if gathered:
-        phases.insert(0, [OP_GATHER, 0, 0, sample_tile, 0, 0])
-    table = np.zeros((len(phases), P_FIELDS), dtype=np.int64)
-    step, previous = -1, None
-    for i, (op, l, rows, samples, columns, blas) in enumerate(phases):
-        row = table[i]
-        row[[P_OP, P_LAYER, P_ROWS, P_SAMPLES, P_COLUMNS, P_BLAS, P_GATHERED]] = (
-            op, l, rows, samples, columns, blas, gathered)
-        n_in, n_out = layer(desc, l)[:2]
-        single = part_tiles(row, n_in, n_out, m) == 1
-        together = previous is not None and (
-            (single and previous[P_SERIAL]) or (op == previous[P_OP] and op in (OP_UPDATE, OP_GRADIENT)
-                                                and not previous[P_SERIAL]))
-        if not together:
-            step += 1
-        row[P_STEP] = step
-        row[P_SERIAL] = single and (not together or previous[P_SERIAL])
-        previous = row
-    return table
-
-
-_BLAS_CONTROLLER = []
-
-
-def blas_single_threaded(program):
-    """A context in which BLAS runs on one thread, when `program` calls BLAS: the workers already use
-    every thread, and a BLAS tile must not depend on the thread count (determinism)."""
-    if not program[:, P_BLAS].any():
-        return contextlib.nullcontext()
-    if not _BLAS_CONTROLLER:
-        import scipy.linalg.cython_blas  # noqa: F401  the BLAS both backends call, loaded before
-        from threadpoolctl import ThreadpoolController  # the controller lists the libraries
-        _BLAS_CONTROLLER.append(ThreadpoolController())
-    return _BLAS_CONTROLLER[0].limit(limits=1, user_api="blas")
-
-
 def outcome(status, first, last):
     """What train_batches returns, from the kernels' status pair (code, batch) after batches first..last-1:
     (batches done, code, batch). COST_NOT_FINITE stops before that batch's update; PARAMS_NOT_FINITE
@@ -262,12 +159,47 @@ def outcome(status, first, last):
     return batch - first + (code == PARAMS_NOT_FINITE), code, batch
 
 
+def declarations():
+    """What the compiled code is built from: every integer constant of this module and LEAKY_SLOPE,
+    as ``(name, C type, C literal)`` sorted by name. The codes and indices are ``int``; the dropout
+    hash's 64-bit constants ``uint64_t`` (unsigned 64-bit literals); LEAKY_SLOPE ``double``."""
+    found = []
+    for name, value in sorted(globals().items()):
+        if not name.isupper() or isinstance(value, bool) or not isinstance(value, (int, float)):
+            continue
+        if isinstance(value, float):
+            found.append((name, "double", repr(value)))
+        elif -2 ** 31 <= value < 2 ** 31:
+            found.append((name, "int", str(value)))
+        else:
+            assert 0 <= value < 2 ** 64, name
+            found.append((name, "uint64_t", f"{value:#x}ULL"))
+    return found
+
+
 def source_hash():
-    """A fingerprint of this file: the Cython build records the one it was compiled from, so that
-    kernels built from other codes are refused rather than misread."""
+    """The fingerprint of :func:`declarations` (names, types and values). The Cython build records
+    the one it was compiled from and ``fastbp.kernels.loader`` refuses a build whose fingerprint is
+    not this one, rather than misread the codes. Nothing else in this file, and nothing in the
+    planner, changes it."""
     import hashlib
-    with open(__file__, "rb") as f:
-        return hashlib.sha256(f.read()).hexdigest()[:16]
+    text = "\n".join(" ".join(declaration) for declaration in declarations())
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def cython_declarations():
+    """The text of ``cy_codes.pxi``, which setup.py writes beside the Cython sources: each of
+    :func:`declarations` as a C macro ``FBP_<name>`` and a Cython name, and ``CODES_HASH``, their
+    :func:`source_hash`."""
+    found = declarations()
+    defines = [f"    #define FBP_{name} {literal}" for name, _, literal in found]
+    defines.append(f'    #define FBP_CODES_HASH "{source_hash()}"')
+    members = [f'        {name} "FBP_{name}"' for name, ctype, _ in found if ctype == "int"]
+    constants = [f'    const {ctype} {name} "FBP_{name}"' for name, ctype, _ in found if ctype != "int"]
+    return "\n".join(["# Generated by setup.py from kernels/codes.py (codes.cython_declarations): "
+                      "do not edit.", "from libc.stdint cimport uint64_t", "",
+                      "cdef extern from *:", '    """', *defines, '    """', "    enum:", *members,
+                      *constants, '    const char* CODES_HASH "FBP_CODES_HASH"', ""])
 
 
 def hyperparameters(n_layers):
@@ -281,20 +213,25 @@ def dropout_keep(seed, key, layer, sample, unit, rate):
     nothing else (not on threads, tiles or backend). Vectorized over numpy arrays; the compiled
     backends compute the same bits (nb_kernels._keep, cy_kernels._keep)."""
     with np.errstate(over="ignore"):
-        x = _mix(np.uint64(seed) + GOLDEN * (np.uint64(key) + np.uint64(1)))
-        x = _mix(x + GOLDEN * (np.uint64(layer) * np.uint64(1 << 32) + np.asarray(unit, np.uint64)
+        golden = np.uint64(GOLDEN)
+        x = _mix(np.uint64(seed) + golden * (np.uint64(key) + np.uint64(1)))
+        x = _mix(x + golden * (np.uint64(layer) * np.uint64(1 << 32) + np.asarray(unit, np.uint64)
                                + np.uint64(1)))
-        x = _mix(x + GOLDEN * (np.asarray(sample, np.uint64) + np.uint64(1)))
+        x = _mix(x + golden * (np.asarray(sample, np.uint64) + np.uint64(1)))
     return (x >> np.uint64(11)).astype(np.float64) * 2.0 ** -53 >= rate
 
 
-GOLDEN = np.uint64(0x9E3779B97F4A7C15)
+# splitmix64's constants, for the dropout masks (here, nb_kernels and, through cy_codes.pxi,
+# cy_kernels.pxd): the increment (2^64 over the golden ratio) and the finalizer's two multipliers.
+GOLDEN = 0x9E3779B97F4A7C15
+MIX_1 = 0xBF58476D1CE4E5B9
+MIX_2 = 0x94D049BB133111EB
 
 
 def _mix(x):
     """splitmix64's finalizer."""
-    x = (x ^ (x >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
-    x = (x ^ (x >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
+    x = (x ^ (x >> np.uint64(30))) * np.uint64(MIX_1)
+    x = (x ^ (x >> np.uint64(27))) * np.uint64(MIX_2)
     return x ^ (x >> np.uint64(31))
 
 

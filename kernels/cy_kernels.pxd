@@ -46,18 +46,17 @@ cdef inline double _softplus(double x) noexcept nogil:
 
 cdef inline uint64_t _mix(uint64_t x) noexcept nogil:
     """splitmix64's finalizer. Twin: nb_kernels._mix."""
-    x = (x ^ (x >> 30)) * <uint64_t>0xBF58476D1CE4E5B9
-    x = (x ^ (x >> 27)) * <uint64_t>0x94D049BB133111EB
+    x = (x ^ (x >> 30)) * MIX_1
+    x = (x ^ (x >> 27)) * MIX_2
     return x ^ (x >> 31)
 
 
 cdef inline bint _keep(double seed, double key, Py_ssize_t layer, Py_ssize_t sample, Py_ssize_t unit,
                        double rate) noexcept nogil:
     """Whether dropout keeps this unit: the hash of codes.dropout_keep. Twin: nb_kernels._keep."""
-    cdef uint64_t golden = <uint64_t>0x9E3779B97F4A7C15
-    cdef uint64_t x = _mix(<uint64_t>seed + golden * (<uint64_t>key + 1))
-    x = _mix(x + golden * (<uint64_t>layer * <uint64_t>4294967296 + <uint64_t>unit + 1))
-    x = _mix(x + golden * (<uint64_t>sample + 1))
+    cdef uint64_t x = _mix(<uint64_t>seed + GOLDEN * (<uint64_t>key + 1))
+    x = _mix(x + GOLDEN * (<uint64_t>layer * <uint64_t>4294967296 + <uint64_t>unit + 1))
+    x = _mix(x + GOLDEN * (<uint64_t>sample + 1))
     return <double>(x >> 11) * 1.1102230246251565e-16 >= rate
 
 

@@ -1,10 +1,11 @@
 # cython: language_level=3, boundscheck=False, wraparound=False, cdivision=True, initializedcheck=False
 """Cython drivers: forward pass, gradients and the fused training loop, on the flat buffers of codes.py.
 
-Twin of ``nb_train.py``; the way work is shared is described there. Here the workers are the threads of
-one OpenMP parallel region (``prange`` over the workers, static schedule: one worker per thread), and
-the atomic counters are C11-style builtins. Without OpenMP the workers run one after the other on the
-calling thread, which gives the same results.
+Twin of ``nb_train.py``; the way work is shared is described there (the program of tiles comes
+from ``planner.program``). Here the workers are the threads of one OpenMP parallel region (``prange``
+over the workers, static schedule: one worker per thread), and the atomic counters are C11-style
+builtins. Without OpenMP the workers run one after the other on the calling thread, which gives the
+same results.
 """
 import numpy as np
 
@@ -19,11 +20,11 @@ from fastbp.kernels.cy_kernels cimport (C_L2, C_SCALE, C_SIZE, COST_NOT_FINITE, 
                                         IDENTITY, L_A, L_ACT, L_B, L_D,
                                         L_FIELDS, L_IN, L_OUT, L_W, OP_BACKWARD, OP_FORWARD,
                                         OP_GATHER, OP_GRADIENT, OP_OUTPUT, OP_UPDATE, P_BLAS,
-                                        P_COLUMNS, P_FIELDS, P_GATHERED, P_LAYER, P_OP, P_ROWS,
-                                        P_SAMPLES, P_SERIAL, P_STEP, PARAMS_NOT_FINITE, SPINS,
-                                        TRAIN, _finite)
+                                        P_COLUMNS, P_FIELDS, P_GATHERED, P_LAST_TILES, P_LAYER,
+                                        P_OP, P_ROWS, P_SAMPLES, P_SERIAL, P_STEP, P_TILES,
+                                        PARAMS_NOT_FINITE, TRAIN, _finite)
 
-from . import codes
+from . import codes, planner
 from .cy_kernels import update_parameters  # a driver too (the MPI step)
 
 cdef extern from *:
@@ -68,7 +69,7 @@ cdef extern from *:
     const int FBP_OPENMP
 
 OPENMP = bool(FBP_OPENMP)  # whether this build runs its workers on OpenMP threads
-CODES = K.CODES_HASH.decode()  # the kernels/codes.py this build was compiled from
+CODES = K.CODES_HASH.decode()  # the fingerprint of the codes this build was compiled from
 
 
 # --------------------------------------------------------------------------- tiles and phases
@@ -105,22 +106,6 @@ cdef void _output(int kind, const int64_t* desc, const floating* Y, const int64_
         else:
             hyper[H_KEY] = hyper[H_STEP]  # the dropout masks' key, for the error terms
             K._coefficients(desc[D_OPTIMIZER], hyper, m, c)
-
-
-cdef inline Py_ssize_t _part_tiles(const int64_t* phase, const int64_t* desc,
-                                   Py_ssize_t m) noexcept nogil:
-    """How many tiles program row `phase` has for a batch of m samples. Twin: nb_train._part_tiles."""
-    cdef Py_ssize_t rec
-    cdef int op = phase[P_OP]
-    if op == OP_OUTPUT:
-        return 1
-    if op == OP_GATHER or (phase[P_BLAS] != 0 and op == OP_BACKWARD):
-        return (m + phase[P_SAMPLES] - 1) // phase[P_SAMPLES]
-    rec = D_HEADER + L_FIELDS * phase[P_LAYER]
-    if op == OP_BACKWARD:
-        return ((m + phase[P_SAMPLES] - 1) // phase[P_SAMPLES]) * (
-            (desc[rec + L_IN] + phase[P_COLUMNS] - 1) // phase[P_COLUMNS])
-    return (desc[rec + L_OUT] + phase[P_ROWS] - 1) // phase[P_ROWS]
 
 
 cdef void _tile(const int64_t* phase, Py_ssize_t t, int kind, const int64_t* desc,
@@ -231,14 +216,14 @@ cdef void _tile(const int64_t* phase, Py_ssize_t t, int kind, const int64_t* des
         _atomic_set(status, PARAMS_NOT_FINITE)
 
 
-cdef inline void _wait(int64_t* counter, int64_t target) noexcept nogil:
-    """Wait until *counter >= target: spin a few microseconds, then yield the CPU at each look.
-    Twin: nb_train._wait."""
-    cdef int spins = 0
+cdef inline void _wait(int64_t* counter, int64_t target, Py_ssize_t spins) noexcept nogil:
+    """Wait until *counter >= target: spin `spins` times (planner.SPINS: a few microseconds), then
+    yield the CPU at each look. Twin: nb_train._wait."""
+    cdef Py_ssize_t spun = 0
     while _atomic_load(counter) < target:
-        if spins < SPINS:
+        if spun < spins:
             _pause()
-            spins += 1
+            spun += 1
         else:
             _yield()
 
@@ -248,17 +233,19 @@ cdef void _worker(int kind, const int64_t* program, Py_ssize_t n_program, const 
                   const floating* Y, const int64_t* order, Py_ssize_t n, Py_ssize_t batch_size,
                   Py_ssize_t first, Py_ssize_t last, double* hyper, floating* work, double* costs,
                   Py_ssize_t n_costs, floating* out, int64_t* counters, int64_t* claims,
-                  int64_t* status, floating* c, const int64_t* ident, Py_ssize_t worker,
-                  Py_ssize_t n_workers) noexcept nogil:
+                  int64_t* status, floating* c, const int64_t* ident, Py_ssize_t spins,
+                  Py_ssize_t worker, Py_ssize_t n_workers) noexcept nogil:
     """Worker `worker` of n_workers: a pass over batches first..last-1, every step of `program`.
 
     The tiles of step k are split into n_workers contiguous shares, share v handed out through
     claims[k * n_workers + v]. A worker claims from its own share first, so that it keeps the same
     rows of W (in its core's cache) from batch to batch, then helps with the others'. counters[0]
     counts the finished tiles of the whole call. A worker claims only tiles of the step it is in, and
-    a step is over when every tile before its end is finished. Twin: nb_train._worker.
+    a step is over when every tile before its end is finished. A row's tiles are counted in its
+    P_TILES column, or P_LAST_TILES for the partial last batch. Twin: nb_train._worker.
     """
     cdef Py_ssize_t i, j, p, q, r, u, v, lo, hi, start, m, n_tiles, parts, t, first_tile, last_tile
+    cdef Py_ssize_t tiles  # the program's column of tile counts for this batch
     cdef Py_ssize_t base = 0, k = 0
     cdef bint serial
     cdef const int64_t* rows
@@ -266,6 +253,7 @@ cdef void _worker(int kind, const int64_t* program, Py_ssize_t n_program, const 
         start = i * batch_size
         rows = order + start
         m = min(start + batch_size, n) - start
+        tiles = P_TILES if m == batch_size else P_LAST_TILES
         p = 0
         while p < n_program:
             q = p + 1
@@ -276,7 +264,7 @@ cdef void _worker(int kind, const int64_t* program, Py_ssize_t n_program, const 
             if not serial:
                 n_tiles = 0
                 for r in range(p, q):
-                    n_tiles += _part_tiles(program + r * P_FIELDS, desc, m)
+                    n_tiles += program[r * P_FIELDS + tiles]
             for j in range(n_workers):  # its own share first, then the others'
                 v = (worker + j) % n_workers
                 lo = v * n_tiles // n_workers
@@ -286,7 +274,7 @@ cdef void _worker(int kind, const int64_t* program, Py_ssize_t n_program, const 
                     if t >= hi:
                         break
                     for r in range(p, q):  # serial: every tile of every row, in order; else tile t
-                        parts = _part_tiles(program + r * P_FIELDS, desc, m)
+                        parts = program[r * P_FIELDS + tiles]
                         if not serial and t >= parts:
                             t -= parts
                             continue
@@ -302,7 +290,7 @@ cdef void _worker(int kind, const int64_t* program, Py_ssize_t n_program, const 
                             break
                     _atomic_add(counters, 1)
             base += n_tiles
-            _wait(counters, base)
+            _wait(counters, base, spins)
             if _atomic_load(status) != DONE:
                 return
             p = q
@@ -317,7 +305,8 @@ cdef _launch(int kind, int n_threads, const int64_t[::1] desc, floating[::1] par
              Py_ssize_t first, Py_ssize_t last, double[::1] hyper, floating[::1] work,
              double[::1] costs, floating[:, ::1] out, double scale):
     """Run n_threads workers (OpenMP threads) over batches first..last-1; returns the status pair."""
-    cdef int64_t[:, ::1] program = codes.program(kind, np.asarray(desc), batch_size)
+    cdef int64_t[:, ::1] program = planner.program(kind, np.asarray(desc), batch_size,
+                                                   order.shape[0])
     cdef int64_t[::1] counters = np.zeros(1, np.int64)
     cdef int64_t[::1] claims = np.zeros(max(last - first, 1) * (program[program.shape[0] - 1, P_STEP] + 1)
                                         * max(1, n_threads), np.int64)
@@ -325,14 +314,15 @@ cdef _launch(int kind, int n_threads, const int64_t[::1] desc, floating[::1] par
     cdef floating[::1] c = np.zeros(C_SIZE, np.asarray(params).dtype)
     cdef int64_t[::1] ident = np.arange(desc[D_CAPACITY])
     cdef int n_workers = max(1, n_threads)
+    cdef Py_ssize_t spins = planner.SPINS
     cdef const floating* Y_data = &Y[0, 0] if Y.shape[0] > 0 else NULL
     cdef floating* out_data = &out[0, 0] if out.shape[0] > 0 else NULL
     cdef double* costs_data = &costs[0] if costs.shape[0] > 0 else NULL
     c[C_SCALE] = <floating>scale
-    with codes.blas_single_threaded(np.asarray(program)):
+    with planner.blas_single_threaded(np.asarray(program)):
         _run_workers(kind, program, desc, params, grads, state, X, Y_data, order, batch_size, first,
                      last, hyper, work, costs_data, costs.shape[0], out_data, counters, claims,
-                     status, c, ident, n_workers)
+                     status, c, ident, spins, n_workers)
     return np.asarray(status)
 
 
@@ -342,15 +332,16 @@ cdef void _run_workers(int kind, int64_t[:, ::1] program, const int64_t[::1] des
                        Py_ssize_t batch_size, Py_ssize_t first, Py_ssize_t last, double[::1] hyper,
                        floating[::1] work, double* costs_data, Py_ssize_t n_costs, floating* out_data,
                        int64_t[::1] counters, int64_t[::1] claims, int64_t[::1] status,
-                       floating[::1] c, int64_t[::1] ident, int n_workers) noexcept:
+                       floating[::1] c, int64_t[::1] ident, Py_ssize_t spins,
+                       int n_workers) noexcept:
     """The workers: one per OpenMP thread (prange over workers, static schedule)."""
     cdef int worker
     for worker in prange(n_workers, nogil=True, schedule="static", num_threads=n_workers):
         _worker(kind, &program[0, 0], program.shape[0], &desc[0], &params[0], &grads[0],
                 &state[0, 0], &state[1, 0], &X[0, 0], Y_data, &order[0], order.shape[0],
                 batch_size, first, last, &hyper[0], &work[0], costs_data, n_costs,
-                out_data, &counters[0], &claims[0], &status[0], &c[0], &ident[0], worker,
-                n_workers)
+                out_data, &counters[0], &claims[0], &status[0], &c[0], &ident[0], spins,
+                worker, n_workers)
 
 
 def train_batches(const int64_t[::1] desc, floating[::1] params, floating[::1] grads,

@@ -18,9 +18,10 @@ import numpy as np
 from numba import njit
 
 from .codes import (ADAM, C_1MB1, C_1MB2, C_1MRHO, C_B2, C_EPS, C_INV_SQRT_BC2, C_L2, C_LR,
-                    C_MU, C_NESTEROV, C_RHO, C_SCALE, C_SIZE, C_STEP_SIZE, CROSS_ENTROPY, H_BETA1,
-                    H_BETA2, H_EPS, H_L2, H_LR, H_MOMENTUM, H_NESTEROV, H_RHO, H_STEP, IDENTITY,
-                    LEAKY_RELU, LEAKY_SLOPE, RELU, RMSPROP, SGD, SIGMOID, SOFTMAX, TANH)
+                    C_MU, C_NESTEROV, C_RHO, C_SCALE, C_SIZE, C_STEP_SIZE, CROSS_ENTROPY, GOLDEN,
+                    H_BETA1, H_BETA2, H_EPS, H_L2, H_LR, H_MOMENTUM, H_NESTEROV, H_RHO, H_STEP,
+                    IDENTITY, LEAKY_RELU, LEAKY_SLOPE, MIX_1, MIX_2, RELU, RMSPROP, SGD, SIGMOID,
+                    SOFTMAX, TANH)
 
 # Fast-math flags, defined once: reassociation lets LLVM vectorize the dot products. Never 'nnan' or
 # 'ninf': divergence detection relies on NaN and inf surviving the arithmetic.
@@ -97,14 +98,15 @@ def _bias_activate(Z, b, act, s0, s1, j0, j1):
                 z[j] = _activate(act, z[j] + c[j])
 
 
-_GOLDEN = np.uint64(0x9E3779B97F4A7C15)
+# splitmix64's constants (codes.py), as uint64 constants of the compiled code.
+_GOLDEN, _MIX_1, _MIX_2 = np.uint64(GOLDEN), np.uint64(MIX_1), np.uint64(MIX_2)
 
 
 @jit
 def _mix(x):
     """splitmix64's finalizer, on uint64. Twin: cy_kernels._mix."""
-    x = (x ^ (x >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
-    x = (x ^ (x >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
+    x = (x ^ (x >> np.uint64(30))) * _MIX_1
+    x = (x ^ (x >> np.uint64(27))) * _MIX_2
     return x ^ (x >> np.uint64(31))
 
 

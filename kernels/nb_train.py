@@ -2,16 +2,18 @@
 
 Twin of ``cy_train.pyx``. How the work is shared (the same in both backends):
 
-* ``n_threads`` workers each run ``_worker`` over the same *program* (``codes.program``): the phases
+* ``n_threads`` workers each run ``_worker`` over the same *program* (``planner.program``): the phases
   of a minibatch (forward through layer l, the output error, the error terms below layer l, the
   gradient and update of every layer), minibatch after minibatch, with no Python in between. Here the
   workers are the calling thread and a pool of threads: the compiled worker releases the GIL, and a
   Numba ``prange`` region around it would cost seconds of compilation (the whole worker is compiled
   again inside the parallel region) and a launch per call.
-* A phase is cut into tiles whose size depends only on the shapes (``codes.program``). Workers claim
-  the tiles of the step they are in from that step's counter and count the finished ones; a step (one
-  or more phases) is over when every tile of it is finished. Small consecutive phases form one serial step, done by one
-  worker; large layers' tiles call BLAS (single-threaded: the workers already use every thread).
+* A phase is cut into tiles whose size depends only on the shapes; the planner counts them, for a
+  full batch and for the call's partial last batch (the program's P_TILES and P_LAST_TILES columns).
+  Workers claim the tiles of the step they are in from that step's counter and count the finished
+  ones; a step (one or more phases) is over when every tile of it is finished. Small consecutive
+  phases form one serial step, done by one worker; large layers' tiles call BLAS (single-threaded:
+  the workers already use every thread).
 * A tile owns its outputs (rows of W, a block of error terms): nothing is summed across threads, and
   what a tile computes does not depend on who computes it, so results are the same for every thread
   count. A worker waits only for tiles other workers have already claimed, so the workers need not run
@@ -28,13 +30,13 @@ from numba.core import cgutils
 from numba.extending import intrinsic
 from numba.np.arrayobj import make_array, populate_array
 
-from . import codes
+from . import codes, planner
 from .codes import (C_L2, C_SCALE, C_SIZE, COST_NOT_FINITE, D_CAPACITY, D_GATHER, D_HEADER,
                     D_LAYERS, D_LOSS, D_OPTIMIZER, D_OUTPUT, DONE, FORWARD, GRADIENTS, H_DROPOUT,
                     H_KEY, H_SEED, H_STEP, IDENTITY, L_A, L_ACT, L_B, L_D, L_FIELDS, L_IN, L_OUT,
                     L_W, OP_BACKWARD, OP_FORWARD, OP_GATHER, OP_GRADIENT, OP_OUTPUT, P_BLAS,
-                    P_COLUMNS, P_GATHERED, P_LAYER, P_OP, P_ROWS, P_SAMPLES, P_SERIAL, P_STEP,
-                    PARAMS_NOT_FINITE, SPINS, TRAIN)
+                    P_COLUMNS, P_GATHERED, P_LAST_TILES, P_LAYER, P_OP, P_ROWS, P_SAMPLES, P_SERIAL,
+                    P_STEP, P_TILES, PARAMS_NOT_FINITE, TRAIN)
 from .nb_kernels import (_backward_block, _bias_activate, _coefficients, _derivative_block,
                          _dropout_rows, _finite, _forward_rows, _gradient_rows,
                          _update_range, activation_forward, jit, jit_inline, output_error,
@@ -99,15 +101,15 @@ def _yield(typingctx):
 
 
 @jit
-def _wait(counters, i, target):
-    """Wait until counters[i] >= target: spin a few microseconds (the other workers are usually
-    about to finish), then yield the CPU at each look (they may be waiting for one: the machine may
-    be busier than the thread count). Twin: cy_train._wait."""
-    spins = 0
+def _wait(counters, i, target, spins):
+    """Wait until counters[i] >= target: spin `spins` times (planner.SPINS: a few microseconds; the
+    other workers are usually about to finish), then yield the CPU at each look (they may be waiting
+    for one: the machine may be busier than the thread count). Twin: cy_train._wait."""
+    spun = 0
     while _atomic_load(counters, i) < target:
-        if spins < SPINS:
+        if spun < spins:
             _pause()
-            spins += 1
+            spun += 1
         else:
             _yield()
 
@@ -216,21 +218,6 @@ def _output(kind, desc, Y, rows, first_row, work, costs, out, hyper, c, status, 
         else:
             hyper[H_KEY] = hyper[H_STEP]  # the dropout masks' key, for the error terms
             _coefficients(desc[D_OPTIMIZER], hyper, m, c)
-
-
-@jit
-def _part_tiles(phase, desc, m):
-    """How many tiles program row `phase` has for a batch of m samples. Twin: cy_train._part_tiles;
-    the same arithmetic as codes.part_tiles."""
-    op = phase[P_OP]
-    if op == OP_OUTPUT:
-        return 1
-    if op == OP_GATHER or (phase[P_BLAS] != 0 and op == OP_BACKWARD):
-        return -(-m // phase[P_SAMPLES])
-    rec = D_HEADER + L_FIELDS * phase[P_LAYER]
-    if op == OP_BACKWARD:
-        return -(-m // phase[P_SAMPLES]) * -(-desc[rec + L_IN] // phase[P_COLUMNS])
-    return -(-desc[rec + L_OUT] // phase[P_ROWS])
 
 
 @jit_inline
@@ -342,14 +329,15 @@ def _tile(phase, t, kind, desc, params, grads, state, X, Y, rows, first_row, ide
 
 @jit
 def _worker(worker, n_workers, kind, program, desc, params, grads, state, X, Y, order, batch_size,
-            first, last, hyper, work, costs, out, counters, claims, status, c, ident):
+            first, last, hyper, work, costs, out, counters, claims, status, c, ident, spins):
     """Worker `worker` of n_workers: a pass over batches first..last-1, every step of `program`.
 
     The tiles of step k are split into n_workers contiguous shares, share v handed out through
     claims[k * n_workers + v]. A worker claims from its own share first, so that it keeps the same
     rows of W (in its core's cache) from batch to batch, then helps with the others'. counters[0]
     counts the finished tiles of the whole call. A worker claims only tiles of the step it is in, and
-    a step is over when every tile before its end is finished. Twin: cy_train._worker.
+    a step is over when every tile before its end is finished. A row's tiles are counted in its
+    P_TILES column, or P_LAST_TILES for the partial last batch. Twin: cy_train._worker.
     """
     n = order.shape[0]
     n_program = program.shape[0]
@@ -359,6 +347,7 @@ def _worker(worker, n_workers, kind, program, desc, params, grads, state, X, Y, 
         start = i * batch_size
         m = min(start + batch_size, n) - start
         rows = _row(order, start, m)
+        tiles = P_TILES if m == batch_size else P_LAST_TILES
         p = 0
         while p < n_program:
             q = p + 1
@@ -369,7 +358,7 @@ def _worker(worker, n_workers, kind, program, desc, params, grads, state, X, Y, 
             if not serial:
                 n_tiles = 0
                 for r in range(p, q):
-                    n_tiles += _part_tiles(program[r], desc, m)
+                    n_tiles += program[r, tiles]
             for j in range(n_workers):  # its own share first, then the others'
                 v = (worker + j) % n_workers
                 lo = v * n_tiles // n_workers
@@ -379,7 +368,7 @@ def _worker(worker, n_workers, kind, program, desc, params, grads, state, X, Y, 
                     if t >= hi:
                         break
                     for r in range(p, q):  # serial: every tile of every row, in order; else tile t
-                        parts = _part_tiles(program[r], desc, m)
+                        parts = program[r, tiles]
                         if not serial and t >= parts:
                             t -= parts
                             continue
@@ -394,7 +383,7 @@ def _worker(worker, n_workers, kind, program, desc, params, grads, state, X, Y, 
                             break
                     _atomic_add(counters, 0, 1)
             base += n_tiles
-            _wait(counters, 0, base)
+            _wait(counters, 0, base, spins)
             if _atomic_load(status, 0) != DONE:
                 return
             p = q
@@ -404,13 +393,34 @@ def _worker(worker, n_workers, kind, program, desc, params, grads, state, X, Y, 
 # --------------------------------------------------------------------------- drivers
 
 _pool = None
+_announced = []
+
+
+def _announce_compilation():
+    """Say on stderr, once per process, that Numba is about to compile the kernels when its on-disk
+    cache holds none of the workers (the first use on a machine, or after an upgrade): the wait would
+    otherwise look like a hang. Numba finds the cache in NUMBA_CACHE_DIR when set, else in the
+    __pycache__ beside this file when writable, else in a user-wide directory; the worker's cache
+    index (numba.core.caching, not public API: nothing is said if it changes) is empty until the
+    worker is compiled and saved there, and again when this file changes."""
+    if _announced:
+        return
+    _announced.append(True)
+    try:
+        cold = not _worker._cache._cache_file._load_index()
+    except Exception:  # not a cache this knows: say nothing
+        return
+    if cold:
+        print("fastbp: compiling the Numba kernels for this machine (about 15 s, once: they are "
+              "cached afterwards)", file=sys.stderr, flush=True)
 
 
 def _launch(kind, n_threads, desc, params, grads, state, X, Y, order, batch_size, first, last,
             hyper, work, costs, out, scale):
     """Run n_threads workers over batches first..last-1: one on the calling thread, the others on a
     pool of threads (the worker releases the GIL). Returns the status array."""
-    program = codes.program(kind, desc, batch_size)
+    _announce_compilation()
+    program = planner.program(kind, desc, batch_size, order.shape[0])
     counters = np.zeros(1, np.int64)
     claims = np.zeros(max(last - first, 1) * (int(program[-1, codes.P_STEP]) + 1) * max(1, n_threads),
                       np.int64)
@@ -419,8 +429,8 @@ def _launch(kind, n_threads, desc, params, grads, state, X, Y, order, batch_size
     c[C_SCALE] = scale
     ident = np.arange(desc[D_CAPACITY])
     args = (kind, program, desc, params, grads, state, X, Y, order, batch_size, first, last, hyper,
-            work, costs, out, counters, claims, status, c, ident)
-    with codes.blas_single_threaded(program):
+            work, costs, out, counters, claims, status, c, ident, planner.SPINS)
+    with planner.blas_single_threaded(program):
         _run_workers(n_threads, args)
     return status
 

@@ -3,14 +3,17 @@
 Shapes are chosen to hit the kernels' register tiles and every remainder: row counts that are not
 multiples of 4, odd sample counts, a single sample, a single unit.
 """
+import ast
 import inspect
+from pathlib import Path
 
 import numpy as np
 import pytest
-from support import close
+from support import close, problem
 
+import fastbp
 from fastbp import backends, reference
-from fastbp.kernels import codes
+from fastbp.kernels import codes, planner
 
 SHAPES = [(1, 3, 1), (2, 5, 4), (7, 9, 6), (10, 33, 13), (16, 64, 30)]  # (samples, n_in, n_out)
 ELEMENTWISE = ["identity", "sigmoid", "tanh", "relu", "leaky_relu"]
@@ -186,7 +189,6 @@ def test_update_parameters_reports_non_finite(compiled):
 
 def test_drivers_refuse_buffers_that_do_not_fit(compiled):
     """The kernels do not check bounds: the drivers check every buffer against the descriptor."""
-    import fastbp
     net = fastbp.Network([4, 5, 3], backend=compiled, seed=0)
     desc, work = net._buffers(8)
     driver = backends.get(compiled)
@@ -206,3 +208,63 @@ def test_drivers_refuse_buffers_that_do_not_fit(compiled):
             driver.train_batches(**dict(args, **{name: bad}))
     with pytest.raises(ValueError, match="out has shape"):
         driver.forward(desc, net.parameters, X, Y[:0], np.zeros((9, 3)), np.zeros(0), work, 1)
+
+
+def test_the_planner_counts_the_tiles_of_a_partial_last_batch():
+    """The workers count tiles only through the program: P_TILES for a full batch, P_LAST_TILES for
+    the call's last batch (3 samples of 103 in batches of 10; a full one when the size divides)."""
+    desc, _ = codes.describe([150, 140, 130, 5], codes.RELU, codes.SOFTMAX, codes.CROSS_ENTROPY,
+                             codes.SGD, 40)
+    for kind in (codes.TRAIN, codes.GRADIENTS, codes.FORWARD):
+        for batch, n, last in [(10, 103, 3), (40, 300, 20), (40, 280, 40), (40, 25, 25)]:
+            program = planner.program(kind, desc, batch, n)
+            for row in program:
+                n_in, n_out = codes.layer(desc, row[codes.P_LAYER])[:2]
+                assert row[codes.P_TILES] == planner.part_tiles(row, n_in, n_out, batch) >= 1
+                assert row[codes.P_LAST_TILES] == planner.part_tiles(row, n_in, n_out, last) >= 1
+            assert np.array_equal(program, planner.program(kind, desc, batch, n + batch))
+    assert np.array_equal(planner.program(codes.TRAIN, desc, 40),
+                          planner.program(codes.TRAIN, desc, 40, 400))
+
+
+def test_a_partial_last_batch_gives_the_same_results_for_any_thread_count(compiled, dtype):
+    X, y = problem([7, 12, 9, 4], 103, seed=5, dtype=dtype)
+    results = []
+    for n_threads in (1, 2, 3, 5):
+        net = fastbp.Network([7, 12, 9, 4], "tanh", loss="cross_entropy", dtype=dtype,
+                             backend=compiled, n_threads=n_threads, seed=0)
+        net.fit(X, y, epochs=2, batch_size=10, lr=0.1, momentum=0.9, dropout=0.2)
+        results.append(net.parameters)
+    assert all(np.array_equal(results[0], other) for other in results[1:])
+
+
+def test_the_build_fingerprint_covers_only_what_is_compiled_in(monkeypatch):
+    """A docstring or the planner never invalidates a Cython build; a code's value does."""
+    before = codes.source_hash()
+    if "cython" in fastbp.available_backends():
+        assert backends.get("cython").CODES == before
+    monkeypatch.setattr(codes, "__doc__", "another docstring")
+    monkeypatch.setattr(planner, "TILE_ROWS", planner.TILE_ROWS * 2)
+    assert codes.source_hash() == before
+    monkeypatch.setattr(codes, "P_TILES", codes.P_TILES + 100)
+    assert codes.source_hash() != before
+    pxi = codes.cython_declarations()
+    assert f"#define FBP_GOLDEN {codes.GOLDEN:#x}ULL" in pxi and 'const uint64_t MIX_1 "FBP_MIX_1"' in pxi
+    assert "TILE_ROWS" not in pxi and "SPINS" not in pxi
+
+
+def test_the_kernels_package_imports_nothing_from_the_api():
+    """fastbp.kernels knows only the contract: no import of fastbp outside fastbp.kernels."""
+    from fastbp import kernels
+    folder = Path(kernels.__file__).parent
+    for path in folder.glob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text())):
+            names = []
+            if isinstance(node, ast.Import):
+                names = [alias.name for alias in node.names]
+            elif isinstance(node, ast.ImportFrom):
+                assert node.level <= 1, f"{path.name} imports from above fastbp.kernels"
+                names = [node.module or ""] if node.level == 0 else []
+            for name in names:
+                assert name.split(".")[0] != "fastbp" or name.startswith("fastbp.kernels"), \
+                    f"{path.name} imports {name}"

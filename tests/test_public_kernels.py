@@ -99,3 +99,18 @@ def test_float32_stays_float32(compiled):
     Z = K.dense_forward(W, b, A, activation="relu", backend=compiled)
     assert Z.dtype == np.float32
     np.testing.assert_allclose(Z, reference.ACTIVATE[codes.RELU](A @ W.T + b), rtol=1e-5)
+
+
+def test_the_default_backend_is_auto():
+    """Without backend=, the kernels run on the backend Network(backend="auto") would use."""
+    import inspect
+    from fastbp.kernels import loader
+    for name in K.__all__:
+        parameters = inspect.signature(getattr(K, name)).parameters
+        assert "backend" not in parameters or parameters["backend"].default == "auto", name
+    assert loader.resolve("auto") == fastbp.backends.resolve("auto") \
+        == fastbp.Network([2, 2], backend="auto").backend
+    rng = np.random.default_rng(4)
+    W, b, A = rng.random((3, 4)), rng.random(3), rng.random((5, 4))
+    assert np.array_equal(K.dense_forward(W, b, A, activation="tanh"),
+                          K.dense_forward(W, b, A, activation="tanh", backend=loader.resolve("auto")))

@@ -147,10 +147,10 @@ def test_large_layers_take_the_blas_path_and_agree(compiled, dtype, batch_size):
     """Layers of 128 x 128 and more use BLAS tiles for batches of 32 and more (the forward pass from
     128 on), with a gathered copy of the batch: the same results as the reference, for any thread
     count."""
-    from fastbp.kernels import codes
+    from fastbp.kernels import codes, planner
     sizes = [150, 140, 130, 5]
     net = fastbp.Network(sizes, "relu", loss="cross_entropy", dtype=dtype, backend=compiled, seed=0)
-    program = codes.program(codes.TRAIN, net._buffers(batch_size)[0], batch_size)
+    program = planner.program(codes.TRAIN, net._buffers(batch_size)[0], batch_size)
     blas = program[:, codes.P_BLAS] != 0
     assert blas.sum() >= 3 and program[0, codes.P_OP] == codes.OP_GATHER
     assert blas[program[:, codes.P_OP] == codes.OP_FORWARD].any() == (batch_size >= 128)

@@ -1,0 +1,132 @@
+"""The planner: how the compiled drivers cut a minibatch into tiles, in Python only.
+
+A driver call starts by asking :func:`program` for the *program* of its minibatches: one row per
+phase (forward through a layer, the output error, the error terms below a layer, a layer's gradient
+and update), with the size of its tiles, whether it calls BLAS, the step it belongs to and how many
+tiles it has, for a full batch and for the call's partial last batch. The workers only read that
+table (its columns are the ``P_*`` fields of ``codes.py``). Nothing here is compiled in, so tuning it
+never invalidates a build: results do not depend on the tiling, only the speed does
+(``bench/ab_codes.py`` compares values of a constant in one process).
+"""
+import contextlib
+
+import numpy as np
+
+from .codes import (D_LAYERS, FORWARD, OP_BACKWARD, OP_FORWARD, OP_GATHER, OP_GRADIENT, OP_OUTPUT,
+                    OP_UPDATE, P_BLAS, P_COLUMNS, P_FIELDS, P_GATHERED, P_LAST_TILES, P_LAYER, P_OP,
+                    P_ROWS, P_SAMPLES, P_SERIAL, P_STEP, P_TILES, TRAIN, layer)
+
+# Threads work on tiles whose size depends on the shapes only (never on the thread count, so neither
+# do the results). A tile is made big enough to be worth handing to another thread.
+TILE_ROWS = 4            # weight rows per forward / gradient tile: a multiple of this
+TILE_COLUMNS = 512       # columns per error-term tile, at most
+MIN_TILE_WORK = 16384    # multiply-adds per tile, at least (when the phase is that big)
+SPINS = 4000             # spin-wait iterations (a few microseconds) before a waiting worker yields
+
+# When a phase uses BLAS: big enough batches and layers (where measured faster than the tiles); a
+# BLAS phase has about BLAS_TILES tiles. Forward and gradient tiles are blocks of rows of W (a block
+# of columns of Z = A W^T, rows of G = D^T A), error-term tiles blocks of samples (rows of E = D W).
+BLAS_MIN_BATCH = 32
+BLAS_MIN_LAYER = 128 * 128
+BLAS_TILES = 2  # few, large tiles: each gemm call packs its operands again (measured: 2 > 4 > 8)
+
+
+def part_tiles(phase, n_in, n_out, m):
+    """How many tiles one program row has for a batch of m samples (the workers read the counts
+    from the program's P_TILES and P_LAST_TILES columns)."""
+    op, rows, samples, columns = phase[P_OP], phase[P_ROWS], phase[P_SAMPLES], phase[P_COLUMNS]
+    if op == OP_OUTPUT:
+        return 1
+    if op == OP_GATHER or (phase[P_BLAS] and op == OP_BACKWARD):
+        return -(-m // samples)
+    if op == OP_BACKWARD:
+        return -(-m // samples) * -(-n_in // columns)
+    return -(-n_out // rows)
+
+
+def use_blas(op, m, n_in, n_out):
+    """Whether a phase of this shape calls BLAS rather than the hand-written tiles (measured: the
+    forward tile is as fast as a gemm that repacks its operands, up to batches of about 128)."""
+    if op == OP_FORWARD and m < 4 * BLAS_MIN_BATCH:
+        return False
+    return m >= BLAS_MIN_BATCH and n_in * n_out >= BLAS_MIN_LAYER and min(n_in, n_out) >= 64
+
+
+def program(kind, desc, batch_size, n_samples=None):
+    """The phases of one minibatch of `batch_size` samples for a driver call of this kind, with their
+    tiles, as an int64 array of P_FIELDS columns.
+
+    Forward through every layer, then the output error; for TRAIN and GRADIENTS, the error terms of
+    every layer but the first, top down, then every layer's gradient with its update (TRAIN) or
+    accumulation (GRADIENTS), all layers in one step: they are independent. Large layers use BLAS
+    (layer 0 then reads the batch gathered first). Consecutive phases of one tile each are merged into
+    one serial step (no waiting between them). P_TILES counts a row's tiles for a full batch,
+    P_LAST_TILES for the last batch of a call over `n_samples` samples (default: a full batch), which
+    is partial when batch_size does not divide n_samples.
+    """
+    n_layers = int(desc[D_LAYERS])
+    m = batch_size
+    last = m if not n_samples else (n_samples - 1) % m + 1
+    sample_tile = max(BLAS_MIN_BATCH // 2, -(-m // BLAS_TILES))
+
+    def rows_for(n_in, n_out, blas):
+        if blas:  # a few large tiles: each gemm call packs the whole batch again
+            return TILE_ROWS * max(1, -(-n_out // (BLAS_TILES * TILE_ROWS)))
+        return TILE_ROWS * max(1, -(-MIN_TILE_WORK // (TILE_ROWS * m * n_in)))
+
+    phases = []
+    for l in range(n_layers):
+        n_in, n_out = layer(desc, l)[:2]
+        blas = use_blas(OP_FORWARD, m, n_in, n_out)
+        phases.append([OP_FORWARD, l, rows_for(n_in, n_out, blas), sample_tile, 0, blas])
+    phases.append([OP_OUTPUT, n_layers - 1, 0, 0, 0, 0])
+    if kind != FORWARD:
+        for l in range(n_layers - 1, 0, -1):
+            n_in, n_out = layer(desc, l)[:2]
+            blas = use_blas(OP_BACKWARD, m, n_in, n_out)
+            columns = min(n_in, TILE_COLUMNS)
+            samples = sample_tile if blas else min(
+                m, max(2, 2 * -(-MIN_TILE_WORK // (2 * columns * n_out))))
+            phases.append([OP_BACKWARD, l, 0, samples, columns, blas])
+        op = OP_UPDATE if kind == TRAIN else OP_GRADIENT
+        for l in range(n_layers - 1, -1, -1):
+            n_in, n_out = layer(desc, l)[:2]
+            blas = use_blas(op, m, n_in, n_out)
+            phases.append([op, l, rows_for(n_in, n_out, blas), 0, 0, blas])
+    gathered = any(p[5] and p[1] == 0 for p in phases)
+    if gathered:
+        phases.insert(0, [OP_GATHER, 0, 0, sample_tile, 0, 0])
+    table = np.zeros((len(phases), P_FIELDS), dtype=np.int64)
+    step, previous = -1, None
+    for i, (op, l, rows, samples, columns, blas) in enumerate(phases):
+        row = table[i]
+        row[[P_OP, P_LAYER, P_ROWS, P_SAMPLES, P_COLUMNS, P_BLAS, P_GATHERED]] = (
+            op, l, rows, samples, columns, blas, gathered)
+        n_in, n_out = layer(desc, l)[:2]
+        row[P_TILES] = part_tiles(row, n_in, n_out, m)
+        row[P_LAST_TILES] = part_tiles(row, n_in, n_out, last)
+        single = row[P_TILES] == 1
+        together = previous is not None and (
+            (single and previous[P_SERIAL]) or (op == previous[P_OP] and op in (OP_UPDATE, OP_GRADIENT)
+                                                and not previous[P_SERIAL]))
+        if not together:
+            step += 1
+        row[P_STEP] = step
+        row[P_SERIAL] = single and (not together or previous[P_SERIAL])
+        previous = row
+    return table
+
+
+_BLAS_CONTROLLER = []
+
+
+def blas_single_threaded(program):
+    """A context in which BLAS runs on one thread, when `program` calls BLAS: the workers already use
+    every thread, and a BLAS tile must not depend on the thread count (determinism)."""
+    if not program[:, P_BLAS].any():
+        return contextlib.nullcontext()
+    if not _BLAS_CONTROLLER:
+        import scipy.linalg.cython_blas  # noqa: F401  the BLAS both backends call, loaded before
+        from threadpoolctl import ThreadpoolController  # the controller lists the libraries
+        _BLAS_CONTROLLER.append(ThreadpoolController())
+    return _BLAS_CONTROLLER[0].limit(limits=1, user_api="blas")
