@@ -1,9 +1,13 @@
-"""Taking a model elsewhere: ONNX (run with onnxruntime) and PyTorch both ways, against
-Network.forward."""
+"""Taking a model elsewhere: ONNX (run with onnxruntime), PyTorch both ways, and the evaluate and
+predict commands, all against Network.forward."""
+import csv
+import io
+
 import numpy as np
 import pytest
 
 import fastbp
+from fastbp.cli import main
 from fastbp.kernels import codes
 
 HIDDEN = codes.HIDDEN_ACTIVATIONS
@@ -176,6 +180,110 @@ def test_from_torch_names_what_it_cannot_represent(torch):
         assert message in str(error.value), what
     with pytest.raises(TypeError, match="torch.nn.Sequential.*got Linear"):
         fastbp.from_torch(torch.nn.Linear(4, 2))
+
+
+# --------------------------------------------------------------------------- evaluate and predict
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    """A model trained for one epoch on a small npz with text labels, and the data."""
+    folder = tmp_path_factory.mktemp("cli")
+    rng = np.random.default_rng(0)
+    X = rng.random((90, 4))
+    y = np.array(["cat", "dog", "eel"])[np.digitize(X[:, 0] + X[:, 1], [0.7, 1.3])]
+    np.savez(folder / "data.npz", X=X, y=y)
+    assert main(["train", "--dataset", str(folder / "data.npz"), "--layers", "4,8,3", "--epochs",
+                 "1", "--quiet", "--save", str(folder / "model.npz"), "--backend", "numpy"]) == 0
+    np.savez(folder / "wide.npz", X=np.hstack([X, X]), y=y)
+    return folder, X, y
+
+
+def test_evaluate_prints_cost_accuracy_and_classes(trained, capsys):
+    folder, X, y = trained
+    capsys.readouterr()
+    assert main(["evaluate", str(folder / "model.npz"), "--dataset", str(folder / "data.npz"),
+                 "--backend", "numba", "--threads", "1"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    net = fastbp.load(folder / "model.npz", backend="numba")
+    labels = np.searchsorted(np.unique(y), y)
+    result, predicted = net.evaluate(X, labels), net.predict(X)
+    assert lines[0].endswith("90 samples, 3 classes")
+    assert lines[1] == f"mean cost {result.loss:.6g}  accuracy {result.accuracy:.4f}"
+    assert lines[2].split() == ["class", "samples", "accuracy", "precision"]
+    for index, (line, name) in enumerate(zip(lines[3:], ["cat", "dog", "eel"])):
+        mine, chosen = labels == index, predicted == index
+        hits = np.sum(mine & chosen)
+        precision = f"{hits / chosen.sum():.4f}" if chosen.any() else "-"
+        assert line.split() == [name, str(mine.sum()), f"{hits / mine.sum():.4f}", precision]
+    assert len(lines) == 6
+
+
+def test_predict_writes_labels_and_outputs(trained, capsys):
+    folder, X, y = trained
+    net = fastbp.load(folder / "model.npz")
+    model, data = str(folder / "model.npz"), str(folder / "data.npz")
+    capsys.readouterr()
+    assert main(["predict", model, "--dataset", data, "--output", str(folder / "labels.csv")]) == 0
+    assert "90 labels written" in capsys.readouterr().out
+    rows = list(csv.reader((folder / "labels.csv").read_text().splitlines()))
+    assert rows[0] == ["label"]
+    assert [row[0] for row in rows[1:]] == list(np.unique(y)[net.predict(X)])
+
+    assert main(["predict", model, "--dataset", data, "--output", "-", "--indices"]) == 0
+    rows = list(csv.reader(io.StringIO(capsys.readouterr().out)))
+    assert rows[0] == ["label"] and [int(r[0]) for r in rows[1:]] == net.predict(X).tolist()
+
+    assert main(["predict", model, "--dataset", data, "--proba", "-o", "-"]) == 0
+    rows = list(csv.reader(io.StringIO(capsys.readouterr().out)))
+    assert rows[0] == ["p0", "p1", "p2"] and len(rows) == 91
+    np.testing.assert_array_equal(np.array(rows[1:], dtype=np.float32), net.forward(X))
+
+
+def test_predict_outputs_header_without_probabilities(tmp_path, capsys):
+    net = fastbp.Network([4, 3, 2], "tanh", "identity", dtype="float64", seed=0)
+    net.save(tmp_path / "model.npz")
+    X = _inputs(5, width=4)
+    np.savez(tmp_path / "data.npz", X=X, y=np.zeros(5, int))
+    assert main(["predict", str(tmp_path / "model.npz"), "--dataset", str(tmp_path / "data.npz"),
+                 "--proba"]) == 0
+    rows = list(csv.reader(io.StringIO(capsys.readouterr().out)))
+    assert rows[0] == ["output0", "output1"]
+    np.testing.assert_array_equal(np.array(rows[1:], dtype=float), net.forward(X))
+
+
+@pytest.mark.parametrize("command", ["evaluate", "predict"])
+def test_bad_model_or_data_exit_2(trained, capsys, command):
+    folder = trained[0]
+    capsys.readouterr()
+    for model, data, message in (
+            ("model.npz", "wide.npz", "takes 4 features per sample, but"),
+            ("missing.npz", "data.npz", "missing.npz"),
+            ("model.npz", "missing.npz", "missing.npz")):
+        assert main([command, str(folder / model), "--dataset", str(folder / data)]) == 2
+        err = capsys.readouterr().err
+        assert err.startswith("fastbp: error: ") and message in err and err.count("\n") == 1
+
+
+def test_label_count_must_fit_the_model(trained, tmp_path, capsys):
+    folder, X, _ = trained
+    model = str(folder / "model.npz")
+    np.savez(tmp_path / "four.npz", X=X, y=np.arange(90) % 4)
+    np.savez(tmp_path / "two.npz", X=X, y=np.arange(90) % 2)
+    capsys.readouterr()
+    assert main(["evaluate", model, "--dataset", str(tmp_path / "four.npz")]) == 2
+    assert "4 distinct labels" in capsys.readouterr().err
+    assert main(["evaluate", model, "--dataset", str(tmp_path / "two.npz")]) == 0
+    assert "note: " in capsys.readouterr().err
+    assert main(["predict", model, "--dataset", str(tmp_path / "two.npz")]) == 2
+    assert "use --indices" in capsys.readouterr().err
+    assert main(["predict", model, "--dataset", str(tmp_path / "two.npz"), "--indices"]) == 0
+
+
+def test_help_says_how_labels_are_taken(capsys):
+    for command in ("evaluate", "predict"):
+        with pytest.raises(SystemExit):
+            main([command, "--help"])
+        assert "sorted distinct values" in " ".join(capsys.readouterr().out.split())
 
 
 # --------------------------------------------------------------------------- optional packages
