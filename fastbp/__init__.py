@@ -7,11 +7,12 @@
 __version__ = "0.1.0"
 
 from .backends import available_backends
+from .export import from_torch
 from .network import Network, load
 from .training import CostGrowthWarning, Evaluation, History, TrainingDiverged
 
-__all__ = ["Network", "History", "Evaluation", "TrainingDiverged", "CostGrowthWarning", "load", "available_backends",
-           "MLPClassifier", "MLPRegressor", "__version__"]
+__all__ = ["Network", "History", "Evaluation", "TrainingDiverged", "CostGrowthWarning", "load",
+           "available_backends", "MLPClassifier", "MLPRegressor", "from_torch", "__version__"]
 
 
 def __getattr__(name):  # the scikit-learn estimators, imported on first use (scikit-learn is optional)

@@ -1,4 +1,5 @@
-"""The command line: ``fastbp train`` (handwritten digits by default, or --dataset) and ``fastbp info``."""
+"""The command line: ``fastbp train`` (handwritten digits by default, or --dataset), ``fastbp info``,
+and ``fastbp evaluate`` / ``fastbp predict`` (a saved model on a dataset)."""
 import argparse
 import json
 import os
@@ -101,7 +102,42 @@ def parser():
                           "minibatches one process would (the same model as without MPI, for any "
                           "number of ranks), each split among the ranks")
     commands.add_parser("info", help="the backends available here and how they are built")
+    _model_commands(commands)
     return p
+
+
+LABELS_HELP = ("labels are taken as the sorted distinct values of the dataset's labels: the "
+               "smallest is class 0 of the model, the next class 1, and so on (as train numbers "
+               "them)")
+
+
+def _model_commands(commands):
+    """The parsers of ``fastbp evaluate`` and ``fastbp predict`` (a saved model on a dataset)."""
+    for name, text in (("evaluate", ("the mean cost, the accuracy and a per-class table of a "
+                                     "saved model on a dataset")),
+                       ("predict", ("write a saved model's predicted labels (or its outputs) for "
+                                    "every sample of a dataset, as CSV"))):
+        command = commands.add_parser(name, help=text, description=f"{text[0].upper()}{text[1:]}; "
+                                      f"{LABELS_HELP}.")
+        command.add_argument("model", metavar="MODEL", help="a model file (fastbp train --save, "
+                             "Network.save)")
+        command.add_argument("--dataset", "--data", required=True, metavar="SPEC",
+                             help="digits, mnist:DIR, FILE.npz or FILE.csv (see fastbp train); "
+                                  "the whole dataset is used")
+        command.add_argument("--backend", default="auto", choices=("auto",) + backends.BACKENDS,
+                             help="default: auto (cython when built, else numba)")
+        command.add_argument("--threads", type=int, default=None, metavar="N",
+                             help="default: every CPU")
+        if name == "predict":
+            command.add_argument("--output", "-o", default="-", metavar="FILE.csv",
+                                 help="where to write: one line per sample in the data's order, "
+                                      "after a header; default '-': stdout")
+            command.add_argument("--proba", action="store_true",
+                                 help="write the output activations (p0,p1,... for sigmoid and "
+                                      "softmax outputs, else output0,...) instead of labels")
+            command.add_argument("--indices", action="store_true",
+                                 help="write the predicted class index 0..n-1 instead of the "
+                                      "dataset's label it stands for")
 
 
 def _echo(text):
@@ -378,10 +414,80 @@ def info(args):
     return 0
 
 
+def _model_on_data(args):
+    """The model file and the dataset of ``evaluate`` / ``predict``, checked to fit each other:
+    (net, X, dataset labels, their sorted distinct values, the model's number of classes)."""
+    from .network import load
+    net = load(args.model, args.backend, args.threads)
+    X, y = datasets.load(args.dataset)
+    if X.shape[1] != net.layer_sizes[0]:
+        raise ValueError(f"{args.model} takes {net.layer_sizes[0]} features per sample, but "
+                         f"{args.dataset} has {X.shape[1]}")
+    n_classes = max(net.layer_sizes[-1], 2)  # one output unit: two classes, output > 0.5
+    return net, X, y, np.unique(y), n_classes
+
+
+def evaluate(args):
+    """``fastbp evaluate``: the mean cost, the accuracy and a table per class."""
+    net, X, y, classes, n_classes = _model_on_data(args)
+    if len(classes) > n_classes:
+        raise ValueError(f"{args.dataset} has {len(classes)} distinct labels, but {args.model} "
+                         f"tells {n_classes} classes apart")
+    if len(classes) < n_classes:
+        print(f"fastbp: note: {args.dataset} has {len(classes)} distinct labels and {args.model} "
+              f"{n_classes} classes; label i is taken as class i", file=sys.stderr)
+    labels = np.searchsorted(classes, y)
+    targets = labels if net.layer_sizes[-1] > 1 else labels[:, None].astype(float)
+    result = net.evaluate(X, targets)
+    predicted = net.predict(X)
+    print(f"{args.model} on {args.dataset}: {len(X)} samples, {len(classes)} classes")
+    print(f"mean cost {result.loss:.6g}  accuracy {result.accuracy:.4f}")
+    width = max(5, *(len(str(c)) for c in classes))
+    print(f"{'class':>{width}}  {'samples':>7}  {'accuracy':>8}  {'precision':>9}")
+    for index, label in enumerate(classes):
+        mine, chosen = labels == index, predicted == index
+        hits = int(np.sum(mine & chosen))
+        precision = f"{hits / chosen.sum():.4f}" if chosen.any() else "-"
+        print(f"{label!s:>{width}}  {int(mine.sum()):7d}  {hits / mine.sum():8.4f}  "
+              f"{precision:>9}")
+    return 0
+
+
+def predict(args):
+    """``fastbp predict``: a CSV of the predicted labels (or the outputs) of every sample."""
+    import contextlib
+    import csv
+    net, X, _, classes, n_classes = _model_on_data(args)
+    if args.proba:
+        outputs = net.forward(X)
+        prefix = "p" if net.output_activation in ("sigmoid", "softmax") else "output"
+        header = [f"{prefix}{i}" for i in range(outputs.shape[1])]
+        digits = 9 if outputs.dtype == np.float32 else 17
+        rows = ([f"{value:.{digits}g}" for value in row] for row in outputs.tolist())
+    else:
+        predicted = net.predict(X)
+        if not args.indices:
+            if len(classes) != n_classes:
+                raise ValueError(f"{args.dataset} has {len(classes)} distinct labels but "
+                                 f"{args.model} tells {n_classes} classes apart, so which label "
+                                 f"each class stands for is unknown; use --indices")
+            predicted = classes[predicted]
+        header, rows = ["label"], ([value] for value in predicted.tolist())
+    with (contextlib.nullcontext(sys.stdout) if args.output == "-" else
+          open(args.output, "w", newline="")) as stream:
+        writer = csv.writer(stream, lineterminator="\n")
+        writer.writerow(header)
+        writer.writerows(rows)
+    if args.output != "-":
+        print(f"{len(X)} {'outputs' if args.proba else 'labels'} written to {args.output}")
+    return 0
+
+
 def main(argv=None):
     args = parser().parse_args(argv)
     try:
-        return {"train": train, "info": info}[args.command](args)
+        return {"train": train, "info": info, "evaluate": evaluate,
+                "predict": predict}[args.command](args)
     except (ValueError, TypeError, ImportError, OSError) as error:
         print(f"fastbp: error: {error}", file=sys.stderr)
         return 2

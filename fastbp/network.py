@@ -324,6 +324,18 @@ class Network:
         """The sum of the squared weights (not the biases): twice the L2 term per unit of l2."""
         return float(sum(np.dot(w.ravel(), w.ravel()) for w in self.weights))
 
+    def to_onnx(self, path):
+        """Write the network to an ONNX file (input ``input``, output ``output``, batch axis dynamic);
+        returns the onnx.ModelProto. Needs ``pip install 'fastbp[onnx]'``; see fastbp.export."""
+        from . import export
+        return export.to_onnx(self, path)
+
+    def to_torch(self):
+        """The network as a torch.nn.Sequential of Linear and activation modules, in its dtype
+        (``fastbp.from_torch`` reads it back). Needs torch; see fastbp.export."""
+        from . import export
+        return export.to_torch(self)
+
 
 def load(path, backend="auto", n_threads=None):
     """Read a network written by ``Network.save``, to run on `backend`.
