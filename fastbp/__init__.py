@@ -8,10 +8,11 @@ __version__ = "0.1.0"
 
 from .backends import available_backends
 from .network import Network, load
+from .trace import Trace
 from .training import Evaluation, History, TrainingDiverged
 
-__all__ = ["Network", "History", "Evaluation", "TrainingDiverged", "load", "available_backends",
-           "MLPClassifier", "MLPRegressor", "__version__"]
+__all__ = ["Network", "History", "Evaluation", "TrainingDiverged", "Trace", "load",
+           "available_backends", "MLPClassifier", "MLPRegressor", "__version__"]
 
 
 def __getattr__(name):  # the scikit-learn estimators, imported on first use (scikit-learn is optional)

@@ -1,4 +1,5 @@
-"""The command line: ``fastbp train`` (handwritten digits by default, or --dataset) and ``fastbp info``."""
+"""The command line: ``fastbp train`` (handwritten digits by default, or --dataset), ``fastbp info``
+and ``fastbp trace`` (one backpropagation, printed in the course's notation)."""
 import argparse
 import json
 import os
@@ -80,6 +81,26 @@ def parser():
     mpi.add_argument("--allreduce-every", metavar="K", type=int, default=1,
                      help="with --distributed: one Allreduce and update per K minibatches")
     commands.add_parser("info", help="the backends available here and how they are built")
+    tr = commands.add_parser("trace", help="print one backpropagation of one sample through a small "
+                             "network, in the course's notation",
+                             formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    tr.add_argument("--layers", type=_layers, default=None,
+                    help="units per layer, input first; default: 2,3,2 (with --dataset: "
+                         "features,3,classes)")
+    tr.add_argument("--activation", default="sigmoid", choices=codes.HIDDEN_ACTIVATIONS,
+                    help="the hidden layers' f")
+    tr.add_argument("--output-activation", default=None, choices=tuple(codes.ACTIVATIONS),
+                    help="default: softmax for cross_entropy, else the hidden activation")
+    tr.add_argument("--loss", default="mse", choices=tuple(codes.LOSSES), help="the cost C")
+    tr.add_argument("--dtype", default="float64", choices=("float32", "float64"),
+                    help="the arithmetic's precision")
+    tr.add_argument("--seed", type=int, default=0, help="the parameters and the random sample")
+    tr.add_argument("--lr", type=float, default=None,
+                    help="also show one gradient step of this size and the cost after it")
+    tr.add_argument("--dataset", "--data", default=None, metavar="SPEC",
+                    help="take the sample from this data set (as in train); default: random")
+    tr.add_argument("--sample", type=int, default=None, metavar="K",
+                    help="which sample of --dataset (from 0); default: one drawn by --seed")
     return p
 
 
@@ -261,6 +282,38 @@ def _write_results(args, net, history, result, layers, ranks):
     return lines
 
 
+def trace(args):
+    """``fastbp trace``: one backpropagation of one sample (of --dataset, or random) through a
+    small network, printed in the course's notation; small matrices are printed whole."""
+    rng = np.random.default_rng(args.seed)
+    if args.dataset is None:
+        if args.sample is not None:
+            raise ValueError("--sample K picks a sample of --dataset: give --dataset too")
+        layers = args.layers or [2, 3, 2]
+        x = rng.random(layers[0])
+        y = int(rng.integers(layers[-1])) if layers[-1] > 1 else float(rng.integers(2))
+        source = f"a random sample (--seed {args.seed})"
+    else:
+        X, labels = datasets.load(args.dataset)
+        classes, labels = np.unique(labels, return_inverse=True)
+        layers = args.layers or [X.shape[1], 3, len(classes)]
+        if layers[0] != X.shape[1]:
+            raise ValueError(f"--layers starts with {layers[0]} inputs, but {args.dataset} has "
+                             f"{X.shape[1]} features per sample")
+        k = args.sample if args.sample is not None else int(rng.integers(len(X)))
+        if not 0 <= k < len(X):
+            raise ValueError(f"--sample {k} is out of range: {args.dataset} has {len(X)} samples "
+                             f"(0..{len(X) - 1})")
+        x, y = X[k], int(labels[k])
+        source = f"sample {k} of {args.dataset}, class {classes[y]} (label {y})"
+    net = Network(layers, args.activation, args.output_activation, args.loss, args.dtype,
+                  "numpy", seed=args.seed)
+    result = net.trace(x, y, lr=args.lr)
+    with np.printoptions(precision=4, suppress=True, linewidth=100):
+        print(f"fastbp trace: {source}\n{result.format(whole=100)}")
+    return 0
+
+
 def info(args):
     print(f"fastbp {__version__}")
     for name, facts in backends.available_backends(details=True).items():
@@ -276,7 +329,7 @@ def info(args):
 def main(argv=None):
     args = parser().parse_args(argv)
     try:
-        return {"train": train, "info": info}[args.command](args)
+        return {"train": train, "info": info, "trace": trace}[args.command](args)
     except (ValueError, TypeError, ImportError, OSError) as error:
         print(f"fastbp: error: {error}", file=sys.stderr)
         return 2

@@ -308,6 +308,12 @@ class Network:
         """The sum of the squared weights (not the biases): twice the L2 term per unit of l2."""
         return float(sum(np.dot(w.ravel(), w.ravel()) for w in self.weights))
 
+    def trace(self, x, y, lr=None):
+        """One backpropagation of x (a sample or a batch) in the course's notation: a fastbp.Trace
+        of every a, z, δ and gradient by layer; nothing changes (see fastbp.trace.trace)."""
+        from .trace import trace
+        return trace(self, x, y, lr)
+
 
 def load(path, backend="auto", n_threads=None):
     """Read a network written by ``Network.save``, to run on `backend`.
