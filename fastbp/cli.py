@@ -2,6 +2,7 @@
 and ``fastbp trace`` (one backpropagation, printed in the course's notation)."""
 import argparse
 import json
+import math
 import os
 import sys
 import time
@@ -70,6 +71,11 @@ def parser():
                       help="write the trained model here (.npz; read it with fastbp.load)")
     data.add_argument("--plot", metavar="PATH", default=None,
                       help="draw the learning curves (cost and accuracy per epoch) to this image")
+    data.add_argument("--plot-weights", metavar="PATH", default=None,
+                      help="draw the first layer's weights as images to this file (image data "
+                           "sets: digits, mnist:DIR)")
+    data.add_argument("--plot-confusion", metavar="PATH", default=None,
+                      help="draw the test set's confusion matrix to this file")
     data.add_argument("--json", metavar="PATH", default=None,
                       help="write the history (per-epoch metrics) as JSON to PATH ('-': stdout)")
     data.add_argument("--quiet", action="store_true", help="print only the final result")
@@ -169,6 +175,7 @@ def train(args):
         facts = c.allgather((X.shape[1], len(X), len(X_test)))
         n_features, n_train, n_test = facts[0][0], sum(f[1] for f in facts), sum(f[2] for f in facts)
         layers = args.layers or [n_features, 64, len(classes)]
+        shape = distributed.agree(c, "--plot-weights", lambda: _image_shape(args, n_features))
         lr = args.lr if args.lr is not None else (0.05 if args.optimizer == "sgd" else 0.001)
         momentum = args.momentum if args.optimizer == "sgd" else 0.0
         net = distributed.agree(c, "building the network", lambda: Network(
@@ -223,6 +230,9 @@ def train(args):
                   flush=True)
         for line in distributed.agree(c, "writing the results", lambda: _write_results(
                 args, net, history, result, layers, c.size) if lead else ()):
+            print(line, flush=True)
+        for line in distributed.agree(c, "drawing the pictures", lambda: _write_pictures(
+                args, c, net, X_test, y_test, classes, shape)):
             print(line, flush=True)
         return status
     except distributed.DistributedError as error:
@@ -279,6 +289,40 @@ def _write_results(args, net, history, result, layers, ranks):
         else:
             with open(args.json, "w") as f:
                 f.write(text + "\n")
+    return lines
+
+
+def _image_shape(args, n_features):
+    """The image shape of a sample for --plot-weights: a square, for the image data sets."""
+    if not args.plot_weights:
+        return None
+    side = math.isqrt(n_features)
+    if (args.dataset == "digits" or args.dataset.startswith("mnist:")) and side * side == n_features:
+        return side, side
+    raise ValueError(f"--plot-weights draws the first layer's weights as images, for image data "
+                     f"sets (digits, mnist:DIR); {args.dataset} has {n_features} features per "
+                     f"sample, of no known image shape")
+
+
+def _write_pictures(args, c, net, X_test, y_test, classes, shape):
+    """The pictures asked for: the first layer's weights (--plot-weights) and the test set's
+    confusion matrix (--plot-confusion; counted on every rank, summed, drawn by rank 0). Returns
+    the lines to print."""
+    from . import plotting
+    lines = []
+    if args.plot_confusion:
+        predicted = net.predict(X_test) if len(X_test) else np.zeros(0, np.int64)
+        counts = sum(c.allgather(plotting.confusion_matrix(y_test, predicted, max(len(classes), 2))))
+        if c.rank == 0:
+            plotting.plot_confusion_matrix(counts, args.plot_confusion, classes, title=(
+                f"{args.dataset}: confusion matrix of the {counts.sum()} test samples, accuracy "
+                f"{np.trace(counts) / max(counts.sum(), 1):.4f}"))
+            lines.append(f"confusion matrix drawn to {args.plot_confusion}")
+    if args.plot_weights and c.rank == 0:
+        plotting.plot_weights(net, args.plot_weights, shape, title=(
+            f"{args.dataset}: {'-'.join(map(str, net.layer_sizes))} {args.activation}\n"
+            f"first-layer weights (red positive, blue negative)"))
+        lines.append(f"first-layer weights drawn to {args.plot_weights}")
     return lines
 
 
