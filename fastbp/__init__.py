@@ -1,17 +1,17 @@
 """fastbp: fully-connected neural networks trained by backpropagation on the CPU, fast.
 
 >>> import fastbp
->>> net = fastbp.Network([784, 30, 10], backend="numba")
+>>> net = fastbp.Network([784, 30, 10])
 >>> history = net.fit(X, y, epochs=30, batch_size=10, lr=3.0)
 """
-__version__ = "0.1.0"
 
 from .backends import available_backends
-from .export import from_torch
-from .network import Network, load
+from .network import Network, from_torch, load
+from .trace import Trace
 from .training import CostGrowthWarning, Evaluation, History, TrainingDiverged
+from .version import __version__
 
-__all__ = ["Network", "History", "Evaluation", "TrainingDiverged", "CostGrowthWarning", "load",
+__all__ = ["Network", "History", "Evaluation", "TrainingDiverged", "CostGrowthWarning", "Trace", "load",
            "available_backends", "MLPClassifier", "MLPRegressor", "from_torch", "__version__"]
 
 

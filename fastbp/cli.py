@@ -1,16 +1,19 @@
 """The command line: ``fastbp train`` (handwritten digits by default, or --dataset), ``fastbp info``,
-and ``fastbp evaluate`` / ``fastbp predict`` (a saved model on a dataset)."""
+``fastbp evaluate`` / ``fastbp predict`` (a saved model on a dataset) and ``fastbp trace`` (one
+backpropagation, printed in the course's notation)."""
 import argparse
 import json
+import math
 import os
 import sys
 import time
 
 import numpy as np
 
-from . import (__version__, backends, checkpoints, datasets, distributed, initializers, modelfile,
+from . import (backends, checkpoints, datasets, distributed, initializers, modelfile,
                schedules, training)
 from .kernels import codes
+from .version import __version__
 from .network import Network, TrainingDiverged
 
 
@@ -79,6 +82,11 @@ def parser():
                       help="write the trained model here (.npz; read it with fastbp.load)")
     data.add_argument("--plot", metavar="PATH", default=None,
                       help="draw the learning curves (cost and accuracy per epoch) to this image")
+    data.add_argument("--plot-weights", metavar="PATH", default=None,
+                      help="draw the first layer's weights as images to this file (image data "
+                           "sets: digits, mnist:DIR)")
+    data.add_argument("--plot-confusion", metavar="PATH", default=None,
+                      help="draw the test set's confusion matrix to this file")
     data.add_argument("--json", metavar="PATH", default=None,
                       help="write the history (per-epoch metrics) as JSON to PATH ('-': stdout)")
     data.add_argument("--checkpoint", metavar="PATH", default=None,
@@ -102,6 +110,26 @@ def parser():
                           "minibatches one process would (the same model as without MPI, for any "
                           "number of ranks), each split among the ranks")
     commands.add_parser("info", help="the backends available here and how they are built")
+    tr = commands.add_parser("trace", help="print one backpropagation of one sample through a small "
+                             "network, in the course's notation",
+                             formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    tr.add_argument("--layers", type=_layers, default=None,
+                    help="units per layer, input first; default: 2,3,2 (with --dataset: "
+                         "features,3,classes)")
+    tr.add_argument("--activation", default="sigmoid", choices=codes.HIDDEN_ACTIVATIONS,
+                    help="the hidden layers' f")
+    tr.add_argument("--output-activation", default=None, choices=tuple(codes.ACTIVATIONS),
+                    help="default: softmax for cross_entropy, else the hidden activation")
+    tr.add_argument("--loss", default="mse", choices=tuple(codes.LOSSES), help="the cost C")
+    tr.add_argument("--dtype", default="float64", choices=("float32", "float64"),
+                    help="the arithmetic's precision")
+    tr.add_argument("--seed", type=int, default=0, help="the parameters and the random sample")
+    tr.add_argument("--lr", type=float, default=None,
+                    help="also show one gradient step of this size and the cost after it")
+    tr.add_argument("--dataset", "--data", default=None, metavar="SPEC",
+                    help="take the sample from this data set (as in train); default: random")
+    tr.add_argument("--sample", type=int, default=None, metavar="K",
+                    help="which sample of --dataset (from 0); default: one drawn by --seed")
     _model_commands(commands)
     return p
 
@@ -264,6 +292,7 @@ def train(args):
         if args.global_shuffle:  # every rank holds every row: count them once
             counts //= c.size
         layers = args.layers or [X.shape[1], 64, len(classes)]
+        shape = distributed.agree(c, "--plot-weights", lambda: _image_shape(args, X.shape[1]))
         lr = args.lr if args.lr is not None else (0.05 if args.optimizer == "sgd" else 0.001)
         momentum = (0.9 if args.momentum is None else args.momentum) if args.optimizer == "sgd" else 0.0
         net = distributed.agree(c, "building the network", lambda: Network(
@@ -339,6 +368,9 @@ def train(args):
         for line in distributed.agree(c, "writing the results", lambda: _write_results(
                 args, net, history, result, layers, c.size, sizes) if lead else ()):
             print(line, flush=True)
+        for line in distributed.agree(c, "drawing the pictures", lambda: _write_pictures(
+                args, c, net, X_test, y_test, classes, shape)):
+            print(line, flush=True)
         return status
     except distributed.DistributedError as error:
         if lead:
@@ -400,6 +432,72 @@ def _write_results(args, net, history, result, layers, ranks, sizes):
         else:
             modelfile.write_atomically(args.json, lambda f: f.write((text + "\n").encode()))
     return lines
+
+
+def _image_shape(args, n_features):
+    """The image shape of a sample for --plot-weights: a square, for the image data sets."""
+    if not args.plot_weights:
+        return None
+    side = math.isqrt(n_features)
+    if (args.dataset == "digits" or args.dataset.startswith("mnist:")) and side * side == n_features:
+        return side, side
+    raise ValueError(f"--plot-weights draws the first layer's weights as images, for image data "
+                     f"sets (digits, mnist:DIR); {args.dataset} has {n_features} features per "
+                     f"sample, of no known image shape")
+
+
+def _write_pictures(args, c, net, X_test, y_test, classes, shape):
+    """The pictures asked for: the first layer's weights (--plot-weights) and the test set's
+    confusion matrix (--plot-confusion; counted on every rank, summed, drawn by rank 0). Returns
+    the lines to print."""
+    from . import plotting
+    lines = []
+    if args.plot_confusion:
+        predicted = net.predict(X_test) if len(X_test) else np.zeros(0, np.int64)
+        counts = sum(c.allgather(plotting.confusion_matrix(y_test, predicted, max(len(classes), 2))))
+        if c.rank == 0:
+            plotting.plot_confusion_matrix(counts, args.plot_confusion, classes, title=(
+                f"{args.dataset}: confusion matrix of the {counts.sum()} test samples, accuracy "
+                f"{np.trace(counts) / max(counts.sum(), 1):.4f}"))
+            lines.append(f"confusion matrix drawn to {args.plot_confusion}")
+    if args.plot_weights and c.rank == 0:
+        plotting.plot_weights(net, args.plot_weights, shape, title=(
+            f"{args.dataset}: {'-'.join(map(str, net.layer_sizes))} {args.activation}\n"
+            f"first-layer weights (red positive, blue negative)"))
+        lines.append(f"first-layer weights drawn to {args.plot_weights}")
+    return lines
+
+
+def trace(args):
+    """``fastbp trace``: one backpropagation of one sample (of --dataset, or random) through a
+    small network, printed in the course's notation; small matrices are printed whole."""
+    rng = np.random.default_rng(args.seed)
+    if args.dataset is None:
+        if args.sample is not None:
+            raise ValueError("--sample K picks a sample of --dataset: give --dataset too")
+        layers = args.layers or [2, 3, 2]
+        x = rng.random(layers[0])
+        y = int(rng.integers(layers[-1])) if layers[-1] > 1 else float(rng.integers(2))
+        source = f"a random sample (--seed {args.seed})"
+    else:
+        X, labels = datasets.load(args.dataset)
+        classes, labels = np.unique(labels, return_inverse=True)
+        layers = args.layers or [X.shape[1], 3, len(classes)]
+        if layers[0] != X.shape[1]:
+            raise ValueError(f"--layers starts with {layers[0]} inputs, but {args.dataset} has "
+                             f"{X.shape[1]} features per sample")
+        k = args.sample if args.sample is not None else int(rng.integers(len(X)))
+        if not 0 <= k < len(X):
+            raise ValueError(f"--sample {k} is out of range: {args.dataset} has {len(X)} samples "
+                             f"(0..{len(X) - 1})")
+        x, y = X[k], int(labels[k])
+        source = f"sample {k} of {args.dataset}, class {classes[y]} (label {y})"
+    net = Network(layers, args.activation, args.output_activation, args.loss, args.dtype,
+                  "numpy", seed=args.seed)
+    result = net.trace(x, y, lr=args.lr)
+    with np.printoptions(precision=4, suppress=True, linewidth=100):
+        print(f"fastbp trace: {source}\n{result.format(whole=100)}")
+    return 0
 
 
 def info(args):
@@ -486,8 +584,8 @@ def predict(args):
 def main(argv=None):
     args = parser().parse_args(argv)
     try:
-        return {"train": train, "info": info, "evaluate": evaluate,
-                "predict": predict}[args.command](args)
+        return {"train": train, "info": info, "evaluate": evaluate, "predict": predict,
+                "trace": trace}[args.command](args)
     except (ValueError, TypeError, ImportError, OSError) as error:
         print(f"fastbp: error: {error}", file=sys.stderr)
         return 2

@@ -15,7 +15,7 @@ import json
 
 import numpy as np
 
-from . import __version__
+from .version import __version__
 from .kernels.codes import LEAKY_SLOPE
 
 # fastbp activation -> (ONNX operator, its attributes, torch.nn module, its arguments); None is the
@@ -133,38 +133,10 @@ def to_torch(net):
     return torch.nn.Sequential(*modules)
 
 
-def from_torch(module, loss=None, backend="auto", n_threads=None):
-    """A Network with the layers, activations and parameters of a ``torch.nn.Sequential``.
-
-    Parameters
-    ----------
-    module : torch.nn.Sequential
-        ``Linear`` layers (with biases), each followed by at most one activation module:
-        ``Sigmoid``, ``Tanh``, ``ReLU``, ``LeakyReLU(0.01)``, ``Softmax(dim=-1)`` (or ``dim=1``, the
-        same on a batch; output only) or none (the identity; ``Identity`` modules are skipped).
-        Every hidden layer has the same activation. What ``Network.to_torch`` returns.
-    loss : {"mse", "cross_entropy"} or None
-        The network's loss (for training and evaluating it further). None: ``cross_entropy`` for a
-        softmax output, else ``mse``.
-    backend, n_threads
-        As for ``fastbp.Network``.
-
-    Returns
-    -------
-    Network
-        Layer sizes from the Linear layers, dtype from their weights (float32 or float64), weights
-        and biases copied. With a single layer the hidden activation, which nothing uses, is the
-        output's (``sigmoid`` when that is softmax).
-
-    Raises
-    ------
-    TypeError
-        `module` is not a Sequential.
-    ValueError
-        A module it cannot represent, named by its index and type.
-    """
+def read_torch(module, loss=None):
+    """What ``fastbp.from_torch`` builds a Network from: (the Network's arguments, the weights, the
+    biases) of a ``torch.nn.Sequential`` of Linear and activation modules; raises as it does."""
     torch = _require("torch", "torch")
-    from .network import Network
 
     if not isinstance(module, torch.nn.Sequential):
         raise TypeError(f"from_torch reads a torch.nn.Sequential of Linear and activation modules, "
@@ -222,8 +194,7 @@ def from_torch(module, loss=None, backend="auto", n_threads=None):
     if loss is None:
         loss = "cross_entropy" if output == "softmax" else "mse"
     sizes = [layers[0][0].in_features] + [layer.out_features for layer, *_ in layers]
-    net = Network(sizes, activation, output, loss, dtype, backend, n_threads)
-    for (layer, *_), W, b in zip(layers, net.weights, net.biases):
-        W[:] = layer.weight.detach().cpu().numpy()
-        b[:] = layer.bias.detach().cpu().numpy()
-    return net
+    config = dict(layer_sizes=sizes, activation=activation, output_activation=output, loss=loss,
+                  dtype=dtype)
+    return (config, [layer.weight.detach().cpu().numpy() for layer, *_ in layers],
+            [layer.bias.detach().cpu().numpy() for layer, *_ in layers])

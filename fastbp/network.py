@@ -11,7 +11,7 @@ import threading
 
 import numpy as np
 
-from . import backends, initializers, modelfile, training, validation
+from . import backends, export, initializers, modelfile, trace, training, validation
 from .kernels import codes
 from .training import FORWARD_BLOCK, Evaluation, History, TrainingDiverged  # noqa: F401  (public)
 
@@ -327,14 +327,54 @@ class Network:
     def to_onnx(self, path):
         """Write the network to an ONNX file (input ``input``, output ``output``, batch axis dynamic);
         returns the onnx.ModelProto. Needs ``pip install 'fastbp[onnx]'``; see fastbp.export."""
-        from . import export
         return export.to_onnx(self, path)
 
     def to_torch(self):
         """The network as a torch.nn.Sequential of Linear and activation modules, in its dtype
         (``fastbp.from_torch`` reads it back). Needs torch; see fastbp.export."""
-        from . import export
         return export.to_torch(self)
+
+    def trace(self, x, y, lr=None):
+        """One backpropagation of x (a sample or a batch) in the course's notation: a fastbp.Trace
+        of every a, z, δ and gradient by layer; nothing changes (see fastbp.trace.trace)."""
+        return trace.trace(self, x, y, lr)
+
+
+def from_torch(module, loss=None, backend="auto", n_threads=None):
+    """A Network with the layers, activations and parameters of a ``torch.nn.Sequential``.
+
+    Parameters
+    ----------
+    module : torch.nn.Sequential
+        ``Linear`` layers (with biases), each followed by at most one activation module:
+        ``Sigmoid``, ``Tanh``, ``ReLU``, ``LeakyReLU(0.01)``, ``Softmax(dim=-1)`` (or ``dim=1``, the
+        same on a batch; output only) or none (the identity; ``Identity`` modules are skipped).
+        Every hidden layer has the same activation. What ``Network.to_torch`` returns.
+    loss : {"mse", "cross_entropy"} or None
+        The network's loss (for training and evaluating it further). None: ``cross_entropy`` for a
+        softmax output, else ``mse``.
+    backend, n_threads
+        As for ``fastbp.Network``.
+
+    Returns
+    -------
+    Network
+        Layer sizes from the Linear layers, dtype from their weights (float32 or float64), weights
+        and biases copied. With a single layer the hidden activation, which nothing uses, is the
+        output's (``sigmoid`` when that is softmax).
+
+    Raises
+    ------
+    TypeError
+        `module` is not a Sequential.
+    ValueError
+        A module it cannot represent, named by its index and type.
+    """
+    config, weights, biases = export.read_torch(module, loss)
+    net = Network(**config, backend=backend, n_threads=n_threads)
+    for W, b, W_torch, b_torch in zip(net.weights, net.biases, weights, biases):
+        W[:], b[:] = W_torch, b_torch
+    return net
 
 
 def load(path, backend="auto", n_threads=None):

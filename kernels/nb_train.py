@@ -483,7 +483,8 @@ def gradients(desc, params, grads, X, Y, work, costs, n_threads):
     capacity = int(desc[D_CAPACITY])
     total = np.zeros((2, params.shape[0]), params.dtype)
     _launch(GRADIENTS, n_threads, desc, params, grads, total, X, Y, np.arange(n), capacity, 0,
-            -(-n // capacity), codes.hyperparameters(int(desc[D_LAYERS])), work, costs, params[:0].reshape(0, 1), 1.0 / n)
+            -(-n // capacity), codes.hyperparameters(int(desc[D_LAYERS])), work, costs,
+            params[:0].reshape(0, 1), 1.0 / n)
     grads[:] = total[0]
 
 
