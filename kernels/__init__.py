@@ -30,8 +30,10 @@ def _module(backend):
 
 
 def _arrays(dtype=None, **arrays):
-    """The arrays as C-contiguous real arrays of one floating dtype (the first one's, or dtype)."""
-    out = {}
+    """The arrays as C-contiguous real arrays of one floating dtype (the first one's, or dtype).
+    A floating array of another dtype is refused: converting it would cost a copy on every call,
+    unseen (integer arrays are converted)."""
+    out, first = {}, None
     for name, value in arrays.items():
         array = np.asarray(value)
         if array.dtype.kind not in "biuf":
@@ -39,6 +41,11 @@ def _arrays(dtype=None, **arrays):
         if dtype is None:
             dtype = array.dtype if array.dtype.kind == "f" else np.dtype(np.float64)
             checks.dtype(dtype)
+        if array.dtype.kind == "f" and array.dtype != dtype:
+            raise TypeError(f"{name} is {array.dtype} but {first or 'the other arrays'} "
+                            f"{'is' if first else 'are'} {np.dtype(dtype)}: pass arrays of one dtype "
+                            f"(convert once, outside the loop: {name}.astype(np.{np.dtype(dtype)}))")
+        first = first or name
         out[name] = np.ascontiguousarray(array, dtype=dtype)
     return out, np.dtype(dtype)
 
@@ -184,7 +191,9 @@ def weight_gradient(D, A, rows=None, scale=None, out=None, bias_out=None, backen
 
 def hyperparameters(lr, l2=0.0, momentum=0.0, nesterov=False, beta1=0.9, beta2=0.999, eps=1e-8,
                     rho=0.99):
-    """The float64 hyperparameter array update_parameters takes (its step counter starts at 0)."""
+    """The float64 hyperparameter array update_parameters takes. Make it once, before the training
+    loop, and pass the same array to every step: it counts the steps (Adam's bias correction needs
+    the count), and update_parameters advances it."""
     hyper = codes.hyperparameters(0)
     hyper[codes.H_LR] = checks.real("lr", lr, low=0, low_open=True)
     hyper[codes.H_L2] = checks.real("l2", l2, low=0)
@@ -199,8 +208,8 @@ def update_parameters(params, grads, state, hyper, optimizer="sgd", n_weights=No
     """One optimizer step, in place, on flat buffers: params (n,) and state (2, n) change.
 
     grads (n,) is the mean gradient without L2; L2 (``hyper``, from ``hyperparameters()``) applies
-    to ``params[:n_weights]`` (default: all). The step counter in hyper advances. Returns False if a
-    parameter became NaN or infinite.
+    to ``params[:n_weights]`` (default: all). The step counter in hyper advances: pass the same
+    ``hyper`` to every step. Returns False if a parameter became NaN or infinite.
     """
     for name, array, ndim in (("params", params, 1), ("state", state, 2)):
         if not isinstance(array, np.ndarray) or array.ndim != ndim or not array.flags.c_contiguous \
@@ -217,7 +226,11 @@ def update_parameters(params, grads, state, hyper, optimizer="sgd", n_weights=No
     n_weights = params.size if n_weights is None else int(n_weights)
     if not 0 <= n_weights <= params.size:
         raise ValueError(f"n_weights must be in 0..{params.size}, got {n_weights}")
+    code = _code("optimizer", optimizer, codes.OPTIMIZERS)
+    if code == codes.ADAM and hyper[codes.H_STEP] == 0 and state.any():
+        raise ValueError("hyper's step counter is 0 but Adam's moments are not: make the "
+                         "hyperparameters once, before the loop, and pass the same array to every "
+                         "step (it counts the steps for Adam's bias correction)")
     if params.size == 0:
         return True
-    return bool(_module(backend).update_parameters(_code("optimizer", optimizer, codes.OPTIMIZERS),
-                                                   params, grads, state, hyper, n_weights))
+    return bool(_module(backend).update_parameters(code, params, grads, state, hyper, n_weights))

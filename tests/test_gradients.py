@@ -6,8 +6,9 @@ import numpy as np
 import pytest
 
 import fastbp
+from fastbp.kernels import codes
 
-HIDDEN = ["sigmoid", "tanh", "relu", "leaky_relu", "identity"]
+HIDDEN = list(codes.HIDDEN_ACTIVATIONS)
 OUTPUT = HIDDEN + ["softmax"]
 PAIRS = [(out, "mse") for out in OUTPUT] + [("sigmoid", "cross_entropy"), ("softmax", "cross_entropy")]
 CASES = [(hidden, out, loss) for hidden, (out, loss) in itertools.product(HIDDEN, PAIRS)]

@@ -16,7 +16,7 @@ from fastbp import backends, reference
 from fastbp.kernels import codes, planner
 
 SHAPES = [(1, 3, 1), (2, 5, 4), (7, 9, 6), (10, 33, 13), (16, 64, 30)]  # (samples, n_in, n_out)
-ELEMENTWISE = ["identity", "sigmoid", "tanh", "relu", "leaky_relu"]
+ELEMENTWISE = list(codes.HIDDEN_ACTIVATIONS)
 
 
 def kernels(backend):

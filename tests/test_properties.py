@@ -9,7 +9,7 @@ from fastbp import backends, reference
 from fastbp.kernels import codes
 
 COMPILED = [name for name in ("numba", "cython") if name in fastbp.available_backends()]
-ELEMENTWISE = ["identity", "sigmoid", "tanh", "relu", "leaky_relu"]
+ELEMENTWISE = list(codes.HIDDEN_ACTIVATIONS)
 SETTINGS = settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 
 dims = st.integers(1, 37)

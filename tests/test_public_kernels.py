@@ -114,3 +114,29 @@ def test_the_default_backend_is_auto():
     W, b, A = rng.random((3, 4)), rng.random(3), rng.random((5, 4))
     assert np.array_equal(K.dense_forward(W, b, A, activation="tanh"),
                           K.dense_forward(W, b, A, activation="tanh", backend=loader.resolve("auto")))
+
+
+def test_mismatched_dtypes_are_refused_not_converted_at_every_call():
+    rng = np.random.default_rng(0)
+    W, b = rng.random((4, 3)).astype(np.float32), np.zeros(4, np.float32)
+    X = rng.random((5, 3))  # float64
+    with pytest.raises(TypeError, match=r"A is float64 but W is float32: .*A.astype\(np.float32\)"):
+        K.dense_forward(W, b, X)
+    Z = K.dense_forward(W, b, X.astype(np.float32))
+    with pytest.raises(TypeError, match="Y is float64 but the other arrays are float32"):
+        K.output_error(Z, np.eye(4)[[0, 1, 2, 3, 0]], "softmax", "cross_entropy")
+    assert K.dense_forward(W, b, (X * 10).astype(np.int64)).dtype == np.float32  # integers convert
+
+
+def test_a_fresh_hyperparameter_array_at_every_adam_step_is_refused():
+    """The trap of making K.hyperparameters() inside the loop: Adam's step counter would restart at
+    every step (after 3 steps a parameter was -0.391 where it should be -0.300)."""
+    params, grads = np.ones(3), np.full(3, 0.5)
+    state = np.zeros((2, 3))
+    hyper = K.hyperparameters(lr=0.1)
+    for _ in range(3):
+        K.update_parameters(params, grads, state, hyper, "adam")
+    assert hyper[codes.H_STEP] == 3
+    np.testing.assert_allclose(params, 1 - 3 * 0.1, rtol=1e-6)  # Adam's first steps: lr each
+    with pytest.raises(ValueError, match="make the hyperparameters once, before the loop"):
+        K.update_parameters(params, grads, state, K.hyperparameters(lr=0.1), "adam")

@@ -7,8 +7,9 @@ from support import close, problem
 
 import fastbp
 from fastbp.cli import main
+from fastbp.kernels import codes
 
-HIDDEN = ("sigmoid", "tanh", "relu", "leaky_relu", "identity")
+HIDDEN = codes.HIDDEN_ACTIVATIONS
 OUTPUTS = (("sigmoid", "cross_entropy"), ("softmax", "cross_entropy"), ("softmax", "mse"),
            ("sigmoid", "mse"), ("identity", "mse"), ("tanh", "mse"))
 SIZES = [3, 4, 5, 3]
