@@ -4,6 +4,7 @@ import pytest
 from support import problem
 
 import fastbp
+from fastbp import backends, modelfile
 from fastbp.kernels import codes
 
 
@@ -195,3 +196,12 @@ def test_the_thread_tuner_follows_the_faster_count():
         tuner.record(n, speed[n])
     assert picks[-10:].count(2) >= 9 and {1, 4} <= set(picks[20:])  # best, still exploring
     assert _ThreadTuner(4, fixed=True).options == [4]
+
+
+def test_load_defaults_to_auto_and_blames_a_bad_backend_not_the_file(tmp_path):
+    path = tmp_path / "model.npz"
+    fastbp.Network([3, 4, 2], seed=0).save(path)
+    assert fastbp.load(path).backend == backends.resolve("auto")
+    with pytest.raises(ValueError, match="unknown backend 'numbaa'") as error:
+        fastbp.load(path, backend="numbaa")
+    assert not isinstance(error.value, modelfile.ModelFileError)
