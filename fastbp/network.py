@@ -229,7 +229,9 @@ class Network:
             Inverted dropout rate of each hidden layer's outputs (one rate for all, or one per hidden
             layer); masks are drawn from the network's seed; no dropout when predicting.
         validation_data : pair (X_val, y_val)
-            Evaluated after each epoch (``val_loss``, ``val_accuracy``).
+            Evaluated after each epoch (``val_loss``, ``val_accuracy``). Hold it out of the training
+            data, and never pass the test set: early stopping and the plateau schedule choose by it,
+            so a test set passed here stops being an unbiased estimate.
         metrics : iterable of str
             What to measure after each epoch, among ``train_loss``, ``train_accuracy`` (the whole
             training set, one forward pass), ``val_loss``, ``val_accuracy``. Default: the validation
