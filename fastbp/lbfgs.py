@@ -32,7 +32,9 @@ class LbfgsHistory(History):
 
     ``n_iter`` (iterations, at most max_iter), ``n_fun`` (evaluations of cost and gradient),
     ``status`` (0 converged, 1 max_iter or max_fun reached, 2 another stop: see ``message``),
-    ``message`` (scipy's), ``converged`` (status 0), ``final_loss`` (the objective at the result).
+    ``message`` (scipy's), ``converged`` (status 0), ``final_loss`` (the objective at the result);
+    after Ctrl-C, ``interrupted`` is ``(iterations completed, 0)`` and the network holds the last
+    iteration's point.
     """
 
     n_iter = 0

@@ -22,13 +22,9 @@ from fastbp.estimators import MLPClassifier, MLPRegressor  # noqa: E402
 
 
 @pytest.fixture(scope="module")
-def digits():
-    return load_digits()
-
-
-@pytest.fixture(scope="module")
-def small(digits):
-    X, y = digits
+def small():
+    """The first 300 digits."""
+    X, y = load_digits()
     return X[:300], y[:300]
 
 
@@ -168,10 +164,10 @@ def test_interrupt_keeps_the_last_iteration(monkeypatch):
 
 # --------------------------------------------------------------------------- the estimators
 
-def test_digits_accuracy_as_sklearn(digits):
+def test_digits_accuracy_as_sklearn():
     """Hidden (50,), max_iter 100, the same random_state: scikit-learn's test accuracy, within
     a point."""
-    X, y = digits
+    X, y = load_digits()
     X_train, X_test, y_train, y_test = train_test_split(X, y, 0.25, seed=0)
     params = dict(hidden_layer_sizes=(50,), solver="lbfgs", max_iter=100, random_state=0)
     ours = _quiet(MLPClassifier(backend="cython", **params).fit, X_train, y_train)
