@@ -1,10 +1,16 @@
 """fastbp.MLPClassifier against scikit-learn's MLPClassifier, at the same settings, on MNIST and the digits.
 
-Both estimators get the same parameters: one hidden layer of 100 ReLU units, solver "sgd" with
-minibatches of 10, 30 epochs, scikit-learn's defaults otherwise (learning_rate_init 0.001, Nesterov
-momentum 0.9, alpha 1e-4), the same random_state, and n_iter_no_change larger than the epochs so that
-both run all of them. fastbp's estimator starts from scikit-learn's initial weights and visits the
-samples in scikit-learn's order, so in float64 the two follow the same trajectory up to rounding.
+Both estimators get the same parameters: by default one hidden layer of 100 ReLU units, solver "sgd"
+with minibatches of 10, 30 epochs, scikit-learn's defaults otherwise (learning_rate_init 0.001,
+Nesterov momentum 0.9, alpha 1e-4), the same random_state, and n_iter_no_change larger than the epochs
+so that both run all of them (--solver adam or lbfgs, --batch-size auto, --hidden, --epochs change
+them; for lbfgs --epochs is max_iter). fastbp's estimator starts from scikit-learn's initial weights
+and visits the samples in scikit-learn's order, so in float64 the two follow the same trajectory up to
+rounding.
+
+--input-dtype float32 feeds both libraries float32 inputs: scikit-learn's MLP then computes in float32,
+and so does fastbp's estimator with dtype=None ("auto" in --dtypes; the default dtypes force float32
+and float64 whatever the input).
 
 Data: the MNIST directory given (the IDX files of t10k; first 8,000 images to train, last 2,000 to
 test), and scikit-learn's 8x8 digits (fastbp.datasets.train_test_split, 20 % test, seed 0).
@@ -18,6 +24,8 @@ thread (threadpoolctl); the faster is the reference.
 
     python bench/mnist_vs_sklearn.py ../shared/data/mnist-t10k [--epochs 30] [--repeats 1]
         [--threads 0,1] [--sklearn-blas-threads 0,1] [--backends numba,cython] [--skip-digits]
+        [--solver sgd] [--batch-size 10|auto] [--hidden 100] [--input-dtype float64|float32]
+        [--dtypes float32,float64,auto]
 """
 import argparse
 import os
@@ -37,7 +45,8 @@ import numpy as np  # noqa: E402
 
 
 def settings(args):
-    return dict(hidden_layer_sizes=(args.hidden,), solver="sgd", batch_size=args.batch_size,
+    batch_size = args.batch_size if args.batch_size == "auto" else int(args.batch_size)
+    return dict(hidden_layer_sizes=(args.hidden,), solver=args.solver, batch_size=batch_size,
                 max_iter=args.epochs, n_iter_no_change=args.epochs + 1, random_state=args.seed)
 
 
@@ -67,8 +76,11 @@ def compare(name, X_train, y_train, X_test, y_test, args):
 
     from fastbp.estimators import MLPClassifier
 
+    X_train, X_test = (X.astype(args.input_dtype) for X in (X_train, X_test))
+    epochs = "iterations at most" if args.solver == "lbfgs" else "epochs"
     print(f"\n{name}: {len(X_train)} training, {len(X_test)} test samples, {X_train.shape[1]} "
-          f"features; hidden {args.hidden}, sgd, batch {args.batch_size}, {args.epochs} epochs")
+          f"features ({args.input_dtype}); hidden {args.hidden}, {args.solver}, batch "
+          f"{args.batch_size}, {args.epochs} {epochs}")
     print(f"{'model':<30}{'accuracy':>9}{'fit s':>9}{'Δ points':>10}{'time ratio':>12}")
     rows = []
     with warnings.catch_warnings():
@@ -86,10 +98,11 @@ def compare(name, X_train, y_train, X_test, y_test, args):
             if seconds < ref_time:
                 ref_time, ref_accuracy = seconds, accuracy
         for backend in args.backends:
-            for dtype in ("float32", "float64"):
+            for dtype in args.dtypes:
                 for threads in args.threads:
                     def make(backend=backend, dtype=dtype, threads=threads):
-                        return MLPClassifier(backend=backend, dtype=dtype,
+                        return MLPClassifier(backend=backend,
+                                             dtype=None if dtype == "auto" else dtype,
                                              n_threads=threads or None, **settings(args))
                     make().set_params(max_iter=1).fit(X_train[:200], y_train[:200])  # warm-up
                     model, seconds = timed_fit(make, X_train, y_train, args.repeats)
@@ -106,7 +119,12 @@ def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("mnist", help="directory of the MNIST t10k IDX files (raw or .gz)")
     parser.add_argument("--epochs", type=int, default=30)
-    parser.add_argument("--batch-size", type=int, default=10)
+    parser.add_argument("--batch-size", default="10", help="an int, or auto: min(200, n)")
+    parser.add_argument("--solver", default="sgd", choices=("sgd", "adam", "lbfgs"))
+    parser.add_argument("--input-dtype", default="float64", choices=("float64", "float32"),
+                        help="the inputs both libraries are fed")
+    parser.add_argument("--dtypes", default="float32,float64",
+                        help="fastbp's dtype settings to time (auto: dtype=None, the input's)")
     parser.add_argument("--hidden", type=int, default=100)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--repeats", type=int, default=1, help="fits per model; the best time")
@@ -121,6 +139,7 @@ def main(argv=None):
     args.backends = args.backends.split(",")
     args.sklearn_blas_threads = [int(t) for t in args.sklearn_blas_threads.split(",")]
     args.threads = [int(t) for t in args.threads.split(",")]
+    args.dtypes = args.dtypes.split(",")
 
     import sklearn
 

@@ -6,6 +6,8 @@ scikit-learn's stochastic solvers step for step: the same initial weights (Gloro
 ``random_state`` in the same order), the same shuffles, the same minibatches, the same L2 penalty,
 momentum, learning-rate schedules and stopping rules, so that the two reach the same parameters up to
 rounding (see "Differences from scikit-learn" in the class docstrings for where they cannot).
+With ``solver="lbfgs"`` it hands scipy's L-BFGS-B the same loss and gradient of the whole training set
+as scikit-learn does (``fastbp.lbfgs``; the gradient from the compiled kernels).
 
 How scikit-learn's conventions map onto the Network's:
 
@@ -31,6 +33,7 @@ try:
     from sklearn.model_selection import train_test_split
     from sklearn.preprocessing import LabelBinarizer
     from sklearn.utils import check_random_state, column_or_1d, shuffle as _shuffle
+    from sklearn.utils.metaestimators import available_if
     from sklearn.utils.multiclass import check_classification_targets, type_of_target, unique_labels
     from sklearn.utils.validation import check_is_fitted
 except ImportError:  # pragma: no cover - depends on the environment
@@ -43,7 +46,7 @@ except ImportError:  # pragma: no cover - older scikit-learn
     def _validate_data(estimator, *args, **kwargs):
         return estimator._validate_data(*args, **kwargs)
 
-from . import backends, validation
+from . import backends, lbfgs, validation
 from .network import Network, TrainingDiverged
 
 __all__ = ["MLPClassifier", "MLPRegressor"]
@@ -51,11 +54,25 @@ __all__ = ["MLPClassifier", "MLPRegressor"]
 # scikit-learn's activation names -> the Network's ("sigmoid" and "leaky_relu" are fastbp's extras).
 ACTIVATIONS = {"identity": "identity", "logistic": "sigmoid", "sigmoid": "sigmoid", "tanh": "tanh",
                "relu": "relu", "leaky_relu": "leaky_relu"}
-SOLVERS = ("sgd", "adam")
+SOLVERS = ("lbfgs", "sgd", "adam")
+STOCHASTIC_SOLVERS = ("sgd", "adam")
 LEARNING_RATES = ("constant", "invscaling", "adaptive")
 # scikit-learn's out_activation_ names -> the Network's output activation and loss.
 OUTPUTS = {"softmax": ("softmax", "cross_entropy"), "logistic": ("sigmoid", "cross_entropy"),
            "identity": ("identity", "mse")}
+
+
+# What only the stochastic solvers record (scikit-learn sets none of them with lbfgs).
+_STOCHASTIC_RECORDS = ("loss_curve_", "best_loss_", "validation_scores_", "best_validation_score_",
+                       "_best_parameters", "_no_improvement_count")
+
+
+def _stochastic_solver(estimator):
+    """available_if's test for partial_fit: True, or AttributeError with scikit-learn's words."""
+    if estimator.solver not in STOCHASTIC_SOLVERS:
+        raise AttributeError(f"partial_fit is only available for stochastic optimizers. "
+                             f"{estimator.solver} is not stochastic.")
+    return True
 
 
 # --------------------------------------------------------------------------- the estimators
@@ -68,7 +85,8 @@ class _BaseMLP(BaseEstimator):
                  max_iter=200, shuffle=True, random_state=None, tol=1e-4, verbose=False,
                  warm_start=False, momentum=0.9, nesterovs_momentum=True, early_stopping=False,
                  validation_fraction=0.1, beta_1=0.9, beta_2=0.999, epsilon=1e-8,
-                 n_iter_no_change=10, backend="auto", n_threads=None, dtype="float64"):
+                 n_iter_no_change=10, max_fun=15000, backend="auto", n_threads=None,
+                 dtype=None):
         self.hidden_layer_sizes = hidden_layer_sizes
         self.activation = activation
         self.solver = solver
@@ -91,6 +109,7 @@ class _BaseMLP(BaseEstimator):
         self.beta_2 = beta_2
         self.epsilon = epsilon
         self.n_iter_no_change = n_iter_no_change
+        self.max_fun = max_fun
         self.backend = backend
         self.n_threads = n_threads
         self.dtype = dtype
@@ -147,10 +166,6 @@ class _BaseMLP(BaseEstimator):
                             f"got {sizes!r}")
         sizes = [validation.integer(f"hidden_layer_sizes[{i}]", n, 1) for i, n in enumerate(sizes)]
         validation.choice("activation", self.activation, ACTIVATIONS)
-        if self.solver == "lbfgs":
-            raise ValueError("solver='lbfgs' is not supported by fastbp (its kernels run minibatch "
-                             "gradient descent); use solver='sgd' or 'adam', or scikit-learn's own "
-                             "MLP estimators for L-BFGS")
         validation.choice("solver", self.solver, dict.fromkeys(SOLVERS))
         validation.choice("learning_rate", self.learning_rate, dict.fromkeys(LEARNING_RATES))
         validation.real("alpha", self.alpha, low=0)
@@ -167,7 +182,9 @@ class _BaseMLP(BaseEstimator):
         validation.real("epsilon", self.epsilon, low=0, low_open=True)
         if not (isinstance(self.n_iter_no_change, numbers.Real) and self.n_iter_no_change == np.inf):
             validation.integer("n_iter_no_change", self.n_iter_no_change, 1)
-        validation.dtype(self.dtype)
+        validation.integer("max_fun", self.max_fun, 1)
+        if self.dtype is not None:
+            validation.dtype(self.dtype)
         validation.threads(self.n_threads)
         return sizes
 
@@ -189,20 +206,26 @@ class _BaseMLP(BaseEstimator):
         layer_units = [X.shape[1]] + hidden + [y.shape[1]]
         rng = check_random_state(self.random_state)
         if first_pass:
-            self._initialize(y, layer_units, rng)
+            self._initialize(y, layer_units, rng, X.dtype)
         else:
             self._reuse_network(layer_units)
         dt = self.network_.dtype
         X = np.ascontiguousarray(X, dtype=dt)
         y = np.ascontiguousarray(y, dtype=dt)
-        self._fit_stochastic(X, y, incremental, rng)
+        if self.solver == "lbfgs":
+            self._fit_lbfgs(X, y)
+        else:
+            self._fit_stochastic(X, y, incremental, rng)
         if not np.isfinite(self.network_.parameters).all():
             raise ValueError("Solver produced non-finite parameter weights. The input data may "
                              "contain large values and need to be preprocessed.")
         return self
 
-    def _initialize(self, y, layer_units, rng):
-        """A new network with scikit-learn's initial weights, and fresh training records."""
+    def _initialize(self, y, layer_units, rng, x_dtype):
+        """A new network with scikit-learn's initial weights, and fresh training records.
+
+        Its dtype is ``dtype``, or with ``dtype=None`` X's (float32 or float64 once validated).
+        """
         self.n_iter_ = 0
         self.t_ = 0
         self.n_outputs_ = y.shape[1]
@@ -210,8 +233,8 @@ class _BaseMLP(BaseEstimator):
         self.out_activation_ = self._output_activation()
         output, loss = OUTPUTS[self.out_activation_]
         net = Network(layer_units, activation=ACTIVATIONS[self.activation], output_activation=output,
-                      loss=loss, dtype=self.dtype, backend=self.backend, n_threads=self.n_threads,
-                      seed=0)
+                      loss=loss, dtype=x_dtype if self.dtype is None else self.dtype,
+                      backend=self.backend, n_threads=self.n_threads, seed=0)
         # Glorot uniform, as scikit-learn's _init_coef: per layer the (n_in, n_out) weights, then the
         # biases, from the same generator in the same order, so the two start from the same numbers.
         factor = 2.0 if ACTIVATIONS[self.activation] == "sigmoid" else 6.0
@@ -221,7 +244,13 @@ class _BaseMLP(BaseEstimator):
             W[...] = rng.uniform(-bound, bound, (n_in, n_out)).T
             b[...] = rng.uniform(-bound, bound, n_out)
         self.network_ = net
-        self._best_parameters = net.parameters.copy()
+        for name in _STOCHASTIC_RECORDS:  # a new fit keeps none of an earlier fit's records
+            self.__dict__.pop(name, None)
+        if self.solver in STOCHASTIC_SOLVERS:  # scikit-learn keeps none of them for lbfgs
+            self._start_records()
+
+    def _start_records(self):
+        self._best_parameters = self.network_.parameters.copy()
         self.loss_curve_ = []
         self._no_improvement_count = 0
         self._reset_scores()
@@ -237,17 +266,22 @@ class _BaseMLP(BaseEstimator):
             self.best_validation_score_ = None
 
     def _reuse_network(self, layer_units):
-        """Warm start / partial_fit: check the shapes; follow changed backend, dtype or n_threads."""
+        """Warm start / partial_fit: check the shapes; follow changed backend, dtype (when given)
+        or n_threads."""
         net = self.network_
         if layer_units != net.layer_sizes:
             raise ValueError(f"warm_start and partial_fit continue training the fitted network of "
                              f"layer sizes {net.layer_sizes}, but the data and hidden_layer_sizes "
                              f"now give {layer_units}; refit from scratch (warm_start=False)")
-        if ((self.early_stopping and self.validation_scores_ is None)
-                or (not self.early_stopping and self.best_loss_ is None)):
-            self._reset_scores()
+        if self.solver in STOCHASTIC_SOLVERS:
+            if not hasattr(self, "loss_curve_"):  # the first fit was lbfgs's
+                self._start_records()
+            elif ((self.early_stopping and self.validation_scores_ is None)
+                    or (not self.early_stopping and self.best_loss_ is None)):
+                self._reset_scores()
+        dtype = net.dtype if self.dtype is None else validation.dtype(self.dtype)
         wanted = {"backend": backends.resolve(self.backend), "n_threads": self.n_threads,
-                  "dtype": validation.dtype(self.dtype).name}
+                  "dtype": dtype.name}
         if wanted != {"backend": net.backend, "n_threads": net.n_threads, "dtype": net.dtype.name}:
             self.network_ = net.copy(**wanted)
 
@@ -339,6 +373,31 @@ class _BaseMLP(BaseEstimator):
         if early_stopping:  # restore the best parameters
             net.parameters[:] = self._best_parameters
 
+    def _fit_lbfgs(self, X, y):
+        """scikit-learn's _fit_lbfgs: full-batch L-BFGS-B from the network's parameters."""
+        scale = 1.0 / self.n_outputs_ if self._averages_outputs else 1.0
+        try:
+            history = lbfgs.fit(self.network_, X, y, max_iter=self.max_iter,
+                                l2=self.alpha / X.shape[0], tol=self.tol, max_fun=self.max_fun,
+                                verbose=bool(self.verbose), cost_scale=scale)
+        except KeyboardInterrupt:
+            history = self.network_.history
+            warnings.warn("Training interrupted by user.", stacklevel=3)
+            self.n_iter_ = history.epochs
+            self.loss_ = history["loss"][-1] if history.epochs else np.nan
+            return
+        self.n_iter_ = history.n_iter
+        self.loss_ = history.final_loss
+        if history.status != 0:  # scikit-learn's _check_optimize_result, word for word
+            message = (f"lbfgs failed to converge after {self.n_iter_} iteration(s) "
+                       f"(status={history.status}):\n{history.message}\n")
+            if self.n_iter_ == self.max_iter:
+                message += (f"\nIncrease the number of iterations to improve the convergence "
+                            f"(max_iter={self.max_iter}).")
+            message += ("\nYou might also want to scale the data as shown in:\n"
+                        "    https://scikit-learn.org/stable/modules/preprocessing.html")
+            warnings.warn(message, ConvergenceWarning, stacklevel=4)
+
     def _train_epoch(self, X, Y, batch_size):
         """One epoch over X in order, in minibatches; the mean cost of its samples (before updates).
 
@@ -419,11 +478,14 @@ _PARAMETERS = """
         Units of each hidden layer (``()`` for none).
     activation : {"identity", "logistic", "tanh", "relu", "leaky_relu"}, default="relu"
         The hidden layers' activation; ``"sigmoid"`` is accepted for ``"logistic"``.
-    solver : {"sgd", "adam"}, default="adam"
-        Minibatch SGD (with ``momentum``) or Adam. ``"lbfgs"`` is not supported (ValueError).
+    solver : {"lbfgs", "sgd", "adam"}, default="adam"
+        Minibatch SGD (with ``momentum``), Adam, or full-batch L-BFGS-B (scipy's, over the whole
+        training set's cost and gradient from the compiled kernels; the minibatch parameters do not
+        apply to it; see ``fastbp.lbfgs``).
     alpha : float, default=0.0001
         L2 penalty, as scikit-learn's: the loss adds ``alpha / (2 m) * sum(W**2)`` per minibatch of
-        ``m`` samples, the gradient ``alpha / m * W`` (weights only, never the intercepts).
+        ``m`` samples (``m = n_samples`` for lbfgs), the gradient ``alpha / m * W`` (weights only,
+        never the intercepts).
     batch_size : int or "auto", default="auto"
         Minibatch size; ``"auto"`` is ``min(200, n_samples)``; larger than n_samples is clipped.
     learning_rate : {"constant", "invscaling", "adaptive"}, default="constant"
@@ -436,16 +498,17 @@ _PARAMETERS = """
     power_t : float, default=0.5
         The exponent of ``invscaling``.
     max_iter : int, default=200
-        Epochs (each sample visited once per epoch) at most.
+        Epochs (each sample visited once per epoch) at most; for lbfgs, iterations.
     shuffle : bool, default=True
         Visit the samples in a fresh random order each epoch (drawn from ``random_state``).
     random_state : int, RandomState instance or None, default=None
         Draws the initial weights, the early-stopping split and the shuffles (as scikit-learn's,
         in the same order, so the same seed gives the same numbers).
     tol : float, default=1e-4
-        Improvement of the loss (or validation score) that counts as progress.
+        Improvement of the loss (or validation score) that counts as progress; for lbfgs, the
+        largest gradient component at which it has converged (scipy's ``gtol``).
     verbose : bool, default=False
-        Print the loss after each epoch (and the validation score).
+        Print the loss after each epoch (and the validation score), or lbfgs iteration.
     warm_start : bool, default=False
         Start ``fit`` from the fitted parameters instead of new ones (with a fresh optimizer state
         and learning rate, as scikit-learn).
@@ -462,14 +525,20 @@ _PARAMETERS = """
         Adam's decay rates and its denominator's constant.
     n_iter_no_change : int, default=10
         Epochs without improvement by ``tol`` before stopping (or slowing down, ``adaptive``).
+    max_fun : int, default=15000
+        lbfgs only: evaluations of the loss and gradient at most (checked after each iteration).
     backend : {"auto", "cython", "numba", "numpy"}, default="auto"
         The fastbp backend that trains and predicts: ``auto`` is cython when built, else numba (see
         ``fastbp.available_backends()``).
     n_threads : int or None, default=None
         Threads per minibatch (None: every CPU this process may use). Results do not depend on it.
         Set it (to 1) when several estimators run in parallel (``n_jobs`` in GridSearchCV).
-    dtype : {"float64", "float32"}, default="float64"
+    dtype : {None, "float64", "float32"}, default=None
         The parameters' and arithmetic's floating point type (float32 is about twice as fast).
+        None: X's, as scikit-learn's MLPs do: float32 input trains a float32 network (``coefs_``,
+        ``predict_proba`` and the regressor's ``predict`` are float32 too), any other input
+        (float64, integers, float16) a float64 one; a warm start or ``partial_fit`` keeps the fitted
+        network's dtype. A name forces that dtype whatever the input.
 """
 
 _ATTRIBUTES = """
@@ -481,20 +550,23 @@ _ATTRIBUTES = """
     network_ : fastbp.Network
         The trained network (save it with ``network_.save(path)``).
     loss_ : float
-        The loss of the last epoch (with the L2 term), as ``loss_curve_[-1]``.
+        The loss of the last epoch (with the L2 term), as ``loss_curve_[-1]``; for lbfgs, the loss
+        at the result (the mean cost plus ``alpha / (2 n) * sum(W**2)``).
     loss_curve_ : list of float
         The loss of each epoch as scikit-learn reports it: the mean cost of the epoch's samples, each
-        computed before its minibatch's update, plus the L2 term.
+        computed before its minibatch's update, plus the L2 term. Not set by lbfgs (as
+        scikit-learn); its loss after each iteration is in ``network_.history["loss"]``.
     best_loss_ : float or None
-        The smallest ``loss_curve_`` entry (None with early stopping).
+        The smallest ``loss_curve_`` entry (None with early stopping; not set by lbfgs).
     validation_scores_ : list of float or None
-        The held-out score of each epoch with early stopping, else None.
+        The held-out score of each epoch with early stopping, else None (not set by lbfgs).
     best_validation_score_ : float or None
-        The best of ``validation_scores_`` (None without early stopping).
+        The best of ``validation_scores_`` (None without early stopping; not set by lbfgs).
     n_iter_ : int
-        Epochs run by the last ``fit`` (1 after ``partial_fit``).
+        Epochs run by the last ``fit`` (1 after ``partial_fit``); lbfgs iterations.
     t_ : int
-        Training samples seen, ``n_iter_ * n_samples`` summed over fits (the ``invscaling`` clock).
+        Training samples seen, ``n_iter_ * n_samples`` summed over fits (the ``invscaling`` clock;
+        0 for lbfgs).
     n_features_in_ : int
         Features seen in ``fit``.
     feature_names_in_ : ndarray of str
@@ -508,14 +580,18 @@ _ATTRIBUTES = """
 """
 
 _DIFFERENCES = """
-    Differences from scikit-learn: no ``lbfgs`` solver, no sparse input, no ``sample_weight``.
+    Differences from scikit-learn: no sparse input and no ``sample_weight`` yet; ``partial_fit``
+    is not available with lbfgs (scikit-learn's MLPRegressor runs a whole lbfgs fit there).
     With the same ``random_state`` and parameters the training follows scikit-learn's step for step
-    (same initial weights, shuffles, minibatches, penalty, momentum and schedules); what differs is
-    rounding (the kernels sum in another order; float32 when asked), Adam's ``epsilon`` (added, as in
-    torch, to ``sqrt(v_hat)`` rather than to ``sqrt(v)``: a difference of order ``epsilon``), the
-    logarithms of the cost (computed from ``z`` rather than from clipped probabilities), and the L2
-    term of ``loss_curve_``, which uses the squared weights averaged over the start and the end of
-    the epoch where scikit-learn sums them at every minibatch.
+    (same initial weights, shuffles, minibatches, penalty, momentum and schedules; for lbfgs the same
+    loss and gradient handed to the same scipy minimizer); what differs is rounding (the kernels
+    sum in another order; float32 for float32 input or when asked, where scikit-learn's lbfgs
+    returns float64 weights), Adam's ``epsilon`` (added, as in torch, to ``sqrt(v_hat)`` rather
+    than to ``sqrt(v)``: a difference of order ``epsilon``), the logarithms of the cost (computed
+    from ``z`` rather than from clipped probabilities), and the L2 term of ``loss_curve_``, which
+    uses the squared weights averaged over the start and the end of the epoch where scikit-learn
+    sums them at every minibatch. With ``verbose``, lbfgs prints the loss after each iteration
+    (scikit-learn relies on scipy's ``iprint``, silent since scipy 1.15).
 """
 
 
@@ -602,6 +678,7 @@ class MLPClassifier(ClassifierMixin, _BaseMLP):
         """
         return self._fit(X, y, incremental=False)
 
+    @available_if(_stochastic_solver)
     def partial_fit(self, X, y, classes=None):
         """Train for one epoch over X and y, continuing from the current state.
 
@@ -714,7 +791,8 @@ class MLPRegressor(RegressorMixin, _BaseMLP):
     Notes
     -----""" + _DIFFERENCES + """
     ``loss_curve_`` reports the squared error averaged over the outputs, as scikit-learn does, while
-    the gradient (for both) is that of the sum over the outputs.
+    the gradient (for both) is that of the sum over the outputs. lbfgs, as scikit-learn's, hands
+    scipy that averaged loss with that gradient (the same thing with one output).
     """
 
     _averages_outputs = True
@@ -724,8 +802,8 @@ class MLPRegressor(RegressorMixin, _BaseMLP):
                  learning_rate_init=0.001, power_t=0.5, max_iter=200, shuffle=True,
                  random_state=None, tol=1e-4, verbose=False, warm_start=False, momentum=0.9,
                  nesterovs_momentum=True, early_stopping=False, validation_fraction=0.1,
-                 beta_1=0.9, beta_2=0.999, epsilon=1e-8, n_iter_no_change=10, backend="auto",
-                 n_threads=None, dtype="float64"):
+                 beta_1=0.9, beta_2=0.999, epsilon=1e-8, n_iter_no_change=10, max_fun=15000,
+                 backend="auto", n_threads=None, dtype=None):
         super().__init__(
             hidden_layer_sizes=hidden_layer_sizes, activation=activation, solver=solver,
             alpha=alpha, batch_size=batch_size, learning_rate=learning_rate,
@@ -733,8 +811,8 @@ class MLPRegressor(RegressorMixin, _BaseMLP):
             shuffle=shuffle, random_state=random_state, tol=tol, verbose=verbose,
             warm_start=warm_start, momentum=momentum, nesterovs_momentum=nesterovs_momentum,
             early_stopping=early_stopping, validation_fraction=validation_fraction, beta_1=beta_1,
-            beta_2=beta_2, epsilon=epsilon, n_iter_no_change=n_iter_no_change, backend=backend,
-            n_threads=n_threads, dtype=dtype)
+            beta_2=beta_2, epsilon=epsilon, n_iter_no_change=n_iter_no_change, max_fun=max_fun,
+            backend=backend, n_threads=n_threads, dtype=dtype)
         self.loss = loss
 
     @staticmethod
@@ -780,6 +858,7 @@ class MLPRegressor(RegressorMixin, _BaseMLP):
         """
         return self._fit(X, y, incremental=False)
 
+    @available_if(_stochastic_solver)
     def partial_fit(self, X, y):
         """Train for one epoch over X and y, continuing from the current state.
 

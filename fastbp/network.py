@@ -11,7 +11,7 @@ import threading
 
 import numpy as np
 
-from . import backends, export, initializers, modelfile, trace, training, validation
+from . import backends, export, initializers, lbfgs, modelfile, trace, training, validation
 from .kernels import codes
 from .training import FORWARD_BLOCK, Evaluation, History, TrainingDiverged  # noqa: F401  (public)
 
@@ -273,6 +273,19 @@ class Network:
         from . import distributed
         return training.fit(self, begin=functools.partial(distributed.prepare, comm=comm),
                             **arguments)
+
+    def fit_lbfgs(self, X, y, max_iter=200, l2=0.0, tol=1e-4, max_fun=15000, verbose=False):
+        """Train by full-batch L-BFGS-B (scipy), as scikit-learn's ``solver="lbfgs"``; returns a
+        ``fastbp.lbfgs.LbfgsHistory`` (also kept as ``self.history``).
+
+        Minimizes the mean cost over all of (X, y) plus ``l2/2 * sum(W**2)`` (weights only), its
+        gradient from the compiled ``gradients`` driver. Stops after ``max_iter`` iterations,
+        ``max_fun`` evaluations, or when every gradient component is within ``tol`` (scipy's gtol).
+        ``history.converged`` and ``history.message`` tell which; ``history["loss"]`` holds the
+        objective after each iteration. The optimizer state of ``fit`` is not touched.
+        """
+        return lbfgs.fit(self, X, y, max_iter=max_iter, l2=l2, tol=tol, max_fun=max_fun,
+                         verbose=verbose)
 
     # ----------------------------------------------------------------------- files
 

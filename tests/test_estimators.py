@@ -40,7 +40,9 @@ def small(digits):
 @parametrize_with_checks([MLPClassifier(max_iter=100, backend="cython", n_threads=1),
                           MLPRegressor(max_iter=100, backend="cython", n_threads=1),
                           MLPClassifier(max_iter=100, backend="numba", solver="sgd", n_threads=1),
-                          MLPRegressor(max_iter=100, backend="numba", solver="sgd", n_threads=1)])
+                          MLPRegressor(max_iter=100, backend="numba", solver="sgd", n_threads=1),
+                          MLPClassifier(max_iter=100, backend="cython", solver="lbfgs", n_threads=1),
+                          MLPRegressor(max_iter=100, backend="numba", solver="lbfgs", n_threads=1)])
 def test_sklearn_checks(estimator, check):
     check(estimator)
 
@@ -342,8 +344,67 @@ def test_float32(small, compiled):
     single = MLPClassifier(dtype="float32", backend=compiled, **params).fit(X, y)
     double = MLPClassifier(backend=compiled, **params).fit(X, y)
     assert single.coefs_[0].dtype == np.float32 and single.predict_proba(X).dtype == np.float32
+    assert double.network_.dtype == np.float64   # float64 input, dtype=None: float64
     for a, b in _pairs(single, double):
         np.testing.assert_allclose(a, b, rtol=1e-3, atol=1e-4)
+
+
+@pytest.mark.parametrize("solver", ["sgd", "lbfgs"])
+def test_float32_input_stays_float32(small, solver):
+    """dtype=None: float32 X trains a float32 network, as scikit-learn's MLP keeps float32; the
+    same training as float64 to float32's precision; predictions float32 too."""
+    X, y = small
+    X32 = X.astype(np.float32)
+    params = dict(hidden_layer_sizes=(16,), random_state=0, max_iter=10, solver=solver,
+                  backend="cython")
+    single = MLPClassifier(**params).fit(X32, y)
+    double = MLPClassifier(**params).fit(X, y)
+    assert single.network_.dtype == np.float32 and double.network_.dtype == np.float64
+    assert all(a.dtype == np.float32 for a in single.coefs_ + single.intercepts_)
+    proba = single.predict_proba(X32)
+    assert proba.dtype == np.float32
+    np.testing.assert_allclose(proba, double.predict_proba(X), atol=2e-3)
+    np.testing.assert_allclose(proba.sum(axis=1), 1.0, rtol=1e-5)
+    assert single.predict_proba(X).dtype == np.float32   # the network's dtype, whatever X's
+    assert np.mean(single.predict(X32) == double.predict(X)) > 0.98
+    theirs = SkClassifier(**{k: v for k, v in params.items() if k != "backend"}).fit(X32, y)
+    if solver == "sgd":  # scikit-learn's lbfgs leaves float64 coefs_ (scipy's), ours float32
+        assert theirs.coefs_[0].dtype == np.float32
+    for a, b in _pairs(single, theirs):
+        np.testing.assert_allclose(a, b, atol=2e-3)
+
+    target = X[:, 20]
+    regressor = MLPRegressor(**params).fit(X32, target.astype(np.float32))
+    assert regressor.network_.dtype == np.float32
+    assert regressor.predict(X32).dtype == np.float32 and regressor.predict(X32).shape == (len(X),)
+
+
+def test_dtype_of_other_inputs(small):
+    X, y = small
+    params = dict(hidden_layer_sizes=(8,), random_state=0, max_iter=2, solver="sgd")
+    for X_in in (X.astype(np.int64), X.astype(np.float16), X.astype(np.int32)):
+        clf = MLPClassifier(**params).fit(X_in, y)
+        assert clf.network_.dtype == np.float64 and clf.predict_proba(X_in).dtype == np.float64
+    forced = MLPClassifier(dtype="float64", **params).fit(X.astype(np.float32), y)
+    assert forced.network_.dtype == np.float64
+    forced = MLPClassifier(dtype="float32", **params).fit(X.astype(np.int64), y)
+    assert forced.network_.dtype == np.float32
+
+
+def test_warm_start_and_partial_fit_keep_the_dtype(small):
+    X, y = small
+    params = dict(hidden_layer_sizes=(8,), random_state=0, max_iter=2, solver="sgd")
+    warm = MLPClassifier(warm_start=True, **params).fit(X.astype(np.float32), y)
+    net = warm.network_
+    warm.fit(X, y)                        # float64 input: the fitted float32 network goes on
+    assert warm.network_ is net and net.dtype == np.float32
+    warm.partial_fit(X, y)
+    assert warm.network_ is net
+    warm.set_params(dtype="float64").fit(X, y)   # unless dtype is given
+    assert warm.network_.dtype == np.float64 and len(warm.loss_curve_) == 7
+    incremental = MLPRegressor(**params).partial_fit(X.astype(np.float32), X[:, 20])
+    incremental.partial_fit(X, X[:, 20])
+    assert incremental.network_.dtype == np.float32
 
 
 def test_pickle_keeps_the_optimizer(small):
@@ -361,8 +422,10 @@ def test_pickle_keeps_the_optimizer(small):
 
 def test_unsupported_and_invalid(small):
     X, y = small
-    with pytest.raises(ValueError, match="lbfgs"):
-        MLPClassifier(solver="lbfgs").fit(X, y)
+    with pytest.raises(ValueError, match="solver"):
+        MLPClassifier(solver="newton").fit(X, y)
+    with pytest.raises(ValueError, match="max_fun"):
+        MLPClassifier(solver="lbfgs", max_fun=0).fit(X, y)
     with pytest.raises(ValueError, match="poisson"):
         MLPRegressor(loss="poisson").fit(X, X[:, 0])
     with pytest.raises(ValueError, match="activation"):
