@@ -247,7 +247,7 @@ def evaluate(net, X, y, comm=None, n_threads=None):
         X_ = validation.features(X, net.layer_sizes[0], net.dtype)
         return X_, validation.targets(y, X_.shape[0], net.layer_sizes[-1], net.dtype)
     data = agree(c, "evaluate", check)
-    with net._exclusive():
+    with net.exclusive():
         sums = np.array(training.forward_sums(net, *data, threads), np.float64)
     c.allreduce(sums)
     if sums[2] == 0:
@@ -314,7 +314,7 @@ def prepare(net, X, y, validation_data, arguments, comm=None):
         raise DistributedError(f"batch_size {settings.batch_size} is smaller than the number of "
                                f"ranks ({c.size}): every rank needs rows in each minibatch")
     elif settings.seed is None:
-        settings.seed = c.bcast_obj(int(net._rng.integers(0, 2 ** 62)) if c.rank == 0 else None)
+        settings.seed = c.bcast_obj(int(net.rng.integers(0, 2 ** 62)) if c.rank == 0 else None)
     threads = net.n_threads or default_threads(c.comm)  # collective: every rank calls it
     return X, Y, val, settings, lambda *args: MPIStepper(c, shard_sizes, threads, *args)
 
@@ -357,7 +357,7 @@ class MPIStepper(training.Stepper):
         for buf in (self.parameters, self.state, self.hyper):
             c.bcast(buf)
         if self.spread:  # the shuffles: rank 0's generator, as one process would draw them
-            net._rng.bit_generator.state = c.bcast_obj(net._rng.bit_generator.state)
+            net.rng.bit_generator.state = c.bcast_obj(net.rng.bit_generator.state)
         self.facts = {"seed": settings.seed, "ranks": c.size, "threads": threads,
                       "shard_sizes": shard_sizes, "local_batch_sizes": sizes}
 
@@ -382,7 +382,7 @@ class MPIStepper(training.Stepper):
 
     def order(self, epoch):
         if self.spread:  # the permutation one process draws from the network's generator
-            return self.net._rng.permutation(self.X.shape[0])
+            return self.net.rng.permutation(self.X.shape[0])
         return _epoch_order(self.X.shape[0], self.settings.seed, epoch, self.c.rank,
                             self.settings.shuffle)
 

@@ -20,8 +20,7 @@ import time
 import numpy as np
 
 from . import validation
-from .kernels import codes
-from .training import FORWARD_BLOCK, History, _ThreadTuner
+from .training import FullBatch, History
 
 __all__ = ["LbfgsHistory", "Objective", "fit"]
 
@@ -65,31 +64,23 @@ class Objective:
     def __init__(self, net, X, Y, l2=0.0, cost_scale=1.0):
         self.net, self.X, self.Y = net, X, Y
         self.l2, self.cost_scale = float(l2), float(cost_scale)
-        self._desc, self._work = net._buffers(min(X.shape[0], FORWARD_BLOCK))
-        self._grads = np.empty_like(net.parameters)
-        self._costs = np.empty(X.shape[0])
-        # n_threads=None: each evaluation on the thread count that has been fastest (as fit's loop)
-        self._tuner = _ThreadTuner(net.threads, fixed=net.n_threads is not None)
+        self._evaluate = FullBatch(net, X, Y)
         self.calls = 0
         self.last_value = None
 
     def __call__(self, theta):
         net = self.net
         net.parameters[:] = theta
-        threads = self._tuner.pick()
-        started = time.perf_counter()
-        net._driver.gradients(self._desc, net.parameters, self._grads, self.X, self.Y, self._work,
-                              self._costs, threads)
-        self._tuner.record(threads, 1.0 / max(time.perf_counter() - started, 1e-9))
+        cost, grads = self._evaluate()
         self.calls += 1
-        grad = self._grads.astype(np.float64)
+        grad = grads.astype(np.float64)
         squares = 0.0
         # the L2 term at the point evaluated (theta itself in float64; rounded to the network's dtype)
-        for W, G in zip(net.weights, codes.layer_views(net._desc, grad)[0]):
+        for W, G in zip(net.weights, net.views(grad)[0]):
             w = W.astype(np.float64, copy=False)
             squares += float(np.dot(w.ravel(), w.ravel()))
             G += self.l2 * w
-        self.last_value = self.cost_scale * float(self._costs.mean()) + 0.5 * self.l2 * squares
+        self.last_value = self.cost_scale * cost + 0.5 * self.l2 * squares
         return self.last_value, grad
 
 
@@ -113,9 +104,9 @@ def fit(net, X, y, max_iter=200, l2=0.0, tol=1e-4, max_fun=15000, verbose=False,
     l2 = validation.real("l2", l2, low=0)
     tol = validation.real("tol", tol, low=0)
     cost_scale = validation.real("cost_scale", cost_scale, low=0, low_open=True)
-    with net._exclusive():
-        X = net._X(X)
-        Y = net._Y(y, X.shape[0])
+    with net.exclusive():
+        X = validation.features(X, net.layer_sizes[0], net.dtype)
+        Y = validation.targets(y, X.shape[0], net.layer_sizes[-1], net.dtype)
         objective = Objective(net, X, Y, l2, cost_scale)
         history = net.history = LbfgsHistory(loss=[], seconds=[])
         accepted = [net.parameters.astype(np.float64), time.perf_counter()]

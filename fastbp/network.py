@@ -134,8 +134,9 @@ class Network:
             self._work = {key: (desc, np.zeros(size, self.dtype))}  # keep one: work can be large
         return self._work[key]
 
-    def _exclusive(self):
-        """The network's lock, refused rather than waited for: one network, one user at a time."""
+    def exclusive(self):
+        """``with net.exclusive():`` holds the network for one user, as fit and forward do: refused
+        (RuntimeError) rather than waited for when another thread holds it."""
         if not self._lock.acquire(blocking=False):
             raise RuntimeError("this network is being used by another thread (training or "
                                "predicting); use one network per thread, or wait for it")
@@ -162,7 +163,7 @@ class Network:
 
     def forward(self, X):
         """The output layer's activations for every sample of X, shape (n, layer_sizes[-1])."""
-        with self._exclusive():
+        with self.exclusive():
             return self._forward(self._X(X))[0]
 
     def predict(self, X):
@@ -174,7 +175,7 @@ class Network:
 
     def evaluate(self, X, y):
         """The mean cost (without L2) and the accuracy on (X, y), as ``Evaluation(loss, accuracy)``."""
-        with self._exclusive():
+        with self.exclusive():
             X = self._X(X)
             Y = self._Y(y, X.shape[0])
             outputs, costs = self._forward(X, Y)
@@ -185,15 +186,14 @@ class Network:
 
         Returns ``(dW, db)``: lists shaped like ``weights`` and ``biases``.
         """
-        with self._exclusive():
+        with self.exclusive():
             X = self._X(X)
             Y = self._Y(y, X.shape[0])
             desc, work = self._buffers(min(X.shape[0], FORWARD_BLOCK))
             grads = np.empty_like(self.parameters)
             self._driver.gradients(desc, self.parameters, grads, X, Y, work, np.empty(X.shape[0]),
                                    self.threads)
-        dW, db = codes.layer_views(self._desc, grads)
-        return dW, db
+        return self.views(grads)
 
     # ----------------------------------------------------------------------- training
 
@@ -329,6 +329,16 @@ class Network:
         self._state[:] = value["slots"]
         self._hyper[codes.H_STEP] = value["step"]
         self._optimizer = kind
+
+    @property
+    def rng(self):
+        """The network's random generator (numpy Generator, from ``seed``): the initial parameters,
+        each epoch's shuffle and the dropout masks' seed are drawn from it."""
+        return self._rng
+
+    def views(self, flat):
+        """(weights, biases): per-layer views of a flat array laid out like ``parameters``."""
+        return codes.layer_views(self._desc, flat)
 
     @property
     def threads(self):

@@ -224,7 +224,7 @@ def trace(net, x, y, lr=None):
         lr = validation.real("lr", lr, low=0, low_open=True)
     acts = [None] + [codes.ACTIVATIONS[net.activation]] * (len(net.weights) - 1) \
         + [codes.ACTIVATIONS[net.output_activation]]
-    with net._exclusive():
+    with net.exclusive():
         W = [None] + [w.copy() for w in net.weights]
         b = [None] + [v.copy() for v in net.biases]
         after = net.copy() if lr is not None else None

@@ -194,7 +194,7 @@ def test_gradients_match_the_backend(backend, dtype, output, loss):
 def snapshot(net):
     state = net.optimizer_state
     return (net.parameters.tobytes(), state["slots"].tobytes(), state["step"], state["optimizer"],
-            str(net._rng.bit_generator.state))
+            str(net.rng.bit_generator.state))
 
 
 def test_nothing_changes(compiled):
