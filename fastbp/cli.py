@@ -62,6 +62,9 @@ def parser():
                      help="stop when the validation loss stops improving; keep the best epoch")
     fit.add_argument("--patience", type=int, default=None,
                      help="with --early-stopping: epochs without improvement; default 10")
+    fit.add_argument("--gradient-norms", action="store_true",
+                     help="record each layer's gradient norm |dW| per epoch (printed, in --json, "
+                          "and a panel of --plot): vanishing gradients show here")
     data = train.add_argument_group("data and output")
     data.add_argument("--dataset", "--data", default="digits", metavar="SPEC",
                       help="digits (bundled), mnist:DIR (IDX files), FILE.npz (arrays X, y and "
@@ -316,7 +319,9 @@ def train(args):
                 f"{m['train_accuracy']:.4f}"
                 + (f"  val loss {m['val_loss']:.4f} acc {m['val_accuracy']:.4f}" if validation else "")
                 + f"  {m['seconds']:.2f}s"
-                + (f"  allreduce {100 * m['comm_share']:.1f}%" if "comm_share" in m else ""))
+                + (f"  allreduce {100 * m['comm_share']:.1f}%" if "comm_share" in m else "")
+                + ("  |dW| " + " ".join(f"{m[f'gradient_norm_{k}']:.2g}" for k in range(1, len(layers)))
+                   if args.gradient_norms else ""))
 
         if args.checkpoint and not args.fresh:
             found = checkpoints.peek(args.checkpoint) if lead else None
@@ -332,7 +337,8 @@ def train(args):
                     early_stopping=args.early_stopping,
                     patience=10 if args.patience is None else args.patience,
                     metrics=("train_loss", "train_accuracy")
-                    + (("val_loss", "val_accuracy") if validation else ()),
+                    + (("val_loss", "val_accuracy") if validation else ())
+                    + (("gradient_norms",) if args.gradient_norms else ()),
                     callback=progress, progress=lead and not args.quiet and sys.stderr.isatty(),
                     checkpoint=args.checkpoint, checkpoint_every=args.checkpoint_every or 1,
                     resume=not args.fresh, comm=comm, allreduce_every=args.allreduce_every,

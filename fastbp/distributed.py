@@ -41,6 +41,10 @@ Everything said of Network.fit holds: the optimizer state carries over, learning
 early stopping work (on metrics reduced over all ranks, so every rank decides the same), L2 applies
 to the weights only. Dropout is not supported here.
 
+With ``metrics=[..., "gradient_norms"]``, ``gradient_norm_m`` is the mean over the epoch's updates of
+the Frobenius norm of layer m's weight gradient after the Allreduce (the update's mean gradient,
+without L2): the same on every rank.
+
 Measured per update, on each rank: ``history.batch_seconds[e]`` (the wall time of each update of epoch
 e: gradients, Allreduce, step) and ``history.allreduce_seconds[e]`` (the part in Allreduce, which
 includes waiting for the slowest rank); per epoch, ``comm_seconds`` and ``comm_share`` (their sums'
@@ -351,6 +355,9 @@ class MPIStepper(training.Stepper):
         n = net.parameters.shape[0]
         self.buffer = np.zeros(n + 1, net.dtype)  # the gradient, then a count of bad costs
         self.mean_grads = self.buffer[:n]
+        # each layer's gradient norms summed over the epoch's updates; None: not measured
+        self.norm_sums = np.zeros(len(net.weights)) if "gradient_norms" in settings.metrics else None
+        self.weight_grads = codes.layer_views(self.desc, self.mean_grads)[0]
         self.chunk = max(1, -(-SNAPSHOT_SAMPLES // (settings.batch_size * self.k)))
         self.opening = None
         # Every rank starts from rank 0's network (initialized with another seed, or trained apart).
@@ -409,6 +416,8 @@ class MPIStepper(training.Stepper):
 
     def start_epoch(self):
         self.cost, self.rows_seen = 0.0, 0
+        if self.norm_sums is not None:
+            self.norm_sums[:] = 0
         self.batch_seconds = np.zeros(self.n_units)
         self.allreduce_seconds = np.zeros(self.n_units)
         self.history.batch_seconds.append(self.batch_seconds)
@@ -428,6 +437,9 @@ class MPIStepper(training.Stepper):
 
     def opening_cost(self):
         return self.opening
+
+    def gradient_norms(self):
+        return self.norm_sums / self.n_units
 
     def extras(self, seconds):
         comm, total = float(self.allreduce_seconds.sum()), float(self.batch_seconds.sum())
@@ -481,6 +493,9 @@ class MPIStepper(training.Stepper):
         self.allreduce_seconds[update] = time.perf_counter() - started
         if self.buffer[-1] != 0:  # on some rank
             return codes.COST_NOT_FINITE
+        if self.norm_sums is not None:  # of the update's mean gradient: the same on every rank
+            self.norm_sums += [np.sqrt(np.sum(np.square(W, dtype=np.float64)))
+                               for W in self.weight_grads]
         self.hyper[codes.H_KEY] = self.hyper[codes.H_STEP]
         with np.errstate(over="ignore", invalid="ignore"):
             finite = self.driver.update_parameters(self.settings.optimizer.code, self.parameters, self.mean_grads,

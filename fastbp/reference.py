@@ -149,12 +149,14 @@ def update_parameters(opt, P, G, S, hyper, n_weights):
 # --------------------------------------------------------------------------- the drivers
 
 def train_batches(desc, params, grads, state, X, Y, order, batch_size, first, last, hyper, work,
-                costs, n_threads):
-    """Minibatches first..last-1 of the epoch visiting X in `order`: backprop, then one step each.
+                costs, n_threads, norms=None):
+    """Minibatches first..last-1 of the epoch visiting X in `order`: backprop, then one step each;
+    with norms (not empty), norms[l] += ||dW_l||_F for each batch trained.
 
     Same contract as kernels.nb_train.train_batches; returns (batches done, status, batch).
     """
     n = order.shape[0]
+    dWs = layer_views(desc, grads)[0] if norms is not None and norms.shape[0] else ()
     for i in range(first, last):
         rows = order[i * batch_size:min((i + 1) * batch_size, n)]
         with np.errstate(over="ignore", invalid="ignore"):  # divergence is reported, not warned
@@ -168,6 +170,8 @@ def train_batches(desc, params, grads, state, X, Y, order, batch_size, first, la
                                        int(desc[D_NWEIGHTS]))
         if not finite:
             return i - first + 1, PARAMS_NOT_FINITE, i
+        for l, dW in enumerate(dWs):  # the Frobenius norm of the batch's mean gradient of W_l
+            norms[l] += np.sqrt(np.sum(np.square(dW, dtype=np.float64)))
     return last - first, DONE, last
 
 

@@ -39,7 +39,10 @@ class TrainingDiverged(FloatingPointError):
 class History(dict):
     """What fit measured, one list per metric with an entry per epoch: ``loss`` (the mean cost of the
     epoch's samples, each computed before its minibatch's update), ``lr``, ``seconds``, and the
-    metrics asked for (``train_loss``, ``train_accuracy``, ``val_loss``, ``val_accuracy``).
+    metrics asked for (``train_loss``, ``train_accuracy``, ``val_loss``, ``val_accuracy``; with
+    ``gradient_norms``, ``gradient_norm_1`` .. ``gradient_norm_L``: for each layer m, the mean over
+    the epoch's minibatches of ``||dC/dW^m||_F``, the Frobenius norm of the minibatch's mean gradient
+    of layer m's weights without the L2 term; over MPI, of each update's Allreduced gradient).
     ``best_epoch`` (1-based) is set by early stopping, ``stopped_epoch`` when training stopped early,
     ``interrupted`` when Ctrl-C did.
     """
@@ -223,6 +226,10 @@ class Stepper:
         """Per-epoch values the stepper adds to the History."""
         return {}
 
+    def gradient_norms(self):
+        """The epoch's mean, over its steps, of each layer's ||dC/dW^m||_F (when measured)."""
+        raise NotImplementedError
+
     def end_epoch(self, epoch):
         """After an epoch's metrics were recorded."""
 
@@ -240,6 +247,8 @@ class LocalStepper(Stepper):
         self.n_units = -(-n // settings.batch_size)
         self.desc, self.work = self.workspace(min(settings.batch_size, n))
         self.costs = np.zeros(n)
+        # each layer's gradient norms summed over the epoch's minibatches, by the driver; empty: off
+        self.norms = np.zeros(len(net.weights) if "gradient_norms" in settings.metrics else 0)
         if net._tuner is None or net._tuner.most != self.threads:
             net._tuner = _ThreadTuner(self.threads, fixed=net.n_threads is not None)
         self.tuner = net._tuner
@@ -256,6 +265,7 @@ class LocalStepper(Stepper):
 
     def start_epoch(self):
         self.costs[:] = 0
+        self.norms[:] = 0
 
     def run(self, order, first, last):
         """Minibatches first..last-1 of the epoch visiting X in `order`: (status, batch)."""
@@ -263,7 +273,8 @@ class LocalStepper(Stepper):
         started = time.perf_counter()
         _, status, batch = self.driver.train_batches(
             self.desc, self.parameters, self.grads, self.state, self.X, self.Y, order,
-            self.settings.batch_size, first, last, self.hyper, self.work, self.costs, threads)
+            self.settings.batch_size, first, last, self.hyper, self.work, self.costs, threads,
+            self.norms)
         if status == codes.DONE:
             self.tuner.record(threads, (last - first) / max(time.perf_counter() - started, 1e-9))
         return status, batch
@@ -274,6 +285,9 @@ class LocalStepper(Stepper):
     def opening_cost(self):
         first = self.costs[:min(self.settings.batch_size, self.costs.shape[0])]
         return float(first.sum()), first.shape[0]
+
+    def gradient_norms(self):
+        return self.norms / self.n_units
 
 
 # --------------------------------------------------------------------------- the loop
@@ -545,8 +559,12 @@ def _measure(net, stepper, settings, val):
             cost, right, n = stepper.sums(X, Y)
             values[prefix + "loss"] = cost / n + penalty
             values[prefix + "accuracy"] = right / n
-    return {name: value for name, value in values.items()
-            if name in ("loss", "lr") or name in settings.metrics}
+    values = {name: value for name, value in values.items()
+              if name in ("loss", "lr") or name in settings.metrics}
+    if "gradient_norms" in settings.metrics:
+        values.update((f"gradient_norm_{m}", norm)
+                      for m, norm in enumerate(stepper.gradient_norms(), start=1))
+    return values
 
 
 class _EarlyStopping:

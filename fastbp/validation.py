@@ -85,7 +85,10 @@ def targets(y, n_samples, n_outputs, dt, name="y"):
     return Y
 
 
-METRICS = ("train_loss", "train_accuracy", "val_loss", "val_accuracy")
+# What fit measures after each epoch when asked. gradient_norms records one value per layer
+# (gradient_norm_1 .. gradient_norm_L), so it cannot be monitored.
+METRICS = ("train_loss", "train_accuracy", "val_loss", "val_accuracy", "gradient_norms")
+MONITORS = ("loss", "train_loss", "train_accuracy", "val_loss", "val_accuracy")
 
 
 def monitoring(metrics, monitor, has_validation, watched=False):
@@ -100,8 +103,9 @@ def monitoring(metrics, monitor, has_validation, watched=False):
                          f"{', '.join(METRICS)}")
     if monitor is None:
         monitor = "val_loss" if has_validation else "loss"
-    if monitor not in METRICS + ("loss",):
-        raise ValueError(f"unknown monitor {monitor!r}; choose loss or one of {', '.join(METRICS)}")
+    if monitor not in MONITORS:
+        raise ValueError(f"unknown monitor {monitor!r}; choose loss or one of "
+                         f"{', '.join(MONITORS[1:])}")
     needs_validation = sorted({m for m in metrics | {monitor} if m.startswith("val_")})
     if needs_validation and not has_validation:
         raise ValueError(f"monitoring {', '.join(needs_validation)} needs validation_data")

@@ -20,6 +20,11 @@ Buffers the descriptor points into (all C-contiguous, one dtype, float32 or floa
 ``work``    per layer ``l``: the activations ``A_l``, the error terms ``D_l``, each
             ``(capacity, n_l)`` (a batch of ``m <= capacity`` samples uses the first ``m`` rows);
             then, at ``D_GATHER``, room for the batch's rows of X gathered ``(capacity, n_0)``.
+``norms``   float64, ``(n_layers,)`` or empty (off): what ``train_batches`` adds up, when asked, of
+            each minibatch's ``||G_l||_F`` (the Frobenius norm of layer l's mean weight gradient,
+            without L2). The compiled drivers fold it from one squared norm per row of ``W_l`` (a
+            float64 scratch laid out like the biases, each row's written by the tile that computes
+            it), summed in row order by one serial step: the same bits for any thread count.
 """
 import numpy as np
 
@@ -110,7 +115,7 @@ def describe(sizes, hidden, output, loss, optimizer, capacity):
 
 
 def check_buffers(desc, params, X, Y=None, out=None, costs=None, work=None, hyper=None, order=None,
-                  grads=None, state=None):
+                  grads=None, state=None, norms=None):
     """Refuse buffers that do not fit the descriptor, before a compiled driver reads or writes them
     (the kernels do not check bounds). Raises ValueError naming the buffer."""
     n_params, n_layers = int(desc[D_NPARAMS]), int(desc[D_LAYERS])
@@ -147,6 +152,9 @@ def check_buffers(desc, params, X, Y=None, out=None, costs=None, work=None, hype
         need("Y", Y, (n, n_out))
     if out is not None:
         need("out", out, (n, n_out))
+    if norms is not None:  # empty: not asked for
+        off = isinstance(norms, np.ndarray) and norms.shape == (0,)
+        need("norms", norms, (0,) if off else (n_layers,), np.float64)
 
 
 def outcome(status, first, last):

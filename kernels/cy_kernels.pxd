@@ -90,6 +90,9 @@ cdef void _gradient_rows(const floating* D, const floating* A, const int64_t* ro
                          Py_ssize_t n_in, Py_ssize_t n_out, floating scale, floating* G,
                          floating* gb, Py_ssize_t j0, Py_ssize_t j1) noexcept nogil
 
+cdef void _row_squares(const floating* G, Py_ssize_t n, double* squares, Py_ssize_t j0,
+                       Py_ssize_t j1) noexcept nogil
+
 cdef floating _update_range(int opt, floating* P, const floating* G, floating* S0, floating* S1,
                             const floating* c, floating l2, Py_ssize_t lo,
                             Py_ssize_t hi) noexcept nogil

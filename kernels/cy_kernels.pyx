@@ -4,10 +4,11 @@
 Twin of ``nb_kernels.py``: the same functions under the same names and meaning. Layers, bottom up:
 
 * elementwise (in cy_kernels.pxd, inlined): ``_finite``, ``_activate``, ``_derivative``, ``_softplus``;
-* row kernels: ``_forward_rows``, ``_backward_block``, ``_gradient_rows``, ``_update_range`` compute
-  one slice (a *tile*) of an output, on raw pointers of the fused type, ``nogil``; the drivers in
-  ``cy_train.pyx`` hand tiles to threads. Matrices are row-major: ``W`` is ``(n_out, n_in)``, a batch
-  ``(m, n)``; ``rows`` (int64) selects the samples of ``A`` that form the batch;
+* row kernels: ``_forward_rows``, ``_backward_block``, ``_gradient_rows``, ``_row_squares``,
+  ``_update_range`` compute one slice (a *tile*) of an output, on raw pointers of the fused type,
+  ``nogil``; the drivers in ``cy_train.pyx`` hand tiles to threads. Matrices are row-major: ``W`` is
+  ``(n_out, n_in)``, a batch ``(m, n)``; ``rows`` (int64) selects the samples of ``A`` that form the
+  batch;
 * primitives (``codes.KERNELS``): thin ``def`` wrappers on typed memoryviews with the arguments of
   their Numba twins, for tests and for users who write their own training loop (IN, OUT, IN/OUT as
   documented in nb_kernels.py).
@@ -340,6 +341,21 @@ cdef void _gradient_rows(const floating* D, const floating* A, const int64_t* ro
         for s in range(m):
             total += D[s * n_out + j]
         gb[j] = scale * total
+
+
+cdef void _row_squares(const floating* G, Py_ssize_t n, double* squares, Py_ssize_t j0,
+                       Py_ssize_t j1) noexcept nogil:
+    """OUT squares[j] = sum_i G[j, i]^2, in double, for the rows j in [j0, j1) of a row-major (., n)
+    G: a gradient tile's share of ||G||_F^2 (the drivers add the rows up in order).
+    Twin: nb_kernels._row_squares."""
+    cdef Py_ssize_t i, j
+    cdef double total, x
+    for j in range(j0, j1):
+        total = 0.0
+        for i in range(n):
+            x = G[j * n + i]
+            total += x * x
+        squares[j] = total
 
 
 cdef floating _update_range(int opt, floating* P, const floating* G, floating* S0, floating* S1,

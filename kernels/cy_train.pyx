@@ -11,11 +11,13 @@ import numpy as np
 
 from cython cimport floating
 from cython.parallel cimport prange
+from libc.math cimport sqrt
 from libc.stdint cimport int64_t
 
 from fastbp.kernels cimport cy_kernels as K
 from fastbp.kernels.cy_kernels cimport (C_L2, C_SCALE, C_SIZE, COST_NOT_FINITE, D_CAPACITY,
-                                        D_GATHER, D_HEADER, D_LAYERS, D_LOSS, D_OPTIMIZER, D_OUTPUT, DONE,
+                                        D_GATHER, D_HEADER, D_LAYERS, D_LOSS, D_NWEIGHTS,
+                                        D_OPTIMIZER, D_OUTPUT, DONE,
                                         FORWARD, GRADIENTS, H_DROPOUT, H_KEY, H_SEED, H_STEP,
                                         IDENTITY, L_A, L_ACT, L_B, L_D,
                                         L_FIELDS, L_IN, L_OUT, L_W, OP_BACKWARD, OP_FORWARD,
@@ -60,12 +62,21 @@ cdef extern from *:
     #else
     #define FBP_OPENMP 0
     #endif
+    /* x[0] + x[1] + ... + x[n-1], added in this order: through a volatile, which no fast-math flag
+       (-fassociative-math) may reorder, so the sum has the same bits wherever it is inlined. */
+    static double fbp_ordered_sum(const double *x, int64_t n) {
+        volatile double total = 0.0;
+        int64_t i;
+        for (i = 0; i < n; i++) total = total + x[i];
+        return total;
+    }
     """
     int64_t _atomic_add "fbp_atomic_add"(int64_t* counters, int64_t value) noexcept nogil
     int64_t _atomic_set "fbp_atomic_set"(int64_t* counters, int64_t value) noexcept nogil
     int64_t _atomic_load "fbp_atomic_load"(int64_t* counters) noexcept nogil
     void _pause "fbp_pause"() noexcept nogil
     void _yield "fbp_yield"() noexcept nogil
+    double _ordered_sum "fbp_ordered_sum"(const double* x, int64_t n) noexcept nogil
     const int FBP_OPENMP
 
 OPENMP = bool(FBP_OPENMP)  # whether this build runs its workers on OpenMP threads
@@ -74,20 +85,35 @@ CODES = K.CODES_HASH.decode()  # the fingerprint of the codes this build was com
 
 # --------------------------------------------------------------------------- tiles and phases
 
+cdef void _fold_norms(const int64_t* desc, const double* squares, double* norms) noexcept nogil:
+    """IN/OUT norms[l] += ||G_l||_F for every layer l: the square root of the sum, in row order, of
+    the squared norms of the rows of W_l's gradient (squares: one per row, laid out like the biases,
+    each written by the tile that computed the row). The same bits for any tiling and any thread
+    count, whether the output phase or the driver calls it. Twin: nb_train._fold_norms."""
+    cdef Py_ssize_t l, rec
+    for l in range(desc[D_LAYERS]):
+        rec = D_HEADER + L_FIELDS * l
+        norms[l] += sqrt(_ordered_sum(squares + desc[rec + L_B] - desc[D_NWEIGHTS],
+                                      desc[rec + L_OUT]))
+
+
 cdef void _output(int kind, const int64_t* desc, const floating* Y, const int64_t* rows,
                   Py_ssize_t m, Py_ssize_t first_row, floating* work, double* costs,
-                  Py_ssize_t n_costs, floating* out, double* hyper, floating* c, int64_t* status,
-                  int64_t batch) noexcept nogil:
+                  Py_ssize_t n_costs, floating* out, double* norms, double* squares, double* hyper,
+                  floating* c, int64_t* status, int64_t batch) noexcept nogil:
     """The one-tile phase after the forward pass: the output activations, costs and error terms.
 
     TRAIN also stops on a non-finite cost and sets this batch's update coefficients; FORWARD copies
-    the activations to out. Twin: nb_train._output.
+    the activations to out. With norms (TRAIN), it first adds the previous minibatch's gradient norms
+    (squares is zero before the call's first: that adds nothing). Twin: nb_train._output.
     """
     cdef Py_ssize_t rec = D_HEADER + L_FIELDS * (desc[D_LAYERS] - 1), s, j
     cdef Py_ssize_t k = desc[rec + L_OUT]
     cdef floating* Z = work + desc[rec + L_A]
     cdef double* cost = costs + first_row
     cdef double total
+    if norms != NULL:
+        _fold_norms(desc, squares, norms)
     if kind == FORWARD and n_costs == 0:
         K._activation_forward(desc[D_OUTPUT], Z, m, k)
     else:
@@ -112,8 +138,8 @@ cdef void _tile(const int64_t* phase, Py_ssize_t t, int kind, const int64_t* des
                 floating* params, floating* grads, floating* S0, floating* S1, const floating* X,
                 const floating* Y, const int64_t* rows, Py_ssize_t m, Py_ssize_t first_row,
                 const int64_t* ident, floating* work, double* costs, Py_ssize_t n_costs,
-                floating* out, double* hyper, floating* c, int64_t* status,
-                int64_t batch) noexcept nogil:
+                floating* out, double* norms, double* squares, double* hyper, floating* c,
+                int64_t* status, int64_t batch) noexcept nogil:
     """Tile t of program row `phase` for the batch X[rows]. Twin: nb_train._tile."""
     cdef Py_ssize_t rec, n_in, n_out, w, b, n_col, s0, s1, i0, j0, j1, i, j, s, samples, columns
     cdef Py_ssize_t l = phase[P_LAYER]
@@ -127,7 +153,8 @@ cdef void _tile(const int64_t* phase, Py_ssize_t t, int kind, const int64_t* des
     cdef floating check, scale
     cdef double rate
     if op == OP_OUTPUT:
-        _output(kind, desc, Y, rows, m, first_row, work, costs, n_costs, out, hyper, c, status, batch)
+        _output(kind, desc, Y, rows, m, first_row, work, costs, n_costs, out, norms, squares, hyper,
+                c, status, batch)
         return
     rec = D_HEADER + L_FIELDS * l
     n_in = desc[rec + L_IN]
@@ -201,6 +228,8 @@ cdef void _tile(const int64_t* phase, Py_ssize_t t, int kind, const int64_t* des
             grads[b + j] *= scale
     else:
         K._gradient_rows(D, A_in, rows_in, m, n_in, n_out, scale, grads + w, grads + b, j0, j1)
+    if squares != NULL:  # the gradient norms: this tile's rows' squared norms
+        K._row_squares(grads + w, n_in, squares + b - desc[D_NWEIGHTS], j0, j1)
     if op == OP_GRADIENT:  # accumulate this block's share of the mean gradient into S0
         for i in range(w + j0 * n_in, w + j1 * n_in):
             S0[i] += grads[i]
@@ -232,9 +261,10 @@ cdef void _worker(int kind, const int64_t* program, Py_ssize_t n_program, const 
                   floating* params, floating* grads, floating* S0, floating* S1, const floating* X,
                   const floating* Y, const int64_t* order, Py_ssize_t n, Py_ssize_t batch_size,
                   Py_ssize_t first, Py_ssize_t last, double* hyper, floating* work, double* costs,
-                  Py_ssize_t n_costs, floating* out, int64_t* counters, int64_t* claims,
-                  int64_t* status, floating* c, const int64_t* ident, Py_ssize_t spins,
-                  Py_ssize_t worker, Py_ssize_t n_workers) noexcept nogil:
+                  Py_ssize_t n_costs, floating* out, double* norms, double* squares,
+                  int64_t* counters, int64_t* claims, int64_t* status, floating* c,
+                  const int64_t* ident, Py_ssize_t spins, Py_ssize_t worker,
+                  Py_ssize_t n_workers) noexcept nogil:
     """Worker `worker` of n_workers: a pass over batches first..last-1, every step of `program`.
 
     The tiles of step k are split into n_workers contiguous shares, share v handed out through
@@ -284,8 +314,8 @@ cdef void _worker(int kind, const int64_t* program, Py_ssize_t n_program, const 
                             if status[0] != DONE:  # a failed row stops the serial step
                                 break
                             _tile(program + r * P_FIELDS, u, kind, desc, params, grads, S0, S1, X,
-                                  Y, rows, m, start, ident, work, costs, n_costs, out, hyper, c,
-                                  status, i)
+                                  Y, rows, m, start, ident, work, costs, n_costs, out, norms,
+                                  squares, hyper, c, status, i)
                         if not serial:
                             break
                     _atomic_add(counters, 1)
@@ -303,8 +333,10 @@ cdef _launch(int kind, int n_threads, const int64_t[::1] desc, floating[::1] par
              floating[::1] grads, floating[:, ::1] state, const floating[:, ::1] X,
              const floating[:, ::1] Y, const int64_t[::1] order, Py_ssize_t batch_size,
              Py_ssize_t first, Py_ssize_t last, double[::1] hyper, floating[::1] work,
-             double[::1] costs, floating[:, ::1] out, double scale):
-    """Run n_threads workers (OpenMP threads) over batches first..last-1; returns the status pair."""
+             double[::1] costs, floating[:, ::1] out, double[::1] norms, double scale):
+    """Run n_threads workers (OpenMP threads) over batches first..last-1; then, with norms, add the
+    last batch's gradient norms (the others' were added by the next batch's output phase). Returns
+    the status pair."""
     cdef int64_t[:, ::1] program = planner.program(kind, np.asarray(desc), batch_size,
                                                    order.shape[0])
     cdef int64_t[::1] counters = np.zeros(1, np.int64)
@@ -318,11 +350,18 @@ cdef _launch(int kind, int n_threads, const int64_t[::1] desc, floating[::1] par
     cdef const floating* Y_data = &Y[0, 0] if Y.shape[0] > 0 else NULL
     cdef floating* out_data = &out[0, 0] if out.shape[0] > 0 else NULL
     cdef double* costs_data = &costs[0] if costs.shape[0] > 0 else NULL
+    # one squared norm per row of W (laid out like the biases), zero before the first batch
+    cdef double[::1] squares = np.zeros(params.shape[0] - desc[D_NWEIGHTS] if norms.shape[0] > 0
+                                        else 0)
+    cdef double* norms_data = &norms[0] if norms.shape[0] > 0 else NULL
+    cdef double* squares_data = &squares[0] if norms.shape[0] > 0 else NULL
     c[C_SCALE] = <floating>scale
     with planner.blas_single_threaded(np.asarray(program)):
         _run_workers(kind, program, desc, params, grads, state, X, Y_data, order, batch_size, first,
-                     last, hyper, work, costs_data, costs.shape[0], out_data, counters, claims,
-                     status, c, ident, spins, n_workers)
+                     last, hyper, work, costs_data, costs.shape[0], out_data, norms_data,
+                     squares_data, counters, claims, status, c, ident, spins, n_workers)
+    if norms_data != NULL and status[0] == DONE and last > first:
+        _fold_norms(&desc[0], squares_data, norms_data)
     return np.asarray(status)
 
 
@@ -331,7 +370,8 @@ cdef void _run_workers(int kind, int64_t[:, ::1] program, const int64_t[::1] des
                        const floating[:, ::1] X, const floating* Y_data, const int64_t[::1] order,
                        Py_ssize_t batch_size, Py_ssize_t first, Py_ssize_t last, double[::1] hyper,
                        floating[::1] work, double* costs_data, Py_ssize_t n_costs, floating* out_data,
-                       int64_t[::1] counters, int64_t[::1] claims, int64_t[::1] status,
+                       double* norms, double* squares, int64_t[::1] counters, int64_t[::1] claims,
+                       int64_t[::1] status,
                        floating[::1] c, int64_t[::1] ident, Py_ssize_t spins,
                        int n_workers) noexcept:
     """The workers: one per OpenMP thread (prange over workers, static schedule)."""
@@ -340,24 +380,27 @@ cdef void _run_workers(int kind, int64_t[:, ::1] program, const int64_t[::1] des
         _worker(kind, &program[0, 0], program.shape[0], &desc[0], &params[0], &grads[0],
                 &state[0, 0], &state[1, 0], &X[0, 0], Y_data, &order[0], order.shape[0],
                 batch_size, first, last, &hyper[0], &work[0], costs_data, n_costs,
-                out_data, &counters[0], &claims[0], &status[0], &c[0], &ident[0], spins,
-                worker, n_workers)
+                out_data, norms, squares, &counters[0], &claims[0], &status[0], &c[0], &ident[0],
+                spins, worker, n_workers)
 
 
 def train_batches(const int64_t[::1] desc, floating[::1] params, floating[::1] grads,
                 floating[:, ::1] state, const floating[:, ::1] X, const floating[:, ::1] Y,
                 const int64_t[::1] order, Py_ssize_t batch_size, Py_ssize_t first,
                 Py_ssize_t last, double[::1] hyper, floating[::1] work, double[::1] costs,
-                int n_threads):
-    """Minibatch training over batches first..last-1 of the epoch that visits X in `order`; see
-    nb_train.train_batches. Returns codes.outcome: (batches done, status, batch). Twin: nb_train.train_batches.
+                int n_threads, norms=None):
+    """Minibatch training over batches first..last-1 of the epoch that visits X in `order`, adding
+    each batch's gradient norms to norms when not empty; see nb_train.train_batches. Returns
+    codes.outcome: (batches done, status, batch). Twin: nb_train.train_batches.
     """
     cdef floating[:, ::1] no_out = np.zeros((0, 1), np.asarray(params).dtype)
+    norms = np.zeros(0) if norms is None else norms
     codes.check_buffers(np.asarray(desc), np.asarray(params), np.asarray(X), np.asarray(Y), None,
                         np.asarray(costs), np.asarray(work), np.asarray(hyper), np.asarray(order),
-                        np.asarray(grads), np.asarray(state))
+                        np.asarray(grads), np.asarray(state), norms)
+    cdef double[::1] sums = norms
     status = _launch(TRAIN, n_threads, desc, params, grads, state, X, Y, order, batch_size, first,
-                     last, hyper, work, costs, no_out, 0.0)
+                     last, hyper, work, costs, no_out, sums, 0.0)
     return codes.outcome(status, first, last)
 
 
@@ -373,8 +416,9 @@ def gradients(const int64_t[::1] desc, floating[::1] params, floating[::1] grads
     cdef floating[:, ::1] no_out = np.zeros((0, 1), dtype)
     cdef int64_t[::1] order = np.arange(n)
     cdef double[::1] no_hyper = codes.hyperparameters(desc[D_LAYERS])
+    cdef double[::1] no_norms = np.zeros(0)
     _launch(GRADIENTS, n_threads, desc, params, grads, total, X, Y, order, capacity, 0,
-            (n + capacity - 1) // capacity, no_hyper, work, costs, no_out, 1.0 / n)
+            (n + capacity - 1) // capacity, no_hyper, work, costs, no_out, no_norms, 1.0 / n)
     grads[:] = total[0]
 
 
@@ -388,5 +432,6 @@ def forward(const int64_t[::1] desc, floating[::1] params, const floating[:, ::1
     cdef floating[:, ::1] no_state = np.zeros((2, 1), np.asarray(params).dtype)
     cdef int64_t[::1] order = np.arange(n)
     cdef double[::1] no_hyper = codes.hyperparameters(desc[D_LAYERS])
+    cdef double[::1] no_norms = np.zeros(0)
     _launch(FORWARD, n_threads, desc, params, params, no_state, X, Y, order, capacity, 0,
-            (n + capacity - 1) // capacity, no_hyper, work, costs, out, 0.0)
+            (n + capacity - 1) // capacity, no_hyper, work, costs, out, no_norms, 0.0)

@@ -4,8 +4,9 @@ Twin of ``cy_kernels.pyx``: the same functions under the same names, arguments a
 Layers of this file, bottom up:
 
 * elementwise: ``_activate`` and ``_derivative`` (the latter written on the activation's output);
-* row kernels: ``_forward_rows``, ``_backward_block``, ``_gradient_rows``, ``_update_range`` each
-  compute one slice (a *tile*) of an output; the drivers in ``nb_train.py`` hand tiles to threads;
+* row kernels: ``_forward_rows``, ``_backward_block``, ``_gradient_rows``, ``_row_squares``,
+  ``_update_range`` each compute one slice (a *tile*) of an output; the drivers in ``nb_train.py``
+  hand tiles to threads;
 * primitives (``codes.KERNELS``): whole arrays, on the calling thread, for tests and for users who
   write their own training loop. Arguments are marked IN, OUT or IN/OUT; outputs are preallocated.
 
@@ -367,6 +368,20 @@ def _gradient_rows(D, A, rows, scale, G, gb, j0, j1):
         for s in range(m):
             total += D[s, j]
         gb[j] = scale * total
+
+
+@jit
+def _row_squares(G, squares, j0, j1):
+    """OUT squares[j] = sum_i G[j, i]^2, in float64, for the rows j in [j0, j1) of G: a gradient
+    tile's share of ||G||_F^2 (the drivers add the rows up in order). Twin: cy_kernels._row_squares.
+    """
+    for j in range(j0, j1):
+        g = G[j]
+        total = 0.0
+        for i in range(g.shape[0]):
+            x = np.float64(g[i])
+            total += x * x
+        squares[j] = total
 
 
 @jit

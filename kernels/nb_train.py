@@ -16,29 +16,32 @@ Twin of ``cy_train.pyx``. How the work is shared (the same in both backends):
   the workers already use every thread).
 * A tile owns its outputs (rows of W, a block of error terms): nothing is summed across threads, and
   what a tile computes does not depend on who computes it, so results are the same for every thread
-  count. A worker waits only for tiles other workers have already claimed, so the workers need not run
-  at the same time: one thread running them one after the other gives the same result.
+  count. A worker waits only for tiles other workers have already claimed, so the workers need not
+  run at the same time: one thread running them one after the other gives the same result.
+* The gradient norms (``norms``) too: a gradient tile writes its rows' squared norms, which the next
+  minibatch's serial output phase (or, after the call's last, the driver) adds up in row order.
 """
+import math
 import platform
 import sys
 from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 from llvmlite import ir
-from numba import types
+from numba import njit, types
 from numba.core import cgutils
 from numba.extending import intrinsic
 from numba.np.arrayobj import make_array, populate_array
 
 from . import codes, planner
 from .codes import (C_L2, C_SCALE, C_SIZE, COST_NOT_FINITE, D_CAPACITY, D_GATHER, D_HEADER,
-                    D_LAYERS, D_LOSS, D_OPTIMIZER, D_OUTPUT, DONE, FORWARD, GRADIENTS, H_DROPOUT,
-                    H_KEY, H_SEED, H_STEP, IDENTITY, L_A, L_ACT, L_B, L_D, L_FIELDS, L_IN, L_OUT,
-                    L_W, OP_BACKWARD, OP_FORWARD, OP_GATHER, OP_GRADIENT, OP_OUTPUT, P_BLAS,
+                    D_LAYERS, D_LOSS, D_NWEIGHTS, D_OPTIMIZER, D_OUTPUT, DONE, FORWARD, GRADIENTS,
+                    H_DROPOUT, H_KEY, H_SEED, H_STEP, IDENTITY, L_A, L_ACT, L_B, L_D, L_FIELDS, L_IN,
+                    L_OUT, L_W, OP_BACKWARD, OP_FORWARD, OP_GATHER, OP_GRADIENT, OP_OUTPUT, P_BLAS,
                     P_COLUMNS, P_GATHERED, P_LAST_TILES, P_LAYER, P_OP, P_ROWS, P_SAMPLES, P_SERIAL,
                     P_STEP, P_TILES, PARAMS_NOT_FINITE, TRAIN)
 from .nb_kernels import (_backward_block, _bias_activate, _coefficients, _derivative_block,
-                         _dropout_rows, _finite, _forward_rows, _gradient_rows,
+                         _dropout_rows, _finite, _forward_rows, _gradient_rows, _row_squares,
                          _update_range, activation_forward, jit, jit_inline, output_error,
                          update_parameters)  # noqa: F401  (a driver too: the MPI step)
 
@@ -186,13 +189,33 @@ _N, _T = ord("N"), ord("T")
 
 # --------------------------------------------------------------------------- tiles and phases
 
+@njit(cache=True, nogil=True)  # no fast-math: the additions stay in order wherever this is compiled
+def _fold_norms(desc, squares, norms):
+    """IN/OUT norms[l] += ||G_l||_F for every layer l: the square root of the sum, in row order, of
+    the squared norms of the rows of W_l's gradient (squares: one per row, laid out like the biases,
+    each written by the tile that computed the row). The same bits for any tiling and any thread
+    count, whether the output phase or the driver calls it. Twin: cy_train._fold_norms."""
+    n_weights = desc[D_NWEIGHTS]
+    for l in range(desc[D_LAYERS]):
+        rec = D_HEADER + L_FIELDS * l
+        lo = desc[rec + L_B] - n_weights
+        total = 0.0
+        for j in range(lo, lo + desc[rec + L_OUT]):
+            total += squares[j]
+        norms[l] += math.sqrt(total)
+
+
 @jit_inline
-def _output(kind, desc, Y, rows, first_row, work, costs, out, hyper, c, status, batch):
+def _output(kind, desc, Y, rows, first_row, work, costs, out, norms, squares, hyper, c, status,
+            batch):
     """The one-tile phase after the forward pass: the output activations, costs and error terms.
 
     TRAIN also stops on a non-finite cost and sets this batch's update coefficients; FORWARD copies
-    the activations to out. Twin: cy_train._output.
+    the activations to out. With norms (TRAIN), it first adds the previous minibatch's gradient norms
+    (squares is zero before the call's first: that adds nothing). Twin: cy_train._output.
     """
+    if norms.shape[0] != 0:
+        _fold_norms(desc, squares, norms)
     rec = D_HEADER + L_FIELDS * (desc[D_LAYERS] - 1)
     k = desc[rec + L_OUT]
     m = rows.shape[0]
@@ -222,12 +245,13 @@ def _output(kind, desc, Y, rows, first_row, work, costs, out, hyper, c, status, 
 
 @jit_inline
 def _tile(phase, t, kind, desc, params, grads, state, X, Y, rows, first_row, ident, work, costs,
-          out, hyper, c, status, batch):
+          out, norms, squares, hyper, c, status, batch):
     """Tile t of program row `phase` for the batch X[rows]. Twin: cy_train._tile."""
     op = phase[P_OP]
     l = phase[P_LAYER]
     if op == OP_OUTPUT:
-        _output(kind, desc, Y, rows, first_row, work, costs, out, hyper, c, status, batch)
+        _output(kind, desc, Y, rows, first_row, work, costs, out, norms, squares, hyper, c, status,
+                batch)
         return
     m = rows.shape[0]
     rec = D_HEADER + L_FIELDS * l
@@ -310,6 +334,8 @@ def _tile(phase, t, kind, desc, params, grads, state, X, Y, rows, first_row, ide
             gb[j] *= scale
     else:
         _gradient_rows(D, A_in, rows_in, scale, G, gb, j0, j1)
+    if squares.shape[0] != 0:  # the gradient norms: this tile's rows' squared norms
+        _row_squares(G, _row(squares, b - desc[D_NWEIGHTS], n_out), j0, j1)
     if op == OP_GRADIENT:  # accumulate this block's share of the mean gradient into state[0]
         for lo, hi in ((w + j0 * n_in, w + j1 * n_in), (b + j0, b + j1)):
             total_grad = _row(state[0], lo, hi - lo)  # loops from 0 vectorize (_update_range)
@@ -329,7 +355,8 @@ def _tile(phase, t, kind, desc, params, grads, state, X, Y, rows, first_row, ide
 
 @jit
 def _worker(worker, n_workers, kind, program, desc, params, grads, state, X, Y, order, batch_size,
-            first, last, hyper, work, costs, out, counters, claims, status, c, ident, spins):
+            first, last, hyper, work, costs, out, norms, squares, counters, claims, status, c, ident,
+            spins):
     """Worker `worker` of n_workers: a pass over batches first..last-1, every step of `program`.
 
     The tiles of step k are split into n_workers contiguous shares, share v handed out through
@@ -378,7 +405,8 @@ def _worker(worker, n_workers, kind, program, desc, params, grads, state, X, Y, 
                             if status[0] != DONE:  # a failed row stops the serial step
                                 break
                             _tile(program[r], u, kind, desc, params, grads, state, X, Y, rows,
-                                  start, ident, work, costs, out, hyper, c, status, i)
+                                  start, ident, work, costs, out, norms, squares, hyper, c, status,
+                                  i)
                         if not serial:
                             break
                     _atomic_add(counters, 0, 1)
@@ -416,9 +444,10 @@ def _announce_compilation():
 
 
 def _launch(kind, n_threads, desc, params, grads, state, X, Y, order, batch_size, first, last,
-            hyper, work, costs, out, scale):
+            hyper, work, costs, out, norms, scale):
     """Run n_threads workers over batches first..last-1: one on the calling thread, the others on a
-    pool of threads (the worker releases the GIL). Returns the status array."""
+    pool of threads (the worker releases the GIL); then, with norms, add the last batch's gradient
+    norms (the others' were added by the next batch's output phase). Returns the status array."""
     _announce_compilation()
     program = planner.program(kind, desc, batch_size, order.shape[0])
     counters = np.zeros(1, np.int64)
@@ -428,10 +457,14 @@ def _launch(kind, n_threads, desc, params, grads, state, X, Y, order, batch_size
     c = np.zeros(C_SIZE, params.dtype)
     c[C_SCALE] = scale
     ident = np.arange(desc[D_CAPACITY])
+    # one squared norm per row of W (laid out like the biases), zero before the first batch
+    squares = np.zeros(params.shape[0] - desc[D_NWEIGHTS] if norms.shape[0] else 0)
     args = (kind, program, desc, params, grads, state, X, Y, order, batch_size, first, last, hyper,
-            work, costs, out, counters, claims, status, c, ident, planner.SPINS)
+            work, costs, out, norms, squares, counters, claims, status, c, ident, planner.SPINS)
     with planner.blas_single_threaded(program):
         _run_workers(n_threads, args)
+    if norms.shape[0] and status[0] == DONE and last > first:
+        _fold_norms(desc, squares, norms)
     return status
 
 
@@ -460,17 +493,21 @@ def _run_workers(n_threads, args):
 
 
 def train_batches(desc, params, grads, state, X, Y, order, batch_size, first, last, hyper, work,
-                costs, n_threads):
+                costs, n_threads, norms=None):
     """Minibatch training over batches first..last-1 of the epoch that visits X in `order`.
 
     Batch i is X[order[i*batch_size : (i+1)*batch_size]] (the last may be partial). IN/OUT params,
     state, hyper (the step counter advances), work; OUT grads (the last batch's mean gradient without
-    L2), costs (n,): each sample's cost before its batch's update, indexed like order. Returns
-    codes.outcome: (batches done, status, batch). Twin: cy_train.train_batches.
+    L2), costs (n,): each sample's cost before its batch's update, indexed like order. IN/OUT norms:
+    None or empty (off), or float64 (n_layers,): norms[l] += ||G_l||_F, the Frobenius norm of the
+    batch's mean gradient of W_l (without L2), for each batch trained (on a failure, those before the
+    failing batch), added in batch order. Returns codes.outcome: (batches done, status, batch).
+    Twin: cy_train.train_batches.
     """
-    codes.check_buffers(desc, params, X, Y, None, costs, work, hyper, order, grads, state)
+    norms = np.zeros(0) if norms is None else norms
+    codes.check_buffers(desc, params, X, Y, None, costs, work, hyper, order, grads, state, norms)
     status = _launch(TRAIN, n_threads, desc, params, grads, state, X, Y, order, batch_size, first,
-                     last, hyper, work, costs, params[:0].reshape(0, 1), 0.0)
+                     last, hyper, work, costs, params[:0].reshape(0, 1), norms, 0.0)
     return codes.outcome(status, first, last)
 
 
@@ -484,7 +521,7 @@ def gradients(desc, params, grads, X, Y, work, costs, n_threads):
     total = np.zeros((2, params.shape[0]), params.dtype)
     _launch(GRADIENTS, n_threads, desc, params, grads, total, X, Y, np.arange(n), capacity, 0,
             -(-n // capacity), codes.hyperparameters(int(desc[D_LAYERS])), work, costs,
-            params[:0].reshape(0, 1), 1.0 / n)
+            params[:0].reshape(0, 1), np.zeros(0), 1.0 / n)
     grads[:] = total[0]
 
 
@@ -497,4 +534,5 @@ def forward(desc, params, X, Y, out, costs, work, n_threads):
     capacity = int(desc[D_CAPACITY])
     no_state = np.zeros((2, 1), params.dtype)
     _launch(FORWARD, n_threads, desc, params, params, no_state, X, Y, np.arange(n), capacity, 0,
-            -(-n // capacity), codes.hyperparameters(int(desc[D_LAYERS])), work, costs, out, 0.0)
+            -(-n // capacity), codes.hyperparameters(int(desc[D_LAYERS])), work, costs, out,
+            np.zeros(0), 0.0)

@@ -5,6 +5,8 @@ Usage: mpiexec -n N python mpi_worker.py CASES.json OUTDIR
 Each case (a dict in CASES.json) names the data file every rank takes its shard of (load_shard), the
 network and the fit arguments. Every rank writes OUTDIR/NAME.rankR.npz: its parameters, the history's
 per-epoch loss and the shuffling seed. Nothing is printed.
+A case whose fit asks for the gradient_norms metric also writes OUTDIR/NAME.rankR.norms.npy: the
+history's gradient_norm_m, one row per layer m.
 """
 import json
 import sys
@@ -33,6 +35,9 @@ def main(cases_path, outdir):
         np.savez(f"{outdir}/{case['name']}.rank{rank}.npz", parameters=net.parameters,
                  loss=np.array(history["loss"]), seed=np.array(history.seed),
                  comm_share=np.array(history["comm_share"]))
+        if "gradient_norms" in case["fit"].get("metrics", ()):  # one row per layer, a column per epoch
+            np.save(f"{outdir}/{case['name']}.rank{rank}.norms.npy",
+                    np.array([history[f"gradient_norm_{m}"] for m in range(1, len(case["layers"]))]))
 
 
 if __name__ == "__main__":
