@@ -234,7 +234,9 @@ class Network:
             so a test set passed here stops being an unbiased estimate.
         metrics : iterable of str
             What to measure after each epoch, among ``train_loss``, ``train_accuracy`` (the whole
-            training set, one forward pass), ``val_loss``, ``val_accuracy``. Default: the validation
+            training set, one forward pass), ``val_loss``, ``val_accuracy``, and ``gradient_norms``
+            (``gradient_norm_1`` .. ``gradient_norm_L``: the epoch's mean over its minibatches of
+            ``||dC/dW^m||_F``, without L2, computed in the compiled drivers). Default: the validation
             ones when there is validation data. ``loss`` (the mean cost of the epoch's samples, each
             computed before its minibatch's update) is always recorded.
         l2_in_cost : bool

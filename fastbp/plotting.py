@@ -12,7 +12,7 @@ import numpy as np
 from . import validation
 
 # One colour per set of data in every panel.
-TRAINING, TEST = "tab:blue", "tab:orange"
+TRAINING, VALIDATION = "tab:blue", "tab:orange"
 
 
 def _pyplot(path):
@@ -48,16 +48,16 @@ def plot_learning_curves(history, path=None, title=None):
     """Draw the costs and accuracies recorded in `history` (a History or a dict of per-epoch lists)
     side by side, and the per-layer gradient norms on a log scale when the history holds
     ``gradient_norm_1`` .. ``gradient_norm_L``; save to `path` when given. Training is blue and
-    test orange in every panel. Returns the matplotlib Figure.
+    validation orange in every panel. Returns the matplotlib Figure.
     """
     plt = _pyplot(path)
     layers = gradient_norm_layers(history)
     figure, axes = plt.subplots(1, 3 if layers else 2, figsize=(15 if layers else 10, 4))
     cost, acc = axes[:2]
     curves = {"loss": (cost, "training (during the epoch)", TRAINING, ":"),
-              "train_loss": (cost, "training", TRAINING, "-"), "val_loss": (cost, "test", TEST, "-"),
+              "train_loss": (cost, "training", TRAINING, "-"), "val_loss": (cost, "validation", VALIDATION, "-"),
               "train_accuracy": (acc, "training", TRAINING, "-"),
-              "val_accuracy": (acc, "test", TEST, "-")}
+              "val_accuracy": (acc, "validation", VALIDATION, "-")}
     for name, (axis, label, colour, style) in curves.items():
         if history.get(name):
             axis.plot(range(1, len(history[name]) + 1), history[name], label=label, color=colour,
