@@ -51,7 +51,7 @@ def test_one_colour_per_set_in_every_panel():
     cost, accuracy = figure.axes
     cost, accuracy = colours(cost), colours(accuracy)
     assert cost["training"] == accuracy["training"] == cost["training (during the epoch)"]
-    assert cost["test"] == accuracy["test"] != accuracy["training"]
+    assert cost["validation"] == accuracy["validation"] != accuracy["training"]
 
 
 def test_gradient_norms_panel(tmp_path):
