@@ -166,7 +166,7 @@ class BuildExt(build_ext):
             except Exception:
                 return False
 
-    def _march(self, name, choices):
+    def _march(self, choices):
         """The first of the flag choices this compiler accepts; for the x86-64 variants of a
         distributable build, making x86-64 code. None when it accepts none of them."""
         code = "int main(void) { return 0; }\n"
@@ -193,13 +193,14 @@ class BuildExt(build_ext):
             link_flags = []
             marches = {}
             for index, (name, _, choices, _) in enumerate(variants()):
-                march = self._march(name, choices)
-                if march is None:
-                    what = "are built without them" if index == 0 else f"{name} variant is not built"
-                    print(f"WARNING: fastbp: the compiler accepts none of {choices}; the Cython kernels' "
-                          f"{what}", file=sys.stderr)
-                    if index > 0:
-                        continue
+                march = self._march(choices)
+                if march is None and index > 0:
+                    print(f"WARNING: fastbp: the compiler accepts none of {choices}: no {name} variant of the "
+                          f"Cython kernels", file=sys.stderr)
+                    continue
+                if march is None and ARCH == "dist":
+                    print(f"WARNING: fastbp: the compiler accepts none of {choices}: the Cython kernels are "
+                          f"built without them", file=sys.stderr)
                 marches[name] = march or []
         if openmp:
             common += openmp[0]
