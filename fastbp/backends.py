@@ -39,7 +39,12 @@ def available_backends(details=False):
     """The backends that work here, fastest first.
 
     With ``details=True``, a dict from every backend name to a dict of facts: ``available`` and, when
-    not, ``reason``; ``openmp`` for the Cython build.
+    not, ``reason``; for the Cython build ``openmp``, ``variant`` (the build of the twin in use:
+    ``native`` for a local build, ``baseline`` or ``avx2`` for a wheel's), ``choice`` (FASTBP_CPU,
+    ``auto`` by default: the most demanding variant this CPU runs), ``variants`` (those built),
+    ``flags`` (the compiler flags of the variant in use, None if unrecorded), ``cpu`` (this CPU's
+    x86-64 level, None if unknown), ``build`` (FASTBP_ARCH of the build: ``native``, ``dist``, a -march
+    value) and ``compiler``.
     """
     info = {}
     for name in ("cython", "numba", "numpy"):
@@ -51,9 +56,20 @@ def available_backends(details=False):
         info[name] = {"available": True}
         if hasattr(module, "OPENMP"):
             info[name]["openmp"] = bool(module.OPENMP)
+        if name == "cython":
+            info[name].update(_cython_build())
     if details:
         return info
     return [name for name, facts in info.items() if facts["available"]]
+
+
+def _cython_build():
+    """How the Cython kernels in use were built, and for which CPU."""
+    variant, build = loader.cython_variant(), loader.build_info()
+    return {"variant": variant["name"], "choice": loader.cpu_choice(),
+            "variants": [v["name"] for v in build["variants"]], "flags": variant["flags"],
+            "cpu": loader.cpu_level(loader.cpu_features()), "build": build["arch"],
+            "compiler": build["compiler"]}
 
 
 def default_threads():

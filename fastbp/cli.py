@@ -514,6 +514,13 @@ def info(args):
             print(f"  {name:7s} available{extra}")
         else:
             print(f"  {name:7s} unavailable: {facts['reason']}")
+        if "variant" in facts:
+            cpu = f"; this CPU: {facts['cpu']}" if facts["cpu"] else ""
+            print(f"          variant {facts['variant']} of {', '.join(facts['variants'])} "
+                  f"(FASTBP_CPU={facts['choice']}{cpu})")
+            flags = " ".join(facts["flags"]) if facts["flags"] is not None else "not recorded"
+            print(f"          compiled by {facts['compiler'] or '?'}, FASTBP_ARCH={facts['build'] or '?'}: "
+                  f"{flags}")
     print(f"  threads: {backends.default_threads()}")
     return 0
 
