@@ -1,7 +1,9 @@
 """Property-based tests (hypothesis): kernels and training over random shapes — one-unit layers,
 batches of one, batches larger than the data — against the numpy reference."""
+import warnings
+
 import numpy as np
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
 import fastbp
@@ -51,8 +53,15 @@ def test_training_matches_the_reference(sizes, n, batch_size, hidden, loss, seed
     Y = rng.random((n, sizes[-1]))
     nets = [fastbp.Network(sizes, hidden, out, loss, backend=b, n_threads=threads, seed=seed)
             for b in ("numpy", backend)]
-    for net in nets:
-        net.fit(X, Y, epochs=2, batch_size=batch_size, lr=0.05, l2=1e-3, momentum=0.5)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", fastbp.CostGrowthWarning)
+        try:  # the property is about finite training: a diverging draw (lr 0.05 on an identity
+            # network with batches of one can blow up) is no example of it
+            nets[0].fit(X, Y, epochs=2, batch_size=batch_size, lr=0.05, l2=1e-3, momentum=0.5)
+        except fastbp.TrainingDiverged:
+            assume(False)
+        assume(np.abs(nets[0].parameters).max() < 1e6)  # far from diverging: tolerances mean something
+        nets[1].fit(X, Y, epochs=2, batch_size=batch_size, lr=0.05, l2=1e-3, momentum=0.5)
     np.testing.assert_allclose(nets[1].parameters, nets[0].parameters, rtol=1e-9, atol=1e-12)
     np.testing.assert_allclose(nets[1].forward(X), nets[0].forward(X), rtol=1e-9, atol=1e-12)
 
