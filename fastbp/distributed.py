@@ -521,7 +521,8 @@ class MPIStepper(training.Stepper):
             total = self.buffer[-2]
             self.mean_grads *= self.mean_grads.dtype.type(1.0 / total if total > 0 else 0.0)
             if not total > 0:
-                return codes.DONE        if self.norm_sums is not None:  # of the update's mean gradient: the same on every rank
+                return codes.DONE
+        if self.norm_sums is not None:  # of the update's mean gradient: the same on every rank
             self.norm_sums += [np.sqrt(np.sum(np.square(W, dtype=np.float64)))
                                for W in self.weight_grads]
         self.hyper[codes.H_KEY] = self.hyper[codes.H_STEP]
