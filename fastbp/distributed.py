@@ -37,6 +37,12 @@ in pieces of at most b_r rows per rank, and reduces them in one Allreduce: one u
 minibatches, with the mean gradient of their k·B rows (the same as ``batch_size=k*B`` with a work
 buffer of b_r rows; k times fewer bytes communicated per sample).
 
+With ``sample_weight`` (each rank passes its rows' weights; each rank's must sum to more than 0),
+each rank's local gradient is the weighted sum ``sum w dC`` of its rows, the Allreduce carries one
+more number, the update's weight sum over all ranks, and the update is the weighted mean: equal to
+single-process weighted training on the same global minibatches. An update whose weights sum to 0
+on every rank together makes no step.
+
 Everything said of Network.fit holds: the optimizer state carries over, learning rate schedules and
 early stopping work (on metrics reduced over all ranks, so every rank decides the same), L2 applies
 to the weights only. Dropout is not supported here.

@@ -578,7 +578,7 @@ class _CostGrowth:
     def check(self, stepper, epoch, loss):
         if self.opening is None:
             total, count = stepper.reduce(np.array(stepper.opening_cost(), np.float64))
-            self.opening = total / count
+            self.opening = total / count if count > 0 else 0.0  # weights: the first batch's may be 0
         if not self.warned and self.opening > 0 and loss > self.GROWTH * self.opening:
             self.warned = True
             if stepper.lead:
