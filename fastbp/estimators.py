@@ -71,6 +71,12 @@ _STOCHASTIC_RECORDS = ("loss_curve_", "best_loss_", "validation_scores_", "best_
                        "_best_parameters", "_no_improvement_count")
 
 
+def _own(arguments):
+    """An __init__'s arguments from its locals(): the parameters, without self (and the __class__
+    cell that super() brings)."""
+    return {k: v for k, v in arguments.items() if k not in ("self", "__class__")}
+
+
 def _stochastic_solver(estimator):
     """available_if's test for partial_fit: True, or AttributeError with scikit-learn's words."""
     if estimator.solver not in STOCHASTIC_SOLVERS:
@@ -695,16 +701,9 @@ class MLPClassifier(ClassifierMixin, _BaseMLP):
                  validation_fraction=0.1, beta_1=0.9, beta_2=0.999, epsilon=1e-8,
                  n_iter_no_change=10, max_fun=15000, class_weight=None, backend="auto",
                  n_threads=None, dtype=None):
-        super().__init__(
-            hidden_layer_sizes=hidden_layer_sizes, activation=activation, solver=solver,
-            alpha=alpha, batch_size=batch_size, learning_rate=learning_rate,
-            learning_rate_init=learning_rate_init, power_t=power_t, max_iter=max_iter,
-            shuffle=shuffle, random_state=random_state, tol=tol, verbose=verbose,
-            warm_start=warm_start, momentum=momentum, nesterovs_momentum=nesterovs_momentum,
-            early_stopping=early_stopping, validation_fraction=validation_fraction, beta_1=beta_1,
-            beta_2=beta_2, epsilon=epsilon, n_iter_no_change=n_iter_no_change, max_fun=max_fun,
-            backend=backend, n_threads=n_threads, dtype=dtype)
-        self.class_weight = class_weight
+        arguments = _own(locals())
+        self.class_weight = arguments.pop("class_weight")
+        super().__init__(**arguments)
 
     def _sample_weight(self, X, y, sample_weight, incremental):
         """The sample weights times the class weights (``class_weight``), as LogisticRegression
@@ -910,16 +909,9 @@ class MLPRegressor(RegressorMixin, _BaseMLP):
                  nesterovs_momentum=True, early_stopping=False, validation_fraction=0.1,
                  beta_1=0.9, beta_2=0.999, epsilon=1e-8, n_iter_no_change=10, max_fun=15000,
                  backend="auto", n_threads=None, dtype=None):
-        super().__init__(
-            hidden_layer_sizes=hidden_layer_sizes, activation=activation, solver=solver,
-            alpha=alpha, batch_size=batch_size, learning_rate=learning_rate,
-            learning_rate_init=learning_rate_init, power_t=power_t, max_iter=max_iter,
-            shuffle=shuffle, random_state=random_state, tol=tol, verbose=verbose,
-            warm_start=warm_start, momentum=momentum, nesterovs_momentum=nesterovs_momentum,
-            early_stopping=early_stopping, validation_fraction=validation_fraction, beta_1=beta_1,
-            beta_2=beta_2, epsilon=epsilon, n_iter_no_change=n_iter_no_change, max_fun=max_fun,
-            backend=backend, n_threads=n_threads, dtype=dtype)
-        self.loss = loss
+        arguments = _own(locals())
+        self.loss = arguments.pop("loss")
+        super().__init__(**arguments)
 
     @staticmethod
     def _score_function(y, y_pred, sample_weight=None):
