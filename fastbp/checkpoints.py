@@ -25,15 +25,18 @@ class CheckpointError(modelfile.ModelFileError):
     """The checkpoint is damaged, or belongs to another training (the message says what differs)."""
 
 
-def data_fingerprint(X, Y):
+def data_fingerprint(X, Y, weights=None):
     """Shape, dtype and a hash of SAMPLED_ROWS rows spread over (X, Y): what tells data sets apart
-    without reading them whole."""
+    without reading them whole. With sample weights, a hash of all of them too (one number a row)."""
     rows = np.unique(np.linspace(0, X.shape[0] - 1, SAMPLED_ROWS).astype(np.int64))
     digest = hashlib.sha256()
     for array in (X, Y):
         digest.update(np.ascontiguousarray(array[rows]).tobytes())
-    return {"X": list(X.shape), "Y": list(Y.shape), "dtype": X.dtype.name,
-            "rows": digest.hexdigest()[:32]}
+    found = {"X": list(X.shape), "Y": list(Y.shape), "dtype": X.dtype.name,
+             "rows": digest.hexdigest()[:32]}
+    if weights is not None:
+        found["weights"] = hashlib.sha256(np.ascontiguousarray(weights).tobytes()).hexdigest()[:32]
+    return found
 
 
 def save(path, record, arrays):

@@ -37,6 +37,12 @@ in pieces of at most b_r rows per rank, and reduces them in one Allreduce: one u
 minibatches, with the mean gradient of their k·B rows (the same as ``batch_size=k*B`` with a work
 buffer of b_r rows; k times fewer bytes communicated per sample).
 
+With ``sample_weight`` (each rank passes its rows' weights; each rank's must sum to more than 0),
+each rank's local gradient is the weighted sum ``sum w dC`` of its rows, the Allreduce carries one
+more number, the update's weight sum over all ranks, and the update is the weighted mean: equal to
+single-process weighted training on the same global minibatches. An update whose weights sum to 0
+on every rank together makes no step.
+
 Everything said of Network.fit holds: the optimizer state carries over, learning rate schedules and
 early stopping work (on metrics reduced over all ranks, so every rank decides the same), L2 applies
 to the weights only. Dropout is not supported here.
@@ -240,19 +246,22 @@ def global_batches(shard_sizes, batch_size, epoch, seed, shuffle=True, allreduce
 
 # --------------------------------------------------------------------------- training
 
-def evaluate(net, X, y, comm=None, n_threads=None):
-    """The mean cost and accuracy over every rank's (X, y) together (collective): an Evaluation."""
+def evaluate(net, X, y, comm=None, n_threads=None, sample_weight=None):
+    """The mean cost and accuracy over every rank's (X, y) together (collective): an Evaluation;
+    with sample_weight (this rank's samples' weights), the weighted ones."""
     c = Comm(comm)
     threads = n_threads or net.n_threads or default_threads(comm)  # collective: every rank calls it
 
     def check():
         if X is None or len(X) == 0:
-            return None, None
+            return None, None, None
         X_ = validation.features(X, net.layer_sizes[0], net.dtype)
-        return X_, validation.targets(y, X_.shape[0], net.layer_sizes[-1], net.dtype)
+        return (X_, validation.targets(y, X_.shape[0], net.layer_sizes[-1], net.dtype),
+                validation.sample_weight(sample_weight, X_.shape[0], positive_sum=False))
     data = agree(c, "evaluate", check)
     with net.exclusive():
-        sums = np.array(training.forward_sums(net, *data, threads), np.float64)
+        X_, Y_, W_ = data
+        sums = np.array(training.forward_sums(net, X_, Y_, threads, W_), np.float64)
     c.allreduce(sums)
     if sums[2] == 0:
         raise ValueError("no rank has samples to evaluate")
@@ -283,21 +292,23 @@ def fit(net, X, y, comm=None, **arguments):
     return net.fit(X, y, comm=Comm(comm), **arguments)
 
 
-def prepare(net, X, y, validation_data, arguments, comm=None):
+def prepare(net, X, y, validation_data, sample_weight, arguments, comm=None):
     """The training loop's start over MPI: every rank's data and settings checked (a failure on one
-    rank is raised on all), the ranks' settings compared. Returns (X, Y, validation pair or None,
-    Settings, a function making the MPIStepper)."""
+    rank is raised on all), the ranks' settings compared. Returns (X, Y, weights or None, validation
+    triple or None, Settings, a function making the MPIStepper)."""
     c = comm if isinstance(comm, Comm) else Comm(comm)
 
     def check():
         if X is None or len(X) == 0:
             raise ValueError(f"rank {c.rank} has no training samples (fewer rows than ranks?)")
-        X_, Y_, val = training.data(net, X, y, validation_data)
+        X_, Y_, W_, val = training.data(net, X, y, validation_data, sample_weight)
         settings = training.Settings(net, **arguments)
         if np.any(settings.hyper[codes.H_DROPOUT:] != 0):
             raise ValueError("dropout is not supported in distributed training")
-        return X_, Y_, val, settings
-    X, Y, val, settings = agree(c, "distributed fit", check)
+        return X_, Y_, W_, val, settings
+    X, Y, W, val, settings = agree(c, "distributed fit", check)
+    if len(set(c.allgather(W is None))) > 1:
+        raise DistributedError("some ranks passed sample_weight and others did not")
     fingerprint = dict(settings.fingerprint(), network=(repr(net), tuple(net.layer_sizes)))
     everyone = c.allgather((X.shape[0], 0 if val is None else val[0].shape[0], fingerprint))
     differ = [r for r, (_, _, s) in enumerate(everyone) if s != everyone[0][2]]
@@ -310,7 +321,7 @@ def prepare(net, X, y, validation_data, arguments, comm=None):
     settings.watch(has_validation=sum(v for _, v, _ in everyone) > 0)  # all ranks' validation data
     if settings.shuffle == "global":
         if len(set(shard_sizes)) > 1 or len(set(map(str, c.allgather(
-                checkpoints.data_fingerprint(X, Y))))) > 1:
+                checkpoints.data_fingerprint(X, Y, W))))) > 1:
             raise DistributedError("shuffle='global' needs the same (X, y) on every rank: each rank "
                                    "reads rows from all of it (in memory, or a memory map of one "
                                    f"file); the ranks hold {shard_sizes} rows, or other rows")
@@ -320,7 +331,7 @@ def prepare(net, X, y, validation_data, arguments, comm=None):
     elif settings.seed is None:
         settings.seed = c.bcast_obj(int(net.rng.integers(0, 2 ** 62)) if c.rank == 0 else None)
     threads = net.n_threads or default_threads(c.comm)  # collective: every rank calls it
-    return X, Y, val, settings, lambda *args: MPIStepper(c, shard_sizes, threads, *args)
+    return X, Y, W, val, settings, lambda *args: MPIStepper(c, shard_sizes, threads, *args)
 
 
 class MPIStepper(training.Stepper):
@@ -330,8 +341,8 @@ class MPIStepper(training.Stepper):
 
     unit = "update"
 
-    def __init__(self, c, shard_sizes, threads, net, X, Y, settings):
-        super().__init__(net, X, Y, settings)
+    def __init__(self, c, shard_sizes, threads, net, X, Y, settings, weights=None):
+        super().__init__(net, X, Y, settings, weights)
         self.c, self.threads, self.k = c, threads, settings.allreduce_every
         self.lead = c.rank == 0
         B = settings.batch_size
@@ -353,7 +364,9 @@ class MPIStepper(training.Stepper):
         self.Yb = np.empty((capacity, Y.shape[1]), net.dtype)
         self.sample_costs = np.empty(capacity)
         n = net.parameters.shape[0]
-        self.buffer = np.zeros(n + 1, net.dtype)  # the gradient, then a count of bad costs
+        # the gradient, (with weights) the update's weight sum, then a count of bad costs
+        self.buffer = np.zeros(n + 1 + (weights is not None), net.dtype)
+        self.Wb = np.empty(capacity) if weights is not None else None
         self.mean_grads = self.buffer[:n]
         # each layer's gradient norms summed over the epoch's updates; None: not measured
         self.norm_sums = np.zeros(len(net.weights)) if "gradient_norms" in settings.metrics else None
@@ -403,10 +416,12 @@ class MPIStepper(training.Stepper):
         m = rows.shape[0]
         return rows[m * rank // size:m * (rank + 1) // size]
 
-    def sums(self, X, Y):
+    def sums(self, X, Y, weights=None):
         if self.spread and X is not None:  # every rank holds every row: each measures its block
-            X, Y = (a[slice(*shard_range(X.shape[0], self.c.rank, self.c.size))] for a in (X, Y))
-        return super().sums(X, Y)
+            block = slice(*shard_range(X.shape[0], self.c.rank, self.c.size))
+            X, Y = X[block], Y[block]
+            weights = None if weights is None else weights[block]
+        return super().sums(X, Y, weights)
 
     def first_chunk(self):
         return self.chunk  # the same on every rank: chunks end in collective decisions
@@ -458,16 +473,27 @@ class MPIStepper(training.Stepper):
 
     def _local_gradient(self, order, batch, rows_total, out):
         """OUT out: the gradient of this rank's rows of minibatch `batch`, summed and divided by
-        rows_total (the update's rows on every rank), or 0 without rows; returns their costs' sum."""
+        rows_total (the update's rows on every rank), or 0 without rows; returns their costs' sum.
+        With weights: the weighted sum sum w dC (divided after the Allreduce by the update's weight
+        sum, which this adds to the buffer), and the weighted costs' sum."""
         rows = self._rows(order, batch)
         m = rows.shape[0]
-        self.rows_seen += m
         if m == 0:
             out[:] = 0
             return 0.0
         np.take(self.X, rows, axis=0, out=self.Xb[:m])
         np.take(self.Y, rows, axis=0, out=self.Yb[:m])
         costs = self.sample_costs[:m]
+        if self.weights is not None:
+            weights = np.take(self.weights, rows, out=self.Wb[:m])
+            self.driver.gradients(self.desc, self.parameters, out, self.Xb[:m], self.Yb[:m],
+                                  self.work, costs, self.threads, weights)
+            total = float(weights.sum())  # the driver's gradient is the weighted mean
+            out *= out.dtype.type(total)
+            self.rows_seen += total
+            self.buffer[-2] += total
+            return float(np.dot(costs, weights))
+        self.rows_seen += m
         self.driver.gradients(self.desc, self.parameters, out, self.Xb[:m], self.Yb[:m],
                               self.work, costs, self.threads)
         factor = m / rows_total  # the driver's gradient is the mean over the m rows
@@ -480,9 +506,13 @@ class MPIStepper(training.Stepper):
         first = update * self.k
         last = min(first + self.k, self.n_batches)
         rows_total = int(self.group_rows[update])
+        weighted = self.weights is not None
+        if weighted:
+            self.buffer[-2] = 0.0  # the update's weight sum, added up by _local_gradient
+        seen = self.rows_seen
         cost = self._local_gradient(order, first, rows_total, self.mean_grads)
         if self.opening is None:  # the untrained network's cost on this rank's rows, for the loop
-            self.opening = (cost, self._rows(order, first).shape[0])
+            self.opening = (cost, self.rows_seen - seen)
         for batch in range(first + 1, last):
             cost += self._local_gradient(order, batch, rows_total, self.grads)
             self.mean_grads += self.grads
@@ -493,6 +523,11 @@ class MPIStepper(training.Stepper):
         self.allreduce_seconds[update] = time.perf_counter() - started
         if self.buffer[-1] != 0:  # on some rank
             return codes.COST_NOT_FINITE
+        if weighted:  # the update's weighted mean gradient; no weight: no step
+            total = self.buffer[-2]
+            self.mean_grads *= self.mean_grads.dtype.type(1.0 / total if total > 0 else 0.0)
+            if not total > 0:
+                return codes.DONE
         if self.norm_sums is not None:  # of the update's mean gradient: the same on every rank
             self.norm_sums += [np.sqrt(np.sum(np.square(W, dtype=np.float64)))
                                for W in self.weight_grads]

@@ -18,6 +18,9 @@ How scikit-learn's conventions map onto the Network's:
   torch's ``v = momentum * v + g``, ``theta -= lr * v``. With a constant learning rate they are the
   same; when the learning rate changes between epochs (``invscaling``, ``adaptive``) the velocity is
   rescaled by ``old_lr / new_lr`` so that they stay the same.
+- With ``sample_weight``, scikit-learn's minibatch gradient is ``(sum of w * the samples' gradients +
+  alpha * W) / sum(w)``: the Network's weighted mean with ``l2 = alpha / sum(w)``; consecutive
+  minibatches with the same size and weight sum are trained by one call.
 - The regressor's cost is ``1/2 ||a - y||^2`` per sample for both; scikit-learn *reports* it divided
   by the number of outputs (its ``squared_error`` averages over outputs), and so does ``loss_curve_``.
 """
@@ -35,7 +38,8 @@ try:
     from sklearn.utils import check_random_state, column_or_1d, shuffle as _shuffle
     from sklearn.utils.metaestimators import available_if
     from sklearn.utils.multiclass import check_classification_targets, type_of_target, unique_labels
-    from sklearn.utils.validation import check_is_fitted
+    from sklearn.utils.class_weight import compute_class_weight
+    from sklearn.utils.validation import _check_sample_weight, check_is_fitted
 except ImportError:  # pragma: no cover - depends on the environment
     raise ImportError("fastbp's scikit-learn estimators need scikit-learn: pip install scikit-learn "
                       "(or pip install 'fastbp[digits]')") from None
@@ -65,6 +69,12 @@ OUTPUTS = {"softmax": ("softmax", "cross_entropy"), "logistic": ("sigmoid", "cro
 # What only the stochastic solvers record (scikit-learn sets none of them with lbfgs).
 _STOCHASTIC_RECORDS = ("loss_curve_", "best_loss_", "validation_scores_", "best_validation_score_",
                        "_best_parameters", "_no_improvement_count")
+
+
+def _own(arguments):
+    """An __init__'s arguments from its locals(): the parameters, without self (and the __class__
+    cell that super() brings)."""
+    return {k: v for k, v in arguments.items() if k not in ("self", "__class__")}
 
 
 def _stochastic_solver(estimator):
@@ -197,10 +207,11 @@ class _BaseMLP(BaseEstimator):
 
     # ------------------------------------------------------------------- fitting
 
-    def _fit(self, X, y, incremental=False):
+    def _fit(self, X, y, sample_weight=None, incremental=False):
         hidden = self._check_params()
         first_pass = not hasattr(self, "network_") or (not self.warm_start and not incremental)
         X, y = self._validate_input(X, y, incremental, reset=first_pass)
+        sample_weight = self._sample_weight(X, y, sample_weight, incremental)
         if y.ndim == 1:
             y = y.reshape(-1, 1)
         layer_units = [X.shape[1]] + hidden + [y.shape[1]]
@@ -213,13 +224,21 @@ class _BaseMLP(BaseEstimator):
         X = np.ascontiguousarray(X, dtype=dt)
         y = np.ascontiguousarray(y, dtype=dt)
         if self.solver == "lbfgs":
-            self._fit_lbfgs(X, y)
+            self._fit_lbfgs(X, y, sample_weight)
         else:
-            self._fit_stochastic(X, y, incremental, rng)
+            self._fit_stochastic(X, y, sample_weight, incremental, rng)
         if not np.isfinite(self.network_.parameters).all():
             raise ValueError("Solver produced non-finite parameter weights. The input data may "
                              "contain large values and need to be preprocessed.")
         return self
+
+    def _sample_weight(self, X, y, sample_weight, incremental):
+        """None, or the samples' weights as float64 (finite, >= 0), as scikit-learn checks them."""
+        if sample_weight is None:
+            return None
+        sample_weight = _check_sample_weight(sample_weight, X, dtype=np.float64,
+                                             ensure_non_negative=True)
+        return validation.sample_weight(sample_weight, X.shape[0], positive_sum=False)
 
     def _initialize(self, y, layer_units, rng, x_dtype):
         """A new network with scikit-learn's initial weights, and fresh training records.
@@ -285,7 +304,7 @@ class _BaseMLP(BaseEstimator):
         if wanted != {"backend": net.backend, "n_threads": net.n_threads, "dtype": net.dtype.name}:
             self.network_ = net.copy(**wanted)
 
-    def _fit_stochastic(self, X, y, incremental, rng):
+    def _fit_stochastic(self, X, y, sample_weight, incremental, rng):
         net = self.network_
         if not incremental or not hasattr(self, "_lr"):
             self._lr = float(self.learning_rate_init)  # scikit-learn's optimizer.learning_rate
@@ -296,8 +315,14 @@ class _BaseMLP(BaseEstimator):
         if early_stopping:
             # as scikit-learn: stratified for single-output classifiers, from the same generator
             stratify = y if is_classifier(self) and self.n_outputs_ == 1 else None
-            X_train, X_val, y_train, y_val = train_test_split(
-                X, y, random_state=rng, test_size=self.validation_fraction, stratify=stratify)
+            if sample_weight is None:
+                X_train, X_val, y_train, y_val = train_test_split(
+                    X, y, random_state=rng, test_size=self.validation_fraction, stratify=stratify)
+                w_train = w_val = None
+            else:  # the same split, the weights going with their samples
+                X_train, X_val, y_train, y_val, w_train, w_val = train_test_split(
+                    X, y, sample_weight, random_state=rng, test_size=self.validation_fraction,
+                    stratify=stratify)
             if X_val.shape[0] < 2:
                 raise ValueError("The validation set is too small. Increase 'validation_fraction' "
                                  "or the size of your dataset.")
@@ -306,6 +331,7 @@ class _BaseMLP(BaseEstimator):
             y_val = self._targets_to_y(y_val)
         else:
             X_train, y_train, X_val, y_val = X, y, None, None
+            w_train = w_val = sample_weight
 
         n_samples = X_train.shape[0]
         if self.batch_size == "auto":
@@ -320,6 +346,7 @@ class _BaseMLP(BaseEstimator):
             X_epoch, y_epoch = np.empty_like(X_train), np.empty_like(y_train)
         else:
             X_epoch, y_epoch = X_train, y_train
+        w_epoch = w_train
         n_batches = -(-n_samples // batch_size)
         penalty = 0.5 * self.alpha * n_batches / n_samples  # times sum(W**2): the loss's L2 term
         scale = 1.0 / self.n_outputs_ if self._averages_outputs else 1.0
@@ -331,8 +358,12 @@ class _BaseMLP(BaseEstimator):
                     sample_idx = _shuffle(sample_idx, random_state=rng)
                     np.take(X_train, sample_idx, axis=0, out=X_epoch)
                     np.take(y_train, sample_idx, axis=0, out=y_epoch)
+                    if w_train is not None:
+                        w_epoch = w_train[sample_idx]
                 squares = net.squared_weights()
-                cost = self._train_epoch(X_epoch, y_epoch, batch_size)
+                cost, per_weight = self._train_epoch(X_epoch, y_epoch, w_epoch, batch_size)
+                if per_weight is not None:  # sum over batches of (rows / weight sum), over n
+                    penalty = 0.5 * self.alpha * per_weight / n_samples
                 squares = 0.5 * (squares + net.squared_weights())
                 self.n_iter_ += 1
                 self.loss_ = cost * scale + penalty * squares
@@ -341,7 +372,7 @@ class _BaseMLP(BaseEstimator):
                 if self.verbose:
                     print("Iteration %d, loss = %.8f" % (self.n_iter_, self.loss_))
 
-                self._update_no_improvement_count(early_stopping, X_val, y_val)
+                self._update_no_improvement_count(early_stopping, X_val, y_val, w_val)
                 if self.solver == "sgd" and self.learning_rate == "invscaling":
                     self._set_learning_rate(self.learning_rate_init
                                             / (self.t_ + 1) ** self.power_t)
@@ -373,13 +404,18 @@ class _BaseMLP(BaseEstimator):
         if early_stopping:  # restore the best parameters
             net.parameters[:] = self._best_parameters
 
-    def _fit_lbfgs(self, X, y):
-        """scikit-learn's _fit_lbfgs: full-batch L-BFGS-B from the network's parameters."""
+    def _fit_lbfgs(self, X, y, sample_weight=None):
+        """scikit-learn's _fit_lbfgs: full-batch L-BFGS-B from the network's parameters (with
+        weights: the weighted mean cost, and alpha divided by the weights' sum)."""
         scale = 1.0 / self.n_outputs_ if self._averages_outputs else 1.0
+        total = X.shape[0] if sample_weight is None else float(sample_weight.sum())
+        if not total > 0:
+            raise ValueError("sample_weight sums to 0: no sample counts")
         try:
             history = lbfgs.fit(self.network_, X, y, max_iter=self.max_iter,
-                                l2=self.alpha / X.shape[0], tol=self.tol, max_fun=self.max_fun,
-                                verbose=bool(self.verbose), cost_scale=scale)
+                                l2=self.alpha / total, tol=self.tol, max_fun=self.max_fun,
+                                verbose=bool(self.verbose), cost_scale=scale,
+                                sample_weight=sample_weight)
         except KeyboardInterrupt:
             history = self.network_.history
             warnings.warn("Training interrupted by user.", stacklevel=3)
@@ -398,22 +434,45 @@ class _BaseMLP(BaseEstimator):
                         "    https://scikit-learn.org/stable/modules/preprocessing.html")
             warnings.warn(message, ConvergenceWarning, stacklevel=4)
 
-    def _train_epoch(self, X, Y, batch_size):
-        """One epoch over X in order, in minibatches; the mean cost of its samples (before updates).
+    def _train_epoch(self, X, Y, weights, batch_size):
+        """One epoch over X in order, in minibatches: (the mean over the samples of their batch's
+        mean cost, before updates; with weights, the sum over batches of rows / weight sum, else None).
 
         The full batches train with ``l2 = alpha / batch_size``; a last, smaller batch of ``m``
         samples is trained by a second call with ``l2 = alpha / m``, as scikit-learn penalizes it.
+        With weights, each batch's gradient is its weighted mean and ``l2 = alpha / sum(w)`` of the
+        batch: consecutive batches of the same size and weight sum are trained by one call; a batch
+        whose weights sum to 0 is skipped (scikit-learn's update would be NaN there) and adds 0.
         """
         net, n = self.network_, X.shape[0]
         arguments = dict(epochs=1, lr=self._lr, shuffle=False, **self._optimizer_arguments())
         n_full = n - n % batch_size
         total = 0.0
-        for start, stop, size in ((0, n_full, batch_size), (n_full, n, n - n_full)):
-            if stop > start:
-                history = net.fit(X[start:stop], Y[start:stop], batch_size=size,
-                                  l2=self.alpha / size, **arguments)
+        if weights is None:
+            for start, stop, size in ((0, n_full, batch_size), (n_full, n, n - n_full)):
+                if stop > start:
+                    history = net.fit(X[start:stop], Y[start:stop], batch_size=size,
+                                      l2=self.alpha / size, **arguments)
+                    total += history["loss"][0] * (stop - start)
+            return total / n, None
+        starts = np.arange(0, n, batch_size)
+        sizes = np.minimum(batch_size, n - starts)
+        sums = np.add.reduceat(weights, starts)
+        per_weight = 0.0
+        i = 0
+        while i < len(starts):
+            j = i + 1
+            while j < len(starts) and sizes[j] == sizes[i] and sums[j] == sums[i]:
+                j += 1
+            start, stop = starts[i], starts[j - 1] + sizes[j - 1]
+            if sums[i] > 0:
+                history = net.fit(X[start:stop], Y[start:stop], batch_size=int(sizes[i]),
+                                  l2=self.alpha / sums[i], sample_weight=weights[start:stop],
+                                  **arguments)
                 total += history["loss"][0] * (stop - start)
-        return total / n
+                per_weight += (j - i) * sizes[i] / sums[i]
+            i = j
+        return total / n, per_weight
 
     def _set_learning_rate(self, lr):
         """Change the learning rate between epochs, keeping scikit-learn's SGD velocity."""
@@ -436,9 +495,9 @@ class _BaseMLP(BaseEstimator):
             print(msg + " Setting learning rate to %f" % self._lr)
         return False
 
-    def _update_no_improvement_count(self, early_stopping, X_val, y_val):
+    def _update_no_improvement_count(self, early_stopping, X_val, y_val, w_val=None):
         if early_stopping:
-            score = self._score_arrays(X_val, y_val)
+            score = self._score_arrays(X_val, y_val, w_val)
             self.validation_scores_.append(score)
             if self.verbose:
                 print("Validation score: %f" % score)
@@ -457,12 +516,13 @@ class _BaseMLP(BaseEstimator):
             if self.loss_curve_[-1] < self.best_loss_:
                 self.best_loss_ = self.loss_curve_[-1]
 
-    def _score_arrays(self, X, y):
-        """The validation score (accuracy or R^2) on X already of the network's dtype."""
+    def _score_arrays(self, X, y, sample_weight=None):
+        """The validation score (accuracy or R^2, weighted with sample_weight) on X already of the
+        network's dtype."""
         y_pred = self._predictions(self.network_.forward(X))
         if np.issubdtype(y_pred.dtype, np.floating) and not np.isfinite(y_pred).all():
             return np.nan
-        return float(self._score_function(y, y_pred))
+        return float(self._score_function(y, y_pred, sample_weight))
 
     # ------------------------------------------------------------------- predicting
 
@@ -580,8 +640,12 @@ _ATTRIBUTES = """
 """
 
 _DIFFERENCES = """
-    Differences from scikit-learn: no sparse input and no ``sample_weight`` yet; ``partial_fit``
-    is not available with lbfgs (scikit-learn's MLPRegressor runs a whole lbfgs fit there).
+    Differences from scikit-learn: no sparse input; ``partial_fit`` is not available with lbfgs
+    (scikit-learn's MLPRegressor runs a whole lbfgs fit there). ``sample_weight`` follows
+    scikit-learn's MLP (the weights split with the samples for early stopping's validation set; each
+    minibatch's loss and gradient are weighted means, with ``alpha / sum(w)`` as its L2 factor;
+    lbfgs minimizes the weighted mean loss plus ``alpha / (2 sum(w)) * sum(W**2)``), except that
+    a minibatch whose weights sum to 0 is skipped (scikit-learn's update is NaN there).
     With the same ``random_state`` and parameters the training follows scikit-learn's step for step
     (same initial weights, shuffles, minibatches, penalty, momentum and schedules; for lbfgs the same
     loss and gradient handed to the same scipy minimizer); what differs is rounding (the kernels
@@ -604,7 +668,14 @@ class MLPClassifier(ClassifierMixin, _BaseMLP):
     scikit-learn accepts (integers, strings, ...).
 
     Parameters
-    ----------""" + _PARAMETERS + """
+    ----------""" + _PARAMETERS + """    class_weight : None, "balanced" or dict, default=None
+        Weights of the classes, multiplied into the sample weights: a dict ``{label: weight}``
+        (classes not in it weigh 1), or ``"balanced"``: ``n_samples / (n_classes * counts)``
+        (weighted counts with ``sample_weight``). scikit-learn's MLPClassifier has no class_weight;
+        this follows its other classifiers' convention (LogisticRegression's,
+        ``sklearn.utils.class_weight.compute_class_weight``). Not for multilabel targets;
+        ``"balanced"`` is refused by ``partial_fit`` (as SGDClassifier does): pass a dict.
+
     Attributes
     ----------
     classes_ : ndarray or list of ndarray
@@ -623,9 +694,39 @@ class MLPClassifier(ClassifierMixin, _BaseMLP):
 
     _averages_outputs = False
 
+    def __init__(self, hidden_layer_sizes=(100,), activation="relu", *, solver="adam", alpha=0.0001,
+                 batch_size="auto", learning_rate="constant", learning_rate_init=0.001, power_t=0.5,
+                 max_iter=200, shuffle=True, random_state=None, tol=1e-4, verbose=False,
+                 warm_start=False, momentum=0.9, nesterovs_momentum=True, early_stopping=False,
+                 validation_fraction=0.1, beta_1=0.9, beta_2=0.999, epsilon=1e-8,
+                 n_iter_no_change=10, max_fun=15000, class_weight=None, backend="auto",
+                 n_threads=None, dtype=None):
+        arguments = _own(locals())
+        self.class_weight = arguments.pop("class_weight")
+        super().__init__(**arguments)
+
+    def _sample_weight(self, X, y, sample_weight, incremental):
+        """The sample weights times the class weights (``class_weight``), as LogisticRegression
+        combines them (``compute_class_weight`` of the labels, with the sample weights)."""
+        sample_weight = super()._sample_weight(X, y, sample_weight, incremental)
+        if self.class_weight is None:
+            return sample_weight
+        if self._label_binarizer.y_type_.startswith("multilabel"):
+            raise ValueError("class_weight is not supported for multilabel targets")
+        if incremental and isinstance(self.class_weight, str):
+            raise ValueError("class_weight 'balanced' is not supported for partial_fit. In order "
+                             "to use 'balanced' weights, use compute_class_weight('balanced', "
+                             "classes=classes, y=y) on a large enough sample of the training "
+                             "targets, and pass the resulting weights (a dict) as class_weight.")
+        labels = self._label_binarizer.inverse_transform(y.astype(np.int64))
+        weights = compute_class_weight(self.class_weight, classes=self.classes_, y=labels,
+                                       sample_weight=sample_weight)
+        factors = weights[np.searchsorted(self.classes_, labels)]
+        return factors if sample_weight is None else sample_weight * factors
+
     @staticmethod
-    def _score_function(y, y_pred):
-        return accuracy_score(y, y_pred)
+    def _score_function(y, y_pred, sample_weight=None):
+        return accuracy_score(y, y_pred, sample_weight=sample_weight)
 
     def _output_activation(self):
         return "softmax" if self._label_binarizer.y_type_ == "multiclass" else "logistic"
@@ -661,7 +762,7 @@ class MLPClassifier(ClassifierMixin, _BaseMLP):
             outputs = outputs.ravel()
         return self._label_binarizer.inverse_transform(outputs)
 
-    def fit(self, X, y):
+    def fit(self, X, y, sample_weight=None):
         """Fit the model to X and y.
 
         Parameters
@@ -670,16 +771,18 @@ class MLPClassifier(ClassifierMixin, _BaseMLP):
             The training inputs.
         y : array-like of shape (n_samples,) or (n_samples, n_classes)
             Class labels, or a binary indicator matrix for multilabel classification.
+        sample_weight : array-like of shape (n_samples,), default=None
+            Sample weights (>= 0), multiplied by the class weights of ``class_weight``.
 
         Returns
         -------
         self : MLPClassifier
             The fitted estimator.
         """
-        return self._fit(X, y, incremental=False)
+        return self._fit(X, y, sample_weight=sample_weight, incremental=False)
 
     @available_if(_stochastic_solver)
-    def partial_fit(self, X, y, classes=None):
+    def partial_fit(self, X, y, sample_weight=None, classes=None):
         """Train for one epoch over X and y, continuing from the current state.
 
         Parameters
@@ -688,6 +791,8 @@ class MLPClassifier(ClassifierMixin, _BaseMLP):
             The training inputs.
         y : array-like of shape (n_samples,) or (n_samples, n_classes)
             Class labels (or a multilabel indicator matrix).
+        sample_weight : array-like of shape (n_samples,), default=None
+            Sample weights (>= 0).
         classes : array-like of shape (n_classes,), default=None
             Every class of all the calls: required on the first call, optional afterwards. ``y``
             need not hold all of them.
@@ -711,7 +816,7 @@ class MLPClassifier(ClassifierMixin, _BaseMLP):
                 self._label_binarizer.fit(y)
             else:
                 self._label_binarizer.fit(classes)
-        return self._fit(X, y, incremental=True)
+        return self._fit(X, y, sample_weight=sample_weight, incremental=True)
 
     def predict(self, X):
         """Predict class labels.
@@ -804,20 +909,13 @@ class MLPRegressor(RegressorMixin, _BaseMLP):
                  nesterovs_momentum=True, early_stopping=False, validation_fraction=0.1,
                  beta_1=0.9, beta_2=0.999, epsilon=1e-8, n_iter_no_change=10, max_fun=15000,
                  backend="auto", n_threads=None, dtype=None):
-        super().__init__(
-            hidden_layer_sizes=hidden_layer_sizes, activation=activation, solver=solver,
-            alpha=alpha, batch_size=batch_size, learning_rate=learning_rate,
-            learning_rate_init=learning_rate_init, power_t=power_t, max_iter=max_iter,
-            shuffle=shuffle, random_state=random_state, tol=tol, verbose=verbose,
-            warm_start=warm_start, momentum=momentum, nesterovs_momentum=nesterovs_momentum,
-            early_stopping=early_stopping, validation_fraction=validation_fraction, beta_1=beta_1,
-            beta_2=beta_2, epsilon=epsilon, n_iter_no_change=n_iter_no_change, max_fun=max_fun,
-            backend=backend, n_threads=n_threads, dtype=dtype)
-        self.loss = loss
+        arguments = _own(locals())
+        self.loss = arguments.pop("loss")
+        super().__init__(**arguments)
 
     @staticmethod
-    def _score_function(y, y_pred):
-        return r2_score(y, y_pred)
+    def _score_function(y, y_pred, sample_weight=None):
+        return r2_score(y, y_pred, sample_weight=sample_weight)
 
     def _check_params(self):
         if self.loss != "squared_error":
@@ -841,7 +939,7 @@ class MLPRegressor(RegressorMixin, _BaseMLP):
 
     _targets_to_y = _predictions
 
-    def fit(self, X, y):
+    def fit(self, X, y, sample_weight=None):
         """Fit the model to X and y.
 
         Parameters
@@ -850,16 +948,18 @@ class MLPRegressor(RegressorMixin, _BaseMLP):
             The training inputs.
         y : array-like of shape (n_samples,) or (n_samples, n_outputs)
             The targets.
+        sample_weight : array-like of shape (n_samples,), default=None
+            Sample weights (>= 0).
 
         Returns
         -------
         self : MLPRegressor
             The fitted estimator.
         """
-        return self._fit(X, y, incremental=False)
+        return self._fit(X, y, sample_weight=sample_weight, incremental=False)
 
     @available_if(_stochastic_solver)
-    def partial_fit(self, X, y):
+    def partial_fit(self, X, y, sample_weight=None):
         """Train for one epoch over X and y, continuing from the current state.
 
         Parameters
@@ -868,13 +968,15 @@ class MLPRegressor(RegressorMixin, _BaseMLP):
             The training inputs.
         y : array-like of shape (n_samples,) or (n_samples, n_outputs)
             The targets.
+        sample_weight : array-like of shape (n_samples,), default=None
+            Sample weights (>= 0).
 
         Returns
         -------
         self : MLPRegressor
             The updated estimator.
         """
-        return self._fit(X, y, incremental=True)
+        return self._fit(X, y, sample_weight=sample_weight, incremental=True)
 
     def predict(self, X):
         """Predict the targets of X.

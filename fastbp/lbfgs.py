@@ -61,10 +61,10 @@ class Objective:
         Multiplies the cost in the value only (see the module's docstring).
     """
 
-    def __init__(self, net, X, Y, l2=0.0, cost_scale=1.0):
+    def __init__(self, net, X, Y, l2=0.0, cost_scale=1.0, weights=None):
         self.net, self.X, self.Y = net, X, Y
         self.l2, self.cost_scale = float(l2), float(cost_scale)
-        self._evaluate = FullBatch(net, X, Y)
+        self._evaluate = FullBatch(net, X, Y, weights)
         self.calls = 0
         self.last_value = None
 
@@ -93,7 +93,8 @@ def _iprint_option(verbose):
     return {"iprint": 1 if verbose else -1}
 
 
-def fit(net, X, y, max_iter=200, l2=0.0, tol=1e-4, max_fun=15000, verbose=False, cost_scale=1.0):
+def fit(net, X, y, max_iter=200, l2=0.0, tol=1e-4, max_fun=15000, verbose=False, cost_scale=1.0,
+        sample_weight=None):
     """Train `net` by full-batch L-BFGS-B; see ``Network.fit_lbfgs``. Returns an LbfgsHistory (also
     kept as ``net.history``); the network holds scipy's result. ``cost_scale``: see the module."""
     from scipy.optimize import OptimizeResult, minimize
@@ -107,7 +108,8 @@ def fit(net, X, y, max_iter=200, l2=0.0, tol=1e-4, max_fun=15000, verbose=False,
     with net.exclusive():
         X = validation.features(X, net.layer_sizes[0], net.dtype)
         Y = validation.targets(y, X.shape[0], net.layer_sizes[-1], net.dtype)
-        objective = Objective(net, X, Y, l2, cost_scale)
+        weights = validation.sample_weight(sample_weight, X.shape[0])
+        objective = Objective(net, X, Y, l2, cost_scale, weights)
         history = net.history = LbfgsHistory(loss=[], seconds=[])
         accepted = [net.parameters.astype(np.float64), time.perf_counter()]
 

@@ -173,26 +173,35 @@ class Network:
             return (outputs[:, 0] > 0.5).astype(np.int64)
         return outputs.argmax(axis=1)
 
-    def evaluate(self, X, y):
-        """The mean cost (without L2) and the accuracy on (X, y), as ``Evaluation(loss, accuracy)``."""
+    def evaluate(self, X, y, sample_weight=None):
+        """The mean cost (without L2) and the accuracy on (X, y), as ``Evaluation(loss, accuracy)``;
+        with ``sample_weight`` (one weight >= 0 per sample), the weighted mean cost
+        ``sum w C / sum w`` and the weighted accuracy."""
         with self.exclusive():
             X = self._X(X)
             Y = self._Y(y, X.shape[0])
+            weights = validation.sample_weight(sample_weight, X.shape[0])
             outputs, costs = self._forward(X, Y)
-        return Evaluation(float(costs.mean()), training.correct(outputs, Y) / X.shape[0])
+        if weights is None:
+            return Evaluation(float(costs.mean()), training.correct(outputs, Y) / X.shape[0])
+        return Evaluation(training.weighted_mean(costs, weights),
+                          training.correct(outputs, Y, weights) / float(weights.sum()))
 
-    def gradients(self, X, y):
-        """Gradients of the mean cost over (X, y) by backpropagation, without updating anything.
+    def gradients(self, X, y, sample_weight=None):
+        """Gradients of the mean cost over (X, y) by backpropagation, without updating anything;
+        with ``sample_weight``, of the weighted mean cost ``sum w C / sum w``.
 
         Returns ``(dW, db)``: lists shaped like ``weights`` and ``biases``.
         """
         with self.exclusive():
             X = self._X(X)
             Y = self._Y(y, X.shape[0])
+            weights = validation.sample_weight(sample_weight, X.shape[0])
             desc, work = self._buffers(min(X.shape[0], FORWARD_BLOCK))
             grads = np.empty_like(self.parameters)
+            extra = () if weights is None else (weights,)
             self._driver.gradients(desc, self.parameters, grads, X, Y, work, np.empty(X.shape[0]),
-                                   self.threads)
+                                   self.threads, *extra)
         return self.views(grads)
 
     # ----------------------------------------------------------------------- training
@@ -202,7 +211,7 @@ class Network:
             beta2=0.999, eps=1e-8, rho=0.99, schedule=None, dropout=0.0, early_stopping=False,
             monitor=None, patience=10, min_delta=0.0, metrics=None, l2_in_cost=False,
             callback=None, progress=False, checkpoint=None, checkpoint_every=1, resume=True,
-            comm=None, seed=None, allreduce_every=1):
+            comm=None, seed=None, allreduce_every=1, sample_weight=None):
         """Train by minibatch gradient descent; returns the History (also kept as ``self.history``).
 
         Parameters
@@ -228,7 +237,13 @@ class Network:
         dropout : float or sequence of float
             Inverted dropout rate of each hidden layer's outputs (one rate for all, or one per hidden
             layer); masks are drawn from the network's seed; no dropout when predicting.
-        validation_data : pair (X_val, y_val)
+        sample_weight : array (n,), optional
+            Each sample's weight (finite, >= 0, not all 0): a minibatch's gradient becomes the
+            weighted mean ``sum w dC/dtheta / sum w`` (plus L2 as before), the same as repeating
+            each sample w times (for integer w) within its minibatch; ``loss`` and the train metrics
+            are weighted means too. A minibatch whose weights sum to 0 makes no update (the
+            optimizer's step count does not advance). Under ``comm``, each rank's weights of its rows.
+        validation_data : pair (X_val, y_val) or triple (X_val, y_val, sample_weight_val)
             Evaluated after each epoch (``val_loss``, ``val_accuracy``). Hold it out of the training
             data, and never pass the test set: early stopping and the plateau schedule choose by it,
             so a test set passed here stops being an unbiased estimate.
@@ -276,7 +291,8 @@ class Network:
         return training.fit(self, begin=functools.partial(distributed.prepare, comm=comm),
                             **arguments)
 
-    def fit_lbfgs(self, X, y, max_iter=200, l2=0.0, tol=1e-4, max_fun=15000, verbose=False):
+    def fit_lbfgs(self, X, y, max_iter=200, l2=0.0, tol=1e-4, max_fun=15000, verbose=False,
+                  sample_weight=None):
         """Train by full-batch L-BFGS-B (scipy), as scikit-learn's ``solver="lbfgs"``; returns a
         ``fastbp.lbfgs.LbfgsHistory`` (also kept as ``self.history``).
 
@@ -284,10 +300,11 @@ class Network:
         gradient from the compiled ``gradients`` driver. Stops after ``max_iter`` iterations,
         ``max_fun`` evaluations, or when every gradient component is within ``tol`` (scipy's gtol).
         ``history.converged`` and ``history.message`` tell which; ``history["loss"]`` holds the
-        objective after each iteration. The optimizer state of ``fit`` is not touched.
+        objective after each iteration. The optimizer state of ``fit`` is not touched. With
+        ``sample_weight``, the mean cost is the weighted mean ``sum w C / sum w``.
         """
         return lbfgs.fit(self, X, y, max_iter=max_iter, l2=l2, tol=tol, max_fun=max_fun,
-                         verbose=verbose)
+                         verbose=verbose, sample_weight=sample_weight)
 
     # ----------------------------------------------------------------------- files
 

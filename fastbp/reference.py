@@ -97,17 +97,24 @@ def output_error(act, loss, Z, Y):
     return A, delta.astype(Z.dtype), cost
 
 
-def backprop(desc, params, X, Y, hyper=None):
-    """Gradients of the mean cost over the rows of X (flat, like params) and each sample's cost."""
+def backprop(desc, params, X, Y, hyper=None, weights=None):
+    """Gradients of the mean cost over the rows of X (flat, like params) and each sample's cost.
+
+    With weights (one per row of X), the gradient of the weighted mean sum w C / sum w: each sample's
+    output error is multiplied by its weight and the sum divided by sum w (0 if that is 0)."""
     Ws, bs = layer_views(desc, params)
     activations, Z = feedforward(desc, params, X, hyper)
     _, delta, cost = output_error(int(desc[D_OUTPUT]), int(desc[D_LOSS]), Z, Y)
     grads = np.empty_like(params)
     dWs, dbs = layer_views(desc, grads)
     m = X.shape[0]
+    if weights is not None:
+        delta = (delta * weights[:, None]).astype(delta.dtype)
+        total = weights.sum()
+        m = total if total > 0 else np.inf
     for l in range(len(Ws) - 1, -1, -1):
         dWs[l][:] = delta.T @ activations[l] / m
-        dbs[l][:] = delta.mean(axis=0)
+        dbs[l][:] = delta.mean(axis=0) if weights is None else delta.sum(axis=0) / m
         if l > 0:
             derivative = DERIVATIVE[layer(desc, l - 1)[6]]
             factor = dropout_factor(hyper, l - 1, activations[l])
@@ -149,22 +156,27 @@ def update_parameters(opt, P, G, S, hyper, n_weights):
 # --------------------------------------------------------------------------- the drivers
 
 def train_batches(desc, params, grads, state, X, Y, order, batch_size, first, last, hyper, work,
-                costs, n_threads, norms=None):
+                costs, n_threads, norms=None, weights=None):
     """Minibatches first..last-1 of the epoch visiting X in `order`: backprop, then one step each;
-    with norms (not empty), norms[l] += ||dW_l||_F for each batch trained.
+    with norms (not empty), norms[l] += ||dW_l||_F for each batch trained; with weights (not empty),
+    each batch's gradient is its weighted mean, and a batch whose weights sum to 0 makes no step.
 
     Same contract as kernels.nb_train.train_batches; returns (batches done, status, batch).
     """
     n = order.shape[0]
     dWs = layer_views(desc, grads)[0] if norms is not None and norms.shape[0] else ()
+    weighted = weights is not None and weights.shape[0] > 0
     for i in range(first, last):
         rows = order[i * batch_size:min((i + 1) * batch_size, n)]
+        w = weights[rows] if weighted else None
         with np.errstate(over="ignore", invalid="ignore"):  # divergence is reported, not warned
-            grads[:], cost = backprop(desc, params, X[rows], Y[rows], hyper)
+            grads[:], cost = backprop(desc, params, X[rows], Y[rows], hyper, w)
         costs[i * batch_size:i * batch_size + len(rows)] = cost
         if not np.isfinite(cost.sum()):
             return i - first, COST_NOT_FINITE, i
         hyper[H_KEY] = hyper[H_STEP]
+        if weighted and not w.sum() > 0:  # no weight: no step
+            continue
         with np.errstate(over="ignore", invalid="ignore"):
             finite = update_parameters(int(desc[D_OPTIMIZER]), params, grads, state, hyper,
                                        int(desc[D_NWEIGHTS]))
@@ -175,9 +187,11 @@ def train_batches(desc, params, grads, state, X, Y, order, batch_size, first, la
     return last - first, DONE, last
 
 
-def gradients(desc, params, grads, X, Y, work, costs, n_threads):
-    """OUT grads: the gradient of the mean cost over X (no L2); OUT costs: each sample's cost."""
-    grads[:], costs[:] = backprop(desc, params, X, Y)
+def gradients(desc, params, grads, X, Y, work, costs, n_threads, weights=None):
+    """OUT grads: the gradient of the mean cost over X (no L2), weighted by weights when not empty;
+    OUT costs: each sample's cost."""
+    weighted = weights is not None and weights.shape[0] > 0
+    grads[:], costs[:] = backprop(desc, params, X, Y, weights=weights if weighted else None)
 
 
 def forward(desc, params, X, Y, out, costs, work, n_threads):

@@ -38,7 +38,8 @@ class TrainingDiverged(FloatingPointError):
 
 class History(dict):
     """What fit measured, one list per metric with an entry per epoch: ``loss`` (the mean cost of the
-    epoch's samples, each computed before its minibatch's update), ``lr``, ``seconds``, and the
+    epoch's samples, each computed before its minibatch's update; with sample weights, the weighted
+    mean sum w C / sum w, as are the train and validation metrics), ``lr``, ``seconds``, and the
     metrics asked for (``train_loss``, ``train_accuracy``, ``val_loss``, ``val_accuracy``; with
     ``gradient_norms``, ``gradient_norm_1`` .. ``gradient_norm_L``: for each layer m, the mean over
     the epoch's minibatches of ``||dC/dW^m||_F``, the Frobenius norm of the minibatch's mean gradient
@@ -60,11 +61,23 @@ class History(dict):
             self.setdefault(name, []).append(float(value))
 
 
-def correct(outputs, Y):
-    """How many samples' predicted class is the target's (argmax; > 0.5 with one output)."""
+def correct(outputs, Y, weights=None):
+    """How many samples' predicted class is the target's (argmax; > 0.5 with one output); with
+    weights, the sum of the weights of those samples."""
     if outputs.shape[1] == 1:
-        return int(np.sum((outputs[:, 0] > 0.5) == (Y[:, 0] > 0.5)))
-    return int(np.sum(outputs.argmax(axis=1) == Y.argmax(axis=1)))
+        right = (outputs[:, 0] > 0.5) == (Y[:, 0] > 0.5)
+    else:
+        right = outputs.argmax(axis=1) == Y.argmax(axis=1)
+    if weights is None:
+        return int(np.sum(right))
+    return float(np.dot(right, weights))
+
+
+def weighted_mean(costs, weights=None):
+    """The mean of the samples' costs, or their weighted mean sum w C / sum w."""
+    if weights is None:
+        return float(costs.mean())
+    return float(np.dot(costs, weights) / weights.sum())
 
 
 # --------------------------------------------------------------------------- settings
@@ -122,26 +135,32 @@ def _dropout(net, dropout):
     return [validation.real("dropout", rate, 0, 1, high_open=True) for rate in rates]
 
 
-def data(net, X, y, validation_data):
-    """(X, Y, validation pair or None) in the network's dtype, checked."""
+def data(net, X, y, validation_data, sample_weight=None):
+    """(X, Y, weights or None, validation triple (X_val, Y_val, weights or None) or None) in the
+    network's dtype (the weights float64), checked."""
     X = validation.features(X, net.layer_sizes[0], net.dtype)
     Y = validation.targets(y, X.shape[0], net.layer_sizes[-1], net.dtype)
+    weights = validation.sample_weight(sample_weight, X.shape[0])
     val = None
     if validation_data is not None:
-        if not isinstance(validation_data, (tuple, list)) or len(validation_data) != 2:
-            raise ValueError("validation_data must be a pair (X_val, y_val)")
+        if not isinstance(validation_data, (tuple, list)) or len(validation_data) not in (2, 3):
+            raise ValueError("validation_data must be a pair (X_val, y_val) or a triple "
+                             "(X_val, y_val, sample_weight_val)")
         if validation_data[0] is not None and len(validation_data[0]) > 0:
             X_val = validation.features(validation_data[0], net.layer_sizes[0], net.dtype,
                                         "validation X")
             val = (X_val, validation.targets(validation_data[1], X_val.shape[0],
-                                             net.layer_sizes[-1], net.dtype, "validation y"))
-    return X, Y, val
+                                             net.layer_sizes[-1], net.dtype, "validation y"),
+                   validation.sample_weight(validation_data[2] if len(validation_data) == 3
+                                            else None, X_val.shape[0], "validation sample_weight"))
+    return X, Y, weights, val
 
 
 # --------------------------------------------------------------------------- steppers
 
-def forward_sums(net, X, Y, threads):
-    """(sum of the samples' costs, correctly classified samples, samples) over (X, Y)."""
+def forward_sums(net, X, Y, threads, weights=None):
+    """(sum of the samples' costs, correctly classified samples, samples) over (X, Y); with
+    weights, each sample counts its weight: (sum w C, sum of the correct ones' w, sum w)."""
     if X is None or X.shape[0] == 0:
         return 0.0, 0, 0
     n = X.shape[0]
@@ -149,17 +168,20 @@ def forward_sums(net, X, Y, threads):
     out = np.empty((n, net.layer_sizes[-1]), net.dtype)
     costs = np.empty(n)
     net._driver.forward(desc, net.parameters, X, Y, out, costs, work, threads)
-    return float(costs.sum()), correct(out, Y), n
+    if weights is None:
+        return float(costs.sum()), correct(out, Y), n
+    return float(np.dot(costs, weights)), correct(out, Y, weights), float(weights.sum())
 
 
 class FullBatch:
     """The mean cost and the mean gradient (without L2) of all of (X, Y) at the network's current
     parameters, by the backend's ``gradients`` driver (blocks of samples on threads, no Python per
     sample), on the thread count that has been fastest so far: full-batch methods (L-BFGS) call it
-    once per evaluation. X and Y are validated arrays of the network's dtype."""
+    once per evaluation. X and Y are validated arrays of the network's dtype; with weights (validated
+    float64, or None), the weighted mean cost and its gradient."""
 
-    def __init__(self, net, X, Y):
-        self.net, self.X, self.Y = net, X, Y
+    def __init__(self, net, X, Y, weights=None):
+        self.net, self.X, self.Y, self.weights = net, X, Y, weights
         self.desc, self.work = net._buffers(min(X.shape[0], FORWARD_BLOCK))
         self.grads = np.empty_like(net.parameters)
         self.costs = np.empty(X.shape[0])
@@ -170,10 +192,14 @@ class FullBatch:
         by the next call."""
         threads = self.tuner.pick()
         started = time.perf_counter()
-        self.net._driver.gradients(self.desc, self.net.parameters, self.grads, self.X, self.Y,
-                                   self.work, self.costs, threads)
+        if self.weights is None:
+            self.net._driver.gradients(self.desc, self.net.parameters, self.grads, self.X, self.Y,
+                                       self.work, self.costs, threads)
+        else:
+            self.net._driver.gradients(self.desc, self.net.parameters, self.grads, self.X, self.Y,
+                                       self.work, self.costs, threads, self.weights)
         self.tuner.record(threads, 1.0 / max(time.perf_counter() - started, 1e-9))
-        return float(self.costs.mean()), self.grads
+        return weighted_mean(self.costs, self.weights), self.grads
 
 
 class Stepper:
@@ -181,13 +207,14 @@ class Stepper:
 
     The buffers are the network's own: ``parameters``, ``grads``, ``state`` (optimizer slots) and
     ``hyper``, which the loop may snapshot and restore. ``n_units`` steps (minibatches here) make an
-    epoch; ``run`` takes a range of them."""
+    epoch; ``run`` takes a range of them. ``weights``: the samples' weights (float64) or None."""
 
     unit = "minibatch"
     lead = True  # this process prints
 
-    def __init__(self, net, X, Y, settings):
+    def __init__(self, net, X, Y, settings, weights=None):
         self.net, self.X, self.Y, self.settings = net, X, Y, settings
+        self.weights = weights
         self.parameters, self.grads = net.parameters, net._grads
         self.state, self.hyper = net._state, net._hyper
         self.driver = net._driver
@@ -209,7 +236,7 @@ class Stepper:
         return action()
 
     def data_fingerprint(self):
-        return checkpoints.data_fingerprint(self.X, self.Y)
+        return checkpoints.data_fingerprint(self.X, self.Y, self.weights)
 
     def reduce(self, values):
         """The sums of `values` (a float64 array) over every rank, in place."""
@@ -218,9 +245,11 @@ class Stepper:
     def any(self, flag):
         return bool(flag)
 
-    def sums(self, X, Y):
-        """(cost sum, correct, samples) of the current parameters over every rank's (X, Y)."""
-        return tuple(self.reduce(np.array(forward_sums(self.net, X, Y, self.threads), np.float64)))
+    def sums(self, X, Y, weights=None):
+        """(cost sum, correct, samples) of the current parameters over every rank's (X, Y), each
+        sample counting its weight when weights are given."""
+        return tuple(self.reduce(np.array(forward_sums(self.net, X, Y, self.threads, weights),
+                                          np.float64)))
 
     def extras(self, seconds):
         """Per-epoch values the stepper adds to the History."""
@@ -241,8 +270,8 @@ class LocalStepper(Stepper):
     """One process: the driver's ``train_batches`` over a range of minibatches, on the thread count
     the tuner picks (results never depend on it)."""
 
-    def __init__(self, net, X, Y, settings):
-        super().__init__(net, X, Y, settings)
+    def __init__(self, net, X, Y, settings, weights=None):
+        super().__init__(net, X, Y, settings, weights)
         n = X.shape[0]
         self.n_units = -(-n // settings.batch_size)
         self.desc, self.work = self.workspace(min(settings.batch_size, n))
@@ -269,22 +298,31 @@ class LocalStepper(Stepper):
 
     def run(self, order, first, last):
         """Minibatches first..last-1 of the epoch visiting X in `order`: (status, batch)."""
+        self.visited = order
         threads = self.tuner.pick()
         started = time.perf_counter()
         _, status, batch = self.driver.train_batches(
             self.desc, self.parameters, self.grads, self.state, self.X, self.Y, order,
             self.settings.batch_size, first, last, self.hyper, self.work, self.costs, threads,
-            self.norms)
+            self.norms, *(() if self.weights is None else (self.weights,)))
         if status == codes.DONE:
             self.tuner.record(threads, (last - first) / max(time.perf_counter() - started, 1e-9))
         return status, batch
 
     def epoch_cost(self):
-        return float(self.costs.sum()), self.costs.shape[0]
+        """(sum of the samples' costs, samples), or with weights (sum w C, sum w)."""
+        if self.weights is None:
+            return float(self.costs.sum()), self.costs.shape[0]
+        visited = self.weights[self.visited]  # costs are indexed like the epoch's order
+        return float(np.dot(self.costs, visited)), float(visited.sum())
 
     def opening_cost(self):
-        first = self.costs[:min(self.settings.batch_size, self.costs.shape[0])]
-        return float(first.sum()), first.shape[0]
+        m = min(self.settings.batch_size, self.costs.shape[0])
+        if self.weights is None:
+            first = self.costs[:m]
+            return float(first.sum()), first.shape[0]
+        rows = self.visited[:m]
+        return float(np.dot(self.costs[:m], self.weights[rows])), float(self.weights[rows].sum())
 
     def gradient_norms(self):
         return self.norms / self.n_units
@@ -292,9 +330,9 @@ class LocalStepper(Stepper):
 
 # --------------------------------------------------------------------------- the loop
 
-def start(net, X, y, validation_data, arguments):
-    """The loop's start in one process: (X, Y, validation pair or None, Settings, the stepper's
-    class); ``fastbp.distributed.prepare`` is its twin over MPI ranks."""
+def start(net, X, y, validation_data, sample_weight, arguments):
+    """The loop's start in one process: (X, Y, weights or None, validation triple or None, Settings,
+    the stepper's class); ``fastbp.distributed.prepare`` is its twin over MPI ranks."""
     if arguments["allreduce_every"] != 1:
         raise ValueError("allreduce_every needs comm (distributed training)")
     if arguments["shuffle"] == "global":
@@ -303,17 +341,18 @@ def start(net, X, y, validation_data, arguments):
     if arguments["seed"] is not None:
         raise ValueError("seed (the shuffling's) needs comm; a network's shuffles come from its "
                          "own seed")
-    X, Y, val = data(net, X, y, validation_data)
+    X, Y, weights, val = data(net, X, y, validation_data, sample_weight)
     settings = Settings(net, **arguments)
     settings.watch(has_validation=val is not None)
-    return X, Y, val, settings, LocalStepper
+    return X, Y, weights, val, settings, LocalStepper
 
 
-def fit(net, X, y, validation_data=None, verbose=False, callback=None, progress=False, begin=start,
-        checkpoint=None, checkpoint_every=1, resume=True, **arguments):
+def fit(net, X, y, validation_data=None, sample_weight=None, verbose=False, callback=None,
+        progress=False, begin=start, checkpoint=None, checkpoint_every=1, resume=True, **arguments):
     """Network.fit (see there): `begin` checks the input and settings and names the stepper (`start`
     here, or ``fastbp.distributed.prepare`` over MPI)."""
-    X, Y, val, settings, make = begin(net, X, y, validation_data, arguments)
+    X, Y, weights, val, settings, make = begin(net, X, y, validation_data, sample_weight,
+                                               arguments)
     fingerprint = settings.fingerprint()  # before training changes the hyperparameters
     if checkpoint is not None:
         checkpoint = _Checkpoint(checkpoint, checkpoint_every, resume)
@@ -325,7 +364,7 @@ def fit(net, X, y, validation_data=None, verbose=False, callback=None, progress=
         settings.hyper[codes.H_STEP] = net._hyper[codes.H_STEP]
         settings.hyper[codes.H_SEED] = net.rng.integers(0, 2 ** 53)
         net._hyper = settings.hyper
-        stepper = make(net, X, Y, settings)
+        stepper = make(net, X, Y, settings, weights)
         history = net.history = History(loss=[])
         stepper.begin(history)
         loop = _Loop(net, stepper, settings, history)
@@ -539,7 +578,7 @@ class _CostGrowth:
     def check(self, stepper, epoch, loss):
         if self.opening is None:
             total, count = stepper.reduce(np.array(stepper.opening_cost(), np.float64))
-            self.opening = total / count
+            self.opening = total / count if count > 0 else 0.0  # weights: the first batch's may be 0
         if not self.warned and self.opening > 0 and loss > self.GROWTH * self.opening:
             self.warned = True
             if stepper.lead:
@@ -554,9 +593,10 @@ def _measure(net, stepper, settings, val):
     penalty = 0.5 * settings.l2 * net.squared_weights() if settings.l2_in_cost else 0.0
     cost, count = stepper.reduce(np.array(stepper.epoch_cost(), np.float64))
     values = {"loss": cost / count + penalty, "lr": stepper.hyper[codes.H_LR]}
-    for prefix, (X, Y) in (("train_", (stepper.X, stepper.Y)), ("val_", val or (None, None))):
+    for prefix, (X, Y, weights) in (("train_", (stepper.X, stepper.Y, stepper.weights)),
+                                    ("val_", val or (None, None, None))):
         if settings.metrics & {prefix + "loss", prefix + "accuracy"}:
-            cost, right, n = stepper.sums(X, Y)
+            cost, right, n = stepper.sums(X, Y, weights)
             values[prefix + "loss"] = cost / n + penalty
             values[prefix + "accuracy"] = right / n
     values = {name: value for name, value in values.items()

@@ -54,6 +54,24 @@ def features(X, n_features, dt, name="X"):
     return X
 
 
+def sample_weight(w, n_samples, name="sample_weight", positive_sum=True):
+    """None, or the samples' weights as a C-contiguous float64 array of n_samples entries, finite and
+    >= 0 (copied: the caller's array is never kept); with positive_sum, their sum must be > 0."""
+    if w is None:
+        return None
+    w = _real_array(name, w)
+    if w.ndim != 1 or w.shape[0] != n_samples:
+        raise ValueError(f"{name} must have one weight per sample ({n_samples},), got shape "
+                         f"{w.shape}")
+    w = np.array(w, dtype=np.float64, order="C")
+    _finite(name, w)
+    if w.size and w.min() < 0:
+        raise ValueError(f"{name} must be >= 0; {name}[{int(np.argmin(w))}] is {w.min()}")
+    if positive_sum and not w.sum() > 0:
+        raise ValueError(f"{name} sums to 0: no sample counts")
+    return w
+
+
 def targets(y, n_samples, n_outputs, dt, name="y"):
     """y as (n, n_outputs) targets of dtype dt: 1-D integer class labels become one-hot rows."""
     y = _real_array(name, y)

@@ -25,6 +25,10 @@ Buffers the descriptor points into (all C-contiguous, one dtype, float32 or floa
             without L2). The compiled drivers fold it from one squared norm per row of ``W_l`` (a
             float64 scratch laid out like the biases, each row's written by the tile that computes
             it), summed in row order by one serial step: the same bits for any thread count.
+``weights`` float64, ``(n,)`` indexed like X's rows, or empty (unweighted, and nothing is spent on
+            it): the samples' weights. The serial output phase multiplies each sample's output error
+            by its weight and scales the gradient by 1 / (the batch's weight sum) instead of 1/m
+            (C_SCALE); the costs stay unweighted (the caller weights them).
 """
 import numpy as np
 
@@ -115,7 +119,7 @@ def describe(sizes, hidden, output, loss, optimizer, capacity):
 
 
 def check_buffers(desc, params, X, Y=None, out=None, costs=None, work=None, hyper=None, order=None,
-                  grads=None, state=None, norms=None):
+                  grads=None, state=None, norms=None, weights=None):
     """Refuse buffers that do not fit the descriptor, before a compiled driver reads or writes them
     (the kernels do not check bounds). Raises ValueError naming the buffer."""
     n_params, n_layers = int(desc[D_NPARAMS]), int(desc[D_LAYERS])
@@ -155,6 +159,18 @@ def check_buffers(desc, params, X, Y=None, out=None, costs=None, work=None, hype
     if norms is not None:  # empty: not asked for
         off = isinstance(norms, np.ndarray) and norms.shape == (0,)
         need("norms", norms, (0,) if off else (n_layers,), np.float64)
+    if weights is not None:  # empty: unweighted
+        off = isinstance(weights, np.ndarray) and weights.shape == (0,)
+        need("weights", weights, (0,) if off else (n,), np.float64)
+
+
+def gradient_scale(n, weights):
+    """The factor the ``gradients`` driver multiplies its summed gradient by: 1/n for n samples, or
+    with weights (not empty) 1/sum(weights), 0 when they sum to 0."""
+    if weights.shape[0] == 0:
+        return 1.0 / n
+    total = float(weights.sum())
+    return 1.0 / total if total > 0 else 0.0
 
 
 def outcome(status, first, last):

@@ -100,24 +100,35 @@ cdef void _fold_norms(const int64_t* desc, const double* squares, double* norms)
 cdef void _output(int kind, const int64_t* desc, const floating* Y, const int64_t* rows,
                   Py_ssize_t m, Py_ssize_t first_row, floating* work, double* costs,
                   Py_ssize_t n_costs, floating* out, double* norms, double* squares, double* hyper,
-                  floating* c, int64_t* status, int64_t batch) noexcept nogil:
+                  floating* c, int64_t* status, int64_t batch,
+                  const double* weights) noexcept nogil:
     """The one-tile phase after the forward pass: the output activations, costs and error terms.
 
     TRAIN also stops on a non-finite cost and sets this batch's update coefficients; FORWARD copies
     the activations to out. With norms (TRAIN), it first adds the previous minibatch's gradient norms
-    (squares is zero before the call's first: that adds nothing). Twin: nb_train._output.
+    (squares is zero before the call's first: that adds nothing). With weights (not NULL; TRAIN and
+    GRADIENTS), each sample's error term is multiplied by its weight, and TRAIN's gradient scale is
+    1 / (the batch's weight sum, added in order) instead of 1/m; a batch whose weights sum to 0 gets
+    scale 0 and no step (the update tiles skip it; the step counter stays). Twin: nb_train._output.
     """
     cdef Py_ssize_t rec = D_HEADER + L_FIELDS * (desc[D_LAYERS] - 1), s, j
     cdef Py_ssize_t k = desc[rec + L_OUT]
     cdef floating* Z = work + desc[rec + L_A]
     cdef double* cost = costs + first_row
-    cdef double total
+    cdef floating* D = work + desc[rec + L_D]
+    cdef double total, w, weight_sum = 0.0
     if norms != NULL:
         _fold_norms(desc, squares, norms)
     if kind == FORWARD and n_costs == 0:
         K._activation_forward(desc[D_OUTPUT], Z, m, k)
     else:
-        K._output_error(desc[D_OUTPUT], desc[D_LOSS], Z, Y, rows, m, k, work + desc[rec + L_D], cost)
+        K._output_error(desc[D_OUTPUT], desc[D_LOSS], Z, Y, rows, m, k, D, cost)
+    if weights != NULL and kind != FORWARD:
+        for s in range(m):
+            w = weights[rows[s]]
+            weight_sum += w
+            for j in range(k):
+                D[s * k + j] *= w
     if kind == FORWARD:
         for s in range(m):
             for j in range(k):
@@ -131,7 +142,13 @@ cdef void _output(int kind, const int64_t* desc, const floating* Y, const int64_
             _atomic_set(status, COST_NOT_FINITE)
         else:
             hyper[H_KEY] = hyper[H_STEP]  # the dropout masks' key, for the error terms
-            K._coefficients(desc[D_OPTIMIZER], hyper, m, c)
+            if weights == NULL:
+                K._coefficients(desc[D_OPTIMIZER], hyper, m, c)
+            elif weight_sum > 0:
+                K._coefficients(desc[D_OPTIMIZER], hyper, m, c)
+                c[C_SCALE] = <floating>(1.0 / weight_sum)
+            else:  # no weight: no step
+                c[C_SCALE] = 0
 
 
 cdef void _tile(const int64_t* phase, Py_ssize_t t, int kind, const int64_t* desc,
@@ -139,7 +156,7 @@ cdef void _tile(const int64_t* phase, Py_ssize_t t, int kind, const int64_t* des
                 const floating* Y, const int64_t* rows, Py_ssize_t m, Py_ssize_t first_row,
                 const int64_t* ident, floating* work, double* costs, Py_ssize_t n_costs,
                 floating* out, double* norms, double* squares, double* hyper, floating* c,
-                int64_t* status, int64_t batch) noexcept nogil:
+                int64_t* status, int64_t batch, const double* weights) noexcept nogil:
     """Tile t of program row `phase` for the batch X[rows]. Twin: nb_train._tile."""
     cdef Py_ssize_t rec, n_in, n_out, w, b, n_col, s0, s1, i0, j0, j1, i, j, s, samples, columns
     cdef Py_ssize_t l = phase[P_LAYER]
@@ -154,7 +171,7 @@ cdef void _tile(const int64_t* phase, Py_ssize_t t, int kind, const int64_t* des
     cdef double rate
     if op == OP_OUTPUT:
         _output(kind, desc, Y, rows, m, first_row, work, costs, n_costs, out, norms, squares, hyper,
-                c, status, batch)
+                c, status, batch, weights)
         return
     rec = D_HEADER + L_FIELDS * l
     n_in = desc[rec + L_IN]
@@ -236,6 +253,8 @@ cdef void _tile(const int64_t* phase, Py_ssize_t t, int kind, const int64_t* des
         for i in range(b + j0, b + j1):
             S0[i] += grads[i]
         return
+    if scale == 0:  # a batch whose weights sum to 0: no step
+        return
     check = K._update_range(desc[D_OPTIMIZER], params, grads, S0, S1, c, c[C_L2], w + j0 * n_in,
                             w + j1 * n_in)
     check += K._update_range(desc[D_OPTIMIZER], params, grads, S0, S1, c, <floating>0, b + j0,
@@ -264,7 +283,7 @@ cdef void _worker(int kind, const int64_t* program, Py_ssize_t n_program, const 
                   Py_ssize_t n_costs, floating* out, double* norms, double* squares,
                   int64_t* counters, int64_t* claims, int64_t* status, floating* c,
                   const int64_t* ident, Py_ssize_t spins, Py_ssize_t worker,
-                  Py_ssize_t n_workers) noexcept nogil:
+                  Py_ssize_t n_workers, const double* weights) noexcept nogil:
     """Worker `worker` of n_workers: a pass over batches first..last-1, every step of `program`.
 
     The tiles of step k are split into n_workers contiguous shares, share v handed out through
@@ -315,7 +334,7 @@ cdef void _worker(int kind, const int64_t* program, Py_ssize_t n_program, const 
                                 break
                             _tile(program + r * P_FIELDS, u, kind, desc, params, grads, S0, S1, X,
                                   Y, rows, m, start, ident, work, costs, n_costs, out, norms,
-                                  squares, hyper, c, status, i)
+                                  squares, hyper, c, status, i, weights)
                         if not serial:
                             break
                     _atomic_add(counters, 1)
@@ -333,7 +352,8 @@ cdef _launch(int kind, int n_threads, const int64_t[::1] desc, floating[::1] par
              floating[::1] grads, floating[:, ::1] state, const floating[:, ::1] X,
              const floating[:, ::1] Y, const int64_t[::1] order, Py_ssize_t batch_size,
              Py_ssize_t first, Py_ssize_t last, double[::1] hyper, floating[::1] work,
-             double[::1] costs, floating[:, ::1] out, double[::1] norms, double scale):
+             double[::1] costs, floating[:, ::1] out, double[::1] norms, double scale,
+             const double[::1] weights):
     """Run n_threads workers (OpenMP threads) over batches first..last-1; then, with norms, add the
     last batch's gradient norms (the others' were added by the next batch's output phase). Returns
     the status pair."""
@@ -355,11 +375,13 @@ cdef _launch(int kind, int n_threads, const int64_t[::1] desc, floating[::1] par
                                         else 0)
     cdef double* norms_data = &norms[0] if norms.shape[0] > 0 else NULL
     cdef double* squares_data = &squares[0] if norms.shape[0] > 0 else NULL
+    cdef const double* weights_data = &weights[0] if weights.shape[0] > 0 else NULL
     c[C_SCALE] = <floating>scale
     with planner.blas_single_threaded(np.asarray(program)):
         _run_workers(kind, program, desc, params, grads, state, X, Y_data, order, batch_size, first,
                      last, hyper, work, costs_data, costs.shape[0], out_data, norms_data,
-                     squares_data, counters, claims, status, c, ident, spins, n_workers)
+                     squares_data, counters, claims, status, c, ident, spins, n_workers,
+                     weights_data)
     if norms_data != NULL and status[0] == DONE and last > first:
         _fold_norms(&desc[0], squares_data, norms_data)
     return np.asarray(status)
@@ -373,7 +395,7 @@ cdef void _run_workers(int kind, int64_t[:, ::1] program, const int64_t[::1] des
                        double* norms, double* squares, int64_t[::1] counters, int64_t[::1] claims,
                        int64_t[::1] status,
                        floating[::1] c, int64_t[::1] ident, Py_ssize_t spins,
-                       int n_workers) noexcept:
+                       int n_workers, const double* weights) noexcept:
     """The workers: one per OpenMP thread (prange over workers, static schedule)."""
     cdef int worker
     for worker in prange(n_workers, nogil=True, schedule="static", num_threads=n_workers):
@@ -381,36 +403,44 @@ cdef void _run_workers(int kind, int64_t[:, ::1] program, const int64_t[::1] des
                 &state[0, 0], &state[1, 0], &X[0, 0], Y_data, &order[0], order.shape[0],
                 batch_size, first, last, &hyper[0], &work[0], costs_data, n_costs,
                 out_data, norms, squares, &counters[0], &claims[0], &status[0], &c[0], &ident[0],
-                spins, worker, n_workers)
+                spins, worker, n_workers, weights)
 
 
 def train_batches(const int64_t[::1] desc, floating[::1] params, floating[::1] grads,
                 floating[:, ::1] state, const floating[:, ::1] X, const floating[:, ::1] Y,
                 const int64_t[::1] order, Py_ssize_t batch_size, Py_ssize_t first,
                 Py_ssize_t last, double[::1] hyper, floating[::1] work, double[::1] costs,
-                int n_threads, norms=None):
+                int n_threads, norms=None, weights=None):
     """Minibatch training over batches first..last-1 of the epoch that visits X in `order`, adding
-    each batch's gradient norms to norms when not empty; see nb_train.train_batches. Returns
+    each batch's gradient norms to norms when not empty, each batch's gradient weighted by weights
+    when not empty; see nb_train.train_batches. Returns
     codes.outcome: (batches done, status, batch). Twin: nb_train.train_batches.
     """
     cdef floating[:, ::1] no_out = np.zeros((0, 1), np.asarray(params).dtype)
     norms = np.zeros(0) if norms is None else norms
+    weights = np.zeros(0) if weights is None else weights
     codes.check_buffers(np.asarray(desc), np.asarray(params), np.asarray(X), np.asarray(Y), None,
                         np.asarray(costs), np.asarray(work), np.asarray(hyper), np.asarray(order),
-                        np.asarray(grads), np.asarray(state), norms)
+                        np.asarray(grads), np.asarray(state), norms, weights)
     cdef double[::1] sums = norms
+    cdef const double[::1] sample_weights = weights
     status = _launch(TRAIN, n_threads, desc, params, grads, state, X, Y, order, batch_size, first,
-                     last, hyper, work, costs, no_out, sums, 0.0)
+                     last, hyper, work, costs, no_out, sums, 0.0, sample_weights)
     return codes.outcome(status, first, last)
 
 
 def gradients(const int64_t[::1] desc, floating[::1] params, floating[::1] grads,
               const floating[:, ::1] X, const floating[:, ::1] Y, floating[::1] work,
-              double[::1] costs, int n_threads):
-    """OUT grads: the gradient of the mean cost over X (no L2); OUT costs. Twin: nb_train.gradients."""
+              double[::1] costs, int n_threads, weights=None):
+    """OUT grads: the gradient of the (weighted, with weights not empty) mean cost over X (no L2);
+    OUT costs. Twin: nb_train.gradients."""
     cdef Py_ssize_t n = X.shape[0], capacity = desc[D_CAPACITY]
+    weights = np.zeros(0) if weights is None else weights
     codes.check_buffers(np.asarray(desc), np.asarray(params), np.asarray(X), np.asarray(Y), None,
-                        np.asarray(costs), np.asarray(work), grads=np.asarray(grads))
+                        np.asarray(costs), np.asarray(work), grads=np.asarray(grads),
+                        weights=weights)
+    cdef const double[::1] sample_weights = weights
+    cdef double scale = codes.gradient_scale(n, weights)
     dtype = np.asarray(params).dtype
     cdef floating[:, ::1] total = np.zeros((2, params.shape[0]), dtype)
     cdef floating[:, ::1] no_out = np.zeros((0, 1), dtype)
@@ -418,7 +448,8 @@ def gradients(const int64_t[::1] desc, floating[::1] params, floating[::1] grads
     cdef double[::1] no_hyper = codes.hyperparameters(desc[D_LAYERS])
     cdef double[::1] no_norms = np.zeros(0)
     _launch(GRADIENTS, n_threads, desc, params, grads, total, X, Y, order, capacity, 0,
-            (n + capacity - 1) // capacity, no_hyper, work, costs, no_out, no_norms, 1.0 / n)
+            (n + capacity - 1) // capacity, no_hyper, work, costs, no_out, no_norms,
+            scale, sample_weights)
     grads[:] = total[0]
 
 
@@ -434,4 +465,4 @@ def forward(const int64_t[::1] desc, floating[::1] params, const floating[:, ::1
     cdef double[::1] no_hyper = codes.hyperparameters(desc[D_LAYERS])
     cdef double[::1] no_norms = np.zeros(0)
     _launch(FORWARD, n_threads, desc, params, params, no_state, X, Y, order, capacity, 0,
-            (n + capacity - 1) // capacity, no_hyper, work, costs, out, no_norms, 0.0)
+            (n + capacity - 1) // capacity, no_hyper, work, costs, out, no_norms, 0.0, no_norms)

@@ -207,12 +207,15 @@ def _fold_norms(desc, squares, norms):
 
 @jit_inline
 def _output(kind, desc, Y, rows, first_row, work, costs, out, norms, squares, hyper, c, status,
-            batch):
+            batch, weights):
     """The one-tile phase after the forward pass: the output activations, costs and error terms.
 
     TRAIN also stops on a non-finite cost and sets this batch's update coefficients; FORWARD copies
     the activations to out. With norms (TRAIN), it first adds the previous minibatch's gradient norms
-    (squares is zero before the call's first: that adds nothing). Twin: cy_train._output.
+    (squares is zero before the call's first: that adds nothing). With weights (not empty; TRAIN and
+    GRADIENTS), each sample's error term is multiplied by its weight, and TRAIN's gradient scale is
+    1 / (the batch's weight sum, added in order) instead of 1/m; a batch whose weights sum to 0 gets
+    scale 0 and no step (the update tiles skip it; the step counter stays). Twin: cy_train._output.
     """
     if norms.shape[0] != 0:
         _fold_norms(desc, squares, norms)
@@ -227,6 +230,14 @@ def _output(kind, desc, Y, rows, first_row, work, costs, out, norms, squares, hy
         activation_forward(desc[D_OUTPUT], Z)
     else:
         output_error(desc[D_OUTPUT], desc[D_LOSS], Z, Y, rows, _view(work, d, m, k), cost)
+    weight_sum = 0.0
+    if weights.shape[0] != 0 and kind != FORWARD:
+        D = _view(work, d, m, k)
+        for s in range(m):
+            w = weights[rows[s]]
+            weight_sum += w
+            for j in range(k):
+                D[s, j] *= w
     if kind == FORWARD:
         for s in range(m):
             for j in range(k):
@@ -240,18 +251,24 @@ def _output(kind, desc, Y, rows, first_row, work, costs, out, norms, squares, hy
             _atomic_set(status, 0, COST_NOT_FINITE)
         else:
             hyper[H_KEY] = hyper[H_STEP]  # the dropout masks' key, for the error terms
-            _coefficients(desc[D_OPTIMIZER], hyper, m, c)
+            if weights.shape[0] == 0:
+                _coefficients(desc[D_OPTIMIZER], hyper, m, c)
+            elif weight_sum > 0:
+                _coefficients(desc[D_OPTIMIZER], hyper, m, c)
+                c[C_SCALE] = 1.0 / weight_sum
+            else:  # no weight: no step
+                c[C_SCALE] = 0.0
 
 
 @jit_inline
 def _tile(phase, t, kind, desc, params, grads, state, X, Y, rows, first_row, ident, work, costs,
-          out, norms, squares, hyper, c, status, batch):
+          out, norms, squares, hyper, c, status, batch, weights):
     """Tile t of program row `phase` for the batch X[rows]. Twin: cy_train._tile."""
     op = phase[P_OP]
     l = phase[P_LAYER]
     if op == OP_OUTPUT:
         _output(kind, desc, Y, rows, first_row, work, costs, out, norms, squares, hyper, c, status,
-                batch)
+                batch, weights)
         return
     m = rows.shape[0]
     rec = D_HEADER + L_FIELDS * l
@@ -343,6 +360,8 @@ def _tile(phase, t, kind, desc, params, grads, state, X, Y, rows, first_row, ide
             for i in range(hi - lo):
                 total_grad[i] += block[i]
         return
+    if scale == 0:  # a batch whose weights sum to 0: no step
+        return
     opt = desc[D_OPTIMIZER]
     check = _update_range(opt, params, grads, state[0], state[1], c, c[C_L2], w + j0 * n_in,
                           w + j1 * n_in)
@@ -356,7 +375,7 @@ def _tile(phase, t, kind, desc, params, grads, state, X, Y, rows, first_row, ide
 @jit
 def _worker(worker, n_workers, kind, program, desc, params, grads, state, X, Y, order, batch_size,
             first, last, hyper, work, costs, out, norms, squares, counters, claims, status, c, ident,
-            spins):
+            spins, weights):
     """Worker `worker` of n_workers: a pass over batches first..last-1, every step of `program`.
 
     The tiles of step k are split into n_workers contiguous shares, share v handed out through
@@ -406,7 +425,7 @@ def _worker(worker, n_workers, kind, program, desc, params, grads, state, X, Y, 
                                 break
                             _tile(program[r], u, kind, desc, params, grads, state, X, Y, rows,
                                   start, ident, work, costs, out, norms, squares, hyper, c, status,
-                                  i)
+                                  i, weights)
                         if not serial:
                             break
                     _atomic_add(counters, 0, 1)
@@ -444,7 +463,7 @@ def _announce_compilation():
 
 
 def _launch(kind, n_threads, desc, params, grads, state, X, Y, order, batch_size, first, last,
-            hyper, work, costs, out, norms, scale):
+            hyper, work, costs, out, norms, scale, weights):
     """Run n_threads workers over batches first..last-1: one on the calling thread, the others on a
     pool of threads (the worker releases the GIL); then, with norms, add the last batch's gradient
     norms (the others' were added by the next batch's output phase). Returns the status array."""
@@ -460,7 +479,8 @@ def _launch(kind, n_threads, desc, params, grads, state, X, Y, order, batch_size
     # one squared norm per row of W (laid out like the biases), zero before the first batch
     squares = np.zeros(params.shape[0] - desc[D_NWEIGHTS] if norms.shape[0] else 0)
     args = (kind, program, desc, params, grads, state, X, Y, order, batch_size, first, last, hyper,
-            work, costs, out, norms, squares, counters, claims, status, c, ident, planner.SPINS)
+            work, costs, out, norms, squares, counters, claims, status, c, ident, planner.SPINS,
+            weights)
     with planner.blas_single_threaded(program):
         _run_workers(n_threads, args)
     if norms.shape[0] and status[0] == DONE and last > first:
@@ -493,7 +513,7 @@ def _run_workers(n_threads, args):
 
 
 def train_batches(desc, params, grads, state, X, Y, order, batch_size, first, last, hyper, work,
-                costs, n_threads, norms=None):
+                costs, n_threads, norms=None, weights=None):
     """Minibatch training over batches first..last-1 of the epoch that visits X in `order`.
 
     Batch i is X[order[i*batch_size : (i+1)*batch_size]] (the last may be partial). IN/OUT params,
@@ -501,27 +521,34 @@ def train_batches(desc, params, grads, state, X, Y, order, batch_size, first, la
     L2), costs (n,): each sample's cost before its batch's update, indexed like order. IN/OUT norms:
     None or empty (off), or float64 (n_layers,): norms[l] += ||G_l||_F, the Frobenius norm of the
     batch's mean gradient of W_l (without L2), for each batch trained (on a failure, those before the
-    failing batch), added in batch order. Returns codes.outcome: (batches done, status, batch).
-    Twin: cy_train.train_batches.
+    failing batch), added in batch order. IN weights: None or empty (unweighted), or float64 (n,), the
+    samples' weights indexed like X's rows: each batch's gradient is then the weighted mean
+    sum w_x dC_x / sum w_x (costs stay unweighted); a batch whose weights sum to 0 makes no step.
+    Returns codes.outcome: (batches done, status, batch). Twin: cy_train.train_batches.
     """
     norms = np.zeros(0) if norms is None else norms
-    codes.check_buffers(desc, params, X, Y, None, costs, work, hyper, order, grads, state, norms)
+    weights = np.zeros(0) if weights is None else weights
+    codes.check_buffers(desc, params, X, Y, None, costs, work, hyper, order, grads, state, norms,
+                        weights)
     status = _launch(TRAIN, n_threads, desc, params, grads, state, X, Y, order, batch_size, first,
-                     last, hyper, work, costs, params[:0].reshape(0, 1), norms, 0.0)
+                     last, hyper, work, costs, params[:0].reshape(0, 1), norms, 0.0, weights)
     return codes.outcome(status, first, last)
 
 
-def gradients(desc, params, grads, X, Y, work, costs, n_threads):
+def gradients(desc, params, grads, X, Y, work, costs, n_threads, weights=None):
     """OUT grads: the gradient of the mean cost over all samples of X (no L2 term), by backpropagation
-    in blocks of the work buffer's capacity; OUT costs (n,): each sample's cost. Twin: cy_train.gradients.
+    in blocks of the work buffer's capacity; OUT costs (n,): each sample's cost. IN weights: None or
+    empty, or float64 (n,): the gradient of the weighted mean cost sum w_x C_x / sum w_x (0 when the
+    weights sum to 0). Twin: cy_train.gradients.
     """
-    codes.check_buffers(desc, params, X, Y, None, costs, work, grads=grads)
+    weights = np.zeros(0) if weights is None else weights
+    codes.check_buffers(desc, params, X, Y, None, costs, work, grads=grads, weights=weights)
     n = X.shape[0]
     capacity = int(desc[D_CAPACITY])
     total = np.zeros((2, params.shape[0]), params.dtype)
     _launch(GRADIENTS, n_threads, desc, params, grads, total, X, Y, np.arange(n), capacity, 0,
             -(-n // capacity), codes.hyperparameters(int(desc[D_LAYERS])), work, costs,
-            params[:0].reshape(0, 1), np.zeros(0), 1.0 / n)
+            params[:0].reshape(0, 1), np.zeros(0), codes.gradient_scale(n, weights), weights)
     grads[:] = total[0]
 
 
@@ -535,4 +562,4 @@ def forward(desc, params, X, Y, out, costs, work, n_threads):
     no_state = np.zeros((2, 1), params.dtype)
     _launch(FORWARD, n_threads, desc, params, params, no_state, X, Y, np.arange(n), capacity, 0,
             -(-n // capacity), codes.hyperparameters(int(desc[D_LAYERS])), work, costs, out,
-            np.zeros(0), 0.0)
+            np.zeros(0), 0.0, np.zeros(0))

@@ -27,11 +27,16 @@ def main(cases_path, outdir):
     for case in cases:
         if case["backend"] not in available:  # the test skips it
             continue
-        X, y = distributed.load_shard(case["data"], rank, size)
+        weights = {}
+        if case.get("weighted"):  # the data file's column "w": the samples' weights
+            X, y, weights["sample_weight"] = distributed.load_shard(case["data"], rank, size,
+                                                                    ("X", "y", "w"))
+        else:
+            X, y = distributed.load_shard(case["data"], rank, size)
         net = fastbp.Network(case["layers"], case["activation"], loss=case["loss"],
                              dtype=case["dtype"], backend=case["backend"],
                              seed=case["init_seed"] if rank == 0 else rank + 1000)  # rank 0's wins
-        history = distributed.fit(net, X, y, comm, **case["fit"])
+        history = distributed.fit(net, X, y, comm, **case["fit"], **weights)
         np.savez(f"{outdir}/{case['name']}.rank{rank}.npz", parameters=net.parameters,
                  loss=np.array(history["loss"]), seed=np.array(history.seed),
                  comm_share=np.array(history["comm_share"]))

@@ -90,11 +90,23 @@ CASES = [
     ("cython_uneven_in_order", "cython", "float64", "tanh", "cross_entropy", 53,
      dict(FIT, batch_size=5, shuffle=False)),
     ("numba_float32", "numba", "float32", "relu", "cross_entropy", 64, FIT),
+    ("cython_weighted", "cython", "float64", "relu", "cross_entropy", 53,
+     dict(FIT, batch_size=7, allreduce_every=2)),
+    ("numba_weighted_float32", "numba", "float32", "tanh", "cross_entropy", 64, FIT),
 ]
+# Cases trained with sample weights (a column "w" of the data file; some rows weigh 0).
+WEIGHTED = {"cython_weighted", "numba_weighted_float32"}
 
 
-def _reference(case, X, y, seed):
-    """Single-process training over the global minibatches the ranks trained on."""
+def _sample_weights(n, seed):
+    w = np.random.default_rng(seed + 100).random(n) * 2
+    w[::5] = 0.0
+    return w
+
+
+def _reference(case, X, y, seed, w=None):
+    """Single-process training over the global minibatches the ranks trained on (with weights w:
+    one fit per update, the epoch's loss the weighted mean)."""
     name, backend, dtype, activation, loss, n, fit = case
     net = fastbp.Network(LAYERS, activation, loss=loss, dtype=dtype, backend=backend, seed=0)
     args = {k: v for k, v in fit.items() if k not in ("epochs", "batch_size", "seed",
@@ -105,7 +117,14 @@ def _reference(case, X, y, seed):
                                              seed, fit.get("shuffle", True),
                                              fit.get("allreduce_every", 1))
         sizes = {len(rows) for rows in updates[:-1]}
-        if len(sizes) <= 1:  # all full but the last: one fit over the epoch's rows in that order
+        if w is not None:
+            total = 0.0
+            for rows in updates:
+                net.fit(X[rows], y[rows], epochs=1, batch_size=len(rows), shuffle=False,
+                        sample_weight=w[rows], **args)
+                total += net.history["loss"][0] * w[rows].sum()
+            losses.append(total / w.sum())
+        elif len(sizes) <= 1:  # all full but the last: one fit over the epoch's rows in that order
             order = np.concatenate(updates)
             net.fit(X[order], y[order], epochs=1, batch_size=len(updates[0]), shuffle=False, **args)
             losses.append(net.history["loss"][0])
@@ -126,8 +145,13 @@ def trained(mpiexec, tmp_path_factory):
     for i, (name, backend, dtype, activation, loss, n, fit) in enumerate(CASES):
         path = tmp / f"{name}.npz"
         data[name] = _data(path, n, seed=i)
+        if name in WEIGHTED:
+            X, y = data[name]
+            data[name] = (X, y, _sample_weights(n, i))
+            np.savez(path, X=X, y=y, w=data[name][2])
         cases.append(dict(name=name, data=str(path), layers=LAYERS, activation=activation,
-                          loss=loss, dtype=dtype, backend=backend, init_seed=0, fit=fit))
+                          loss=loss, dtype=dtype, backend=backend, init_seed=0, fit=fit,
+                          weighted=name in WEIGHTED))
     (tmp / "cases.json").write_text(json.dumps(cases))
     status, out, err = _run([mpiexec, "-n", "2", sys.executable, str(WORKER),
                              str(tmp / "cases.json"), str(tmp)])
@@ -148,11 +172,11 @@ def test_two_ranks_equal_single_process_training(trained, case):
         if os.environ.get("FASTBP_REQUIRE_BACKENDS") == "all":
             pytest.fail(f"backend {backend} is required here but unavailable")
         pytest.skip(f"backend {backend} unavailable")
-    rank0, rank1, X, y = trained[name]
+    rank0, rank1, X, y, *w = trained[name]
     # every rank applied the same updates: the same parameters, bit for bit
     assert np.array_equal(rank0["parameters"], rank1["parameters"])
     assert int(rank0["seed"]) == int(rank1["seed"]) == case[6]["seed"]
-    net, losses = _reference(case, X, y, int(rank0["seed"]))
+    net, losses = _reference(case, X, y, int(rank0["seed"]), *w)
     close(rank0["parameters"], net.parameters, dtype)   # float64: relative 1e-12
     close(rank0["loss"], losses, dtype)
     assert ((rank0["comm_share"] >= 0) & (rank0["comm_share"] < 1)).all()

@@ -451,3 +451,98 @@ def test_divergence_is_a_value_error(small):
             MLPRegressor(hidden_layer_sizes=(), solver="sgd", learning_rate_init=10.0,
                          momentum=0.0, n_iter_no_change=1000, max_iter=200,
                          random_state=0).fit(X, 1e6 * X[:, 20])
+
+
+# --------------------------------------------------------------------------- sample and class weights
+
+WEIGHTED = {
+    "sgd": dict(solver="sgd", batch_size=10),
+    "sgd-alpha-partial-batch": dict(solver="sgd", batch_size=13, alpha=0.01),
+    "early-stopping": dict(solver="sgd", batch_size=13, early_stopping=True, max_iter=12,
+                           n_iter_no_change=2),
+    "no-shuffle-invscaling": dict(solver="sgd", batch_size=16, shuffle=False,
+                                  learning_rate="invscaling", learning_rate_init=0.1),
+}
+
+
+def _weights(n, seed=0):
+    return np.random.default_rng(seed).random(n) * 2 + 0.1
+
+
+@pytest.mark.parametrize("name", WEIGHTED)
+def test_weighted_classifier_follows_sklearn(small, compiled, name):
+    X, y = small
+    w = _weights(len(y))
+    params = dict(dict(hidden_layer_sizes=(16,), random_state=0, max_iter=4), **WEIGHTED[name])
+    ours = MLPClassifier(backend=compiled, **params).fit(X, y, sample_weight=w)
+    theirs = SkClassifier(**params).fit(X, y, sample_weight=w)
+    assert ours.n_iter_ == theirs.n_iter_
+    for a, b in _pairs(ours, theirs):
+        np.testing.assert_allclose(a, b, rtol=1e-9, atol=1e-11)
+    np.testing.assert_allclose(ours.loss_curve_, theirs.loss_curve_, rtol=1e-4)
+    if params.get("early_stopping"):
+        np.testing.assert_allclose(ours.validation_scores_, theirs.validation_scores_)
+    assert ours.score(X, y, sample_weight=w) == pytest.approx(theirs.score(X, y, sample_weight=w))
+
+
+def test_weighted_regressor_and_partial_fit_follow_sklearn(small, compiled):
+    X, _ = small
+    y = X[:, [20, 36]] * [1.0, -2.0]
+    w = np.random.default_rng(1).integers(1, 4, len(y)).astype(float)  # many equal batch sums
+    params = dict(hidden_layer_sizes=(16,), random_state=1, max_iter=5, solver="sgd",
+                  batch_size=23, alpha=0.001, learning_rate_init=0.01)
+    ours = MLPRegressor(backend=compiled, **params).fit(X, y, sample_weight=w)
+    theirs = SkRegressor(**params).fit(X, y, sample_weight=w)
+    for a, b in _pairs(ours, theirs):
+        np.testing.assert_allclose(a, b, rtol=1e-9, atol=1e-11)
+    np.testing.assert_allclose(ours.loss_curve_, theirs.loss_curve_, rtol=1e-4)
+    for _ in range(2):
+        ours.partial_fit(X, y, sample_weight=w)
+        theirs.partial_fit(X, y, sample_weight=w)
+    for a, b in _pairs(ours, theirs):
+        np.testing.assert_allclose(a, b, rtol=1e-9, atol=1e-11)
+    assert ours.score(X, y, w) == pytest.approx(theirs.score(X, y, w), rel=1e-9)
+
+
+@pytest.mark.parametrize("estimator", ["classifier", "regressor"])
+def test_weighted_lbfgs_follows_sklearn(small, estimator):
+    X, y = small
+    w = _weights(len(y), 2)
+    if estimator == "regressor":
+        y = X[:, 20]
+    ours, theirs = {"classifier": (MLPClassifier, SkClassifier),
+                    "regressor": (MLPRegressor, SkRegressor)}[estimator]
+    params = dict(hidden_layer_sizes=(8,), random_state=0, max_iter=15, solver="lbfgs", alpha=0.01)
+    ours = ours(backend="cython", **params).fit(X, y, sample_weight=w)
+    theirs = theirs(**params).fit(X, y, sample_weight=w)
+    assert ours.n_iter_ == theirs.n_iter_
+    assert ours.loss_ == pytest.approx(theirs.loss_, rel=1e-6)
+    for a, b in _pairs(ours, theirs):
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-7)
+
+
+@pytest.mark.parametrize("class_weight", ["balanced", {0: 3.0, 1: 0.5, 7: 2.0}])
+def test_class_weight_multiplies_the_sample_weights(small, class_weight):
+    from sklearn.utils.class_weight import compute_class_weight
+    X, y = small
+    w = _weights(len(y), 3)
+    params = dict(hidden_layer_sizes=(16,), random_state=0, max_iter=3, solver="sgd", batch_size=20,
+                  backend="numba")
+    ours = MLPClassifier(class_weight=class_weight, **params).fit(X, y, sample_weight=w)
+    classes = np.unique(y)
+    factors = compute_class_weight(class_weight, classes=classes, y=y, sample_weight=w)
+    plain = MLPClassifier(**params).fit(X, y, sample_weight=w * factors[np.searchsorted(classes, y)])
+    for a, b in zip(ours.coefs_ + ours.intercepts_, plain.coefs_ + plain.intercepts_):
+        np.testing.assert_array_equal(a, b)
+
+
+def test_class_weight_refusals(small):
+    X, y = small
+    clf = MLPClassifier(class_weight="balanced", solver="sgd", max_iter=1, backend="numba")
+    with pytest.raises(ValueError, match="partial_fit"):
+        clf.partial_fit(X, y, classes=np.unique(y))
+    multilabel = np.stack([y > 4, y % 2 == 0], axis=1)
+    with pytest.raises(ValueError, match="multilabel"):
+        MLPClassifier(class_weight={0: 2.0}, max_iter=1, backend="numba").fit(X, multilabel)
+    with pytest.raises(ValueError):
+        MLPClassifier(max_iter=1, backend="numba").fit(X, y, sample_weight=-np.ones(len(y)))
