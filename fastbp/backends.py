@@ -72,9 +72,14 @@ def _cython_build():
             "compiler": build["compiler"]}
 
 
+def cpus():
+    """The CPUs this process is allowed to run on (a set of their numbers)."""
+    try:
+        return os.sched_getaffinity(0)
+    except AttributeError:  # not on Linux
+        return set(range(os.cpu_count() or 1))
+
+
 def default_threads():
     """The threads a process may use: the CPUs it is allowed to run on."""
-    try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:  # not on Linux
-        return os.cpu_count() or 1
+    return len(cpus())

@@ -611,6 +611,19 @@ def has_arrays(spec, keys=TEST_KEYS):
     return all(f"{key}.npy" in names for key in keys)
 
 
+def read_rows(spec, start, stop, keys=DATA_KEYS):
+    """Rows start..stop-1 of the arrays named by `keys` of the data `spec`: a tuple of arrays.
+
+    ``spec`` is an .npz archive (``np.savez(path, X=X, y=y)``), a directory holding ``X.npy`` and
+    ``y.npy``, or a pair of .npy paths. The rows are read with one seek and one read per array,
+    straight into memory: nothing else of the file is read (the .npy header apart). That needs the
+    arrays stored plainly, as ``np.save`` and ``np.savez`` write them; a compressed archive
+    (``np.savez_compressed``) is decompressed up to ``stop``, and only the rows asked for are kept.
+    (``np.load(..., mmap_mode='r')`` maps a .npy file but reads an .npz member whole.)
+    """
+    return tuple(array.rows(start, stop) for array in row_readers(spec, keys))
+
+
 def n_rows(spec, keys=DATA_KEYS):
     """The number of rows of the data `spec` (read from the headers only)."""
     arrays = row_readers(spec, keys)

@@ -1,74 +1,43 @@
 """Data-parallel training over MPI (mpi4py): many processes, on one machine or many, train one network.
 
-Every process (an MPI *rank*) holds the whole network and a *shard* of the training data: a block of
-consecutive rows of the data file, which it alone reads (:func:`load_shard`). Training is synchronous
-minibatch gradient descent, with the same update on every rank:
+Every process (an MPI *rank*) holds the whole network and a *shard* of the data (by default a block of
+consecutive rows of the data file, which it alone reads: :func:`load_shard`). Each update of the
+synchronous minibatch descent is: every rank's gradient of its rows of the *global* minibatch (the
+backend's ``gradients`` driver); one ``Allreduce`` of the flat gradient buffer, which also counts the
+ranks whose cost is not finite (so divergence stops every rank at once); the same optimizer step on
+every rank. The ranks' parameters stay identical, and equal single-process training on the same
+global minibatches (:func:`global_batches`) to about 1e-12 in float64 (sums in another order).
 
-1. each rank computes, with its backend's compiled kernels (the ``gradients`` driver), the gradient
-   of its local rows of the minibatch, weighted by its share of the minibatch's rows;
-2. one ``Allreduce`` (sum, in place) over the flat gradient buffer gives every rank the mean gradient
-   of the whole *global* minibatch (the buffer carries one extra element, which counts the ranks
-   whose cost is NaN or infinite, so that divergence is noticed on every rank at once);
-3. every rank applies the same optimizer step (``update_parameters`` on the flat buffers).
+What a global minibatch is. With ``size`` ranks and a global ``batch_size`` B, rank r gives
+``b_r = B(r+1)//size - Br//size`` rows to each. With per-shard shuffling (the default), rank r visits
+its shard in a permutation drawn from ``(seed, epoch, r)`` (or in file order); its local minibatch i is
+positions ``i*b_r .. (i+1)*b_r - 1`` of that order, the global one the local ones of ranks 0, 1, ...
+in turn; an epoch has ``max_r ceil(n_r / b_r)`` of them (a rank whose shard is used up gives no rows
+to the last). Rows mix within a shard, never across: shuffle a sorted file once before writing it.
+``seed`` defaults to a number rank 0 draws from the network's generator (``history.seed``). With
+``shuffle="global"`` every rank holds all of (X, y) and the minibatches are one process's (drawn from
+the network's generator), each split among the ranks in blocks of b_r rows: results that do not
+depend on the number of ranks, for reading every row on every rank.
 
-So the ranks' parameters stay identical, and the result is that of single-process training on the
-same global minibatches (see :func:`global_batches`): equal to about 1e-12 in float64 (the gradient is
-summed in another order), whatever the number of threads per rank.
+``allreduce_every=k``: one Allreduce and update per k global minibatches (the mean gradient of their
+rows). ``sample_weight`` (each rank its rows'): each rank sends ``sum w dC``, the Allreduce carries
+the update's weight sum, the update is the weighted mean (none when the weights sum to 0).
 
-What a global minibatch is
---------------------------
-With ``size`` ranks and a global ``batch_size`` of B, rank r contributes ``b_r = B(r+1)//size -
-Br//size`` rows to each minibatch (so the b_r add up to B). Each epoch, rank r visits its shard in its
-own order: a permutation drawn from ``(seed, epoch, r)`` (``shuffle=True``) or the file order. Its
-local minibatch i is positions ``i*b_r .. (i+1)*b_r - 1`` of that order, and the global minibatch i is
-the local minibatches i of ranks 0, 1, ... one after the other. An epoch has as many minibatches as
-the rank that needs the most (``max_r ceil(n_r / b_r)``); a rank whose shard is used up contributes
-no rows to the last ones. When the shard sizes are in proportion to the b_r (for instance: the number
-of rows and the batch size both multiples of ``size``), every minibatch has B rows but the last.
-Otherwise the last few are smaller; each gradient is always the mean over the rows the minibatch has.
-
-Shuffling mixes rows within a shard, never across shards: each minibatch takes rows from every shard
-in fixed proportions. If the data file is sorted (by class, by time), shuffle it once before writing
-it. ``seed`` defaults to a number drawn by rank 0 from the network's random generator and sent to all
-(``history.seed`` tells it); the same seed, data and ranks give the same training.
-
-``allreduce_every=k`` accumulates the gradients of k consecutive global minibatches, each computed
-in pieces of at most b_r rows per rank, and reduces them in one Allreduce: one update per k
-minibatches, with the mean gradient of their k·B rows (the same as ``batch_size=k*B`` with a work
-buffer of b_r rows; k times fewer bytes communicated per sample).
-
-With ``sample_weight`` (each rank passes its rows' weights; each rank's must sum to more than 0),
-each rank's local gradient is the weighted sum ``sum w dC`` of its rows, the Allreduce carries one
-more number, the update's weight sum over all ranks, and the update is the weighted mean: equal to
-single-process weighted training on the same global minibatches. An update whose weights sum to 0
-on every rank together makes no step.
-
-Everything said of Network.fit holds: the optimizer state carries over, learning rate schedules and
-early stopping work (on metrics reduced over all ranks, so every rank decides the same), L2 applies
-to the weights only. Dropout is not supported here.
-
-With ``metrics=[..., "gradient_norms"]``, ``gradient_norm_m`` is the mean over the epoch's updates of
-the Frobenius norm of layer m's weight gradient after the Allreduce (the update's mean gradient,
-without L2): the same on every rank.
-
-Measured per update, on each rank: ``history.batch_seconds[e]`` (the wall time of each update of epoch
-e: gradients, Allreduce, step) and ``history.allreduce_seconds[e]`` (the part in Allreduce, which
-includes waiting for the slowest rank); per epoch, ``comm_seconds`` and ``comm_share`` (their sums'
-ratio) enter the history.
-
-Threads: with ``n_threads=None`` a rank uses the CPUs it may run on divided by the ranks on its
-machine (when the ranks share the same CPUs), so that 2 ranks on 2 cores run one thread each.
+Everything said of Network.fit holds (optimizer state, schedules, early stopping on metrics reduced
+over all ranks, L2 on the weights, checkpoints written by rank 0), but dropout. Per epoch the history
+gets ``comm_seconds`` and ``comm_share`` (the share of the updates' time in Allreduce, waiting for
+the slowest rank included); ``history.batch_seconds[e]`` and ``allreduce_seconds[e]`` time each
+update; ``gradient_norm_m`` is of each update's Allreduced gradient. With ``n_threads=None`` a rank
+uses its CPUs divided by the ranks sharing them (2 ranks on 2 cores: one thread each).
 """
 import math
-import os
 import time
 import zlib
 
 import numpy as np
 
-from . import backends, checkpoints, training, validation
-from . import datasets
-from .datasets import DATA_KEYS, row_readers
+from . import backends, checkpoints, datasets, training, validation
+from .datasets import DATA_KEYS
 from .kernels import codes
 
 SNAPSHOT_SAMPLES = 8192  # global samples between copies of the parameters kept to undo a divergence
@@ -96,13 +65,11 @@ class Comm:
                                   "pip install 'fastbp[mpi]'") from None
             self.MPI, self.rank, self.size = MPI, comm.Get_rank(), comm.Get_size()
 
-    def allreduce(self, buf):
-        """buf = the element-wise sum of every rank's buf, in place (no pickling)."""
+    def allreduce(self, buf):  # buf = the sum of every rank's buf, in place (no pickling)
         if self.size > 1:
             self.comm.Allreduce(self.MPI.IN_PLACE, buf, op=self.MPI.SUM)
 
-    def bcast(self, buf):
-        """Rank 0's buf into every rank's buf."""
+    def bcast(self, buf):  # rank 0's buf into every rank's
         if self.size > 1:
             self.comm.Bcast(buf, root=0)
 
@@ -121,17 +88,10 @@ class Comm:
             return 1, True
         local = self.comm.Split_type(self.MPI.COMM_TYPE_SHARED)
         try:
-            cpus = local.allgather(sorted(_cpus()))
+            cpus = local.allgather(sorted(backends.cpus()))
         finally:
             local.Free()
         return len(cpus), all(c == cpus[0] for c in cpus)
-
-
-def _cpus():
-    try:
-        return os.sched_getaffinity(0)
-    except AttributeError:
-        return set(range(os.cpu_count() or 1))
 
 
 def agree(comm, what, action):
@@ -169,41 +129,15 @@ def shard_range(n, rank, size):
     return n * rank // size, n * (rank + 1) // size
 
 
-def shard_sizes(n, size):
-    """The rows of each of `size` ranks' shards of n rows."""
+def shard_sizes(n, size):  # the rows of each of `size` ranks' shards of n rows
     return [stop - start for start, stop in (shard_range(n, r, size) for r in range(size))]
 
 
 def load_shard(spec, rank, size, keys=DATA_KEYS):
-    """Rank `rank`'s rows of the data `spec`, reading those rows only: a tuple of arrays (X, y).
-
-    ``spec`` is an .npz archive holding arrays named by ``keys`` (``np.savez(path, X=X, y=y)``), a
-    directory holding ``X.npy`` and ``y.npy``, or a pair of .npy paths. The rank's rows are the block
-    ``shard_range(n, rank, size)``; they are read with one seek and one read per array, straight into
-    memory: nothing else of the file is read (the .npy header apart). That needs the arrays stored
-    plainly, as ``np.save`` and ``np.savez`` write them; a compressed archive (``np.savez_compressed``)
-    is decompressed up to the end of the rank's rows, of which only the rank's rows are kept.
-    (``np.load(..., mmap_mode='r')`` maps a .npy file but reads an .npz member whole, so it is not used.)
-    """
-    arrays = row_readers(spec, keys)
-    n = datasets.n_rows(spec, keys)
-    a, b = shard_range(n, rank, size)
-    return tuple(array.rows(a, b) for array in arrays)
-
-
-def shard(data, comm, keys=DATA_KEYS):
-    """This rank's part of `data`: a path or pair of paths (see load_shard; only this rank's rows are
-    read) or a tuple of in-memory arrays with the same number of rows (views of their rows are
-    returned). Collective when comm is given: every rank learns whether every rank succeeded."""
-    c = Comm(comm)
-    if isinstance(data, (str, os.PathLike)) or (
-            isinstance(data, (tuple, list)) and data and isinstance(data[0], (str, os.PathLike))):
-        return agree(c, "reading the data", lambda: load_shard(data, c.rank, c.size, keys))
-    n = len(data[0])
-    if any(len(array) != n for array in data):
-        raise ValueError("the arrays have different numbers of rows")
-    a, b = shard_range(n, c.rank, c.size)
-    return tuple(array[a:b] for array in data)
+    """Rank `rank`'s rows of the data `spec` (an .npz archive, a directory of .npy files or a pair of
+    .npy paths), the block ``shard_range(n, rank, size)``, reading those rows only
+    (``datasets.read_rows``): a tuple of arrays (X, y)."""
+    return datasets.read_rows(spec, *shard_range(datasets.n_rows(spec, keys), rank, size), keys)
 
 
 # --------------------------------------------------------------------------- the schedule of minibatches
@@ -229,11 +163,9 @@ def _plan(shard_sizes, batch_size):
 
 
 def global_batches(shard_sizes, batch_size, epoch, seed, shuffle=True, allreduce_every=1):
-    """The rows of each update of epoch `epoch` (from 1) of distributed training, as indices into the
-    concatenation of the shards in rank order (for shards from load_shard: the rows of the file).
-
-    Single-process training that visits exactly these batches (each with one update) gives the same
-    parameters; ``seed`` is the one training used (``history.seed``)."""
+    """The rows of each update of epoch `epoch` (from 1) of per-shard distributed training, as indices
+    into the shards concatenated in rank order (the file's rows, for shards from load_shard): one
+    process visiting these batches trains the same. ``seed``: the training's (``history.seed``)."""
     sizes, n_batches, _ = _plan(shard_sizes, batch_size)
     offsets = np.concatenate([[0], np.cumsum(shard_sizes)[:-1]])
     orders = [offset + _epoch_order(n, seed, epoch, r, shuffle)
@@ -269,25 +201,13 @@ def evaluate(net, X, y, comm=None, n_threads=None, sample_weight=None):
 
 
 def fit(net, X, y, comm=None, **arguments):
-    """Train `net` on every rank's (X, y) together: ``net.fit(X, y, comm=comm, ...)``, synchronous
-    data-parallel minibatch gradient descent over the mpi4py communicator `comm` (None: this process
-    alone, still in global minibatches).
+    """``net.fit(X, y, comm=comm, ...)`` (None: this process alone, still in global minibatches).
 
-    Collective: every rank of comm calls it with the same network configuration and arguments and its
-    own shard (X, y) (see shard / load_shard). ``batch_size`` is the global minibatch, split over the
-    ranks; see the module's documentation for which rows form a minibatch. ``validation_data`` is
-    this rank's share of the validation set (or None); the metrics are over all ranks' shares.
-    Arguments are those of Network.fit, with ``seed`` (the shuffling's; None: drawn by rank 0 from
-    the network's generator) and ``allreduce_every`` (minibatches per Allreduce and update).
-
-    At the start, rank 0's parameters and optimizer state are copied to every rank. Only rank 0
-    prints (``verbose``, ``progress``); ``callback(epoch, metrics)`` is called on every rank with the
-    same metrics, and training stops if it returns True on any rank. Returns the History (every rank
-    has the same, timings apart), also kept as ``net.history``; rank 0 alone should write it.
-
-    Raises TrainingDiverged on every rank if the cost or a parameter becomes NaN or infinite (the
-    network keeps the parameters of the last finite step), DistributedError on every rank if some
-    rank's input is bad or the ranks disagree on the configuration.
+    Collective: every rank calls it with the same network and arguments and its own shard (X, y)
+    (``validation_data``: its share of the validation set). Rank 0's parameters and optimizer state
+    start every rank; rank 0 alone prints; ``callback`` runs on every rank with the same metrics and
+    stops training if it returns True on any. Every rank gets the same History (timings apart).
+    TrainingDiverged and DistributedError (bad input or disagreeing ranks) are raised on every rank.
     """
     return net.fit(X, y, comm=Comm(comm), **arguments)
 
@@ -371,6 +291,7 @@ class MPIStepper(training.Stepper):
         # each layer's gradient norms summed over the epoch's updates; None: not measured
         self.norm_sums = np.zeros(len(net.weights)) if "gradient_norms" in settings.metrics else None
         self.weight_grads = codes.layer_views(self.desc, self.mean_grads)[0]
+        # fixed, the same on every rank: chunks end in collective decisions
         self.chunk = max(1, -(-SNAPSHOT_SAMPLES // (settings.batch_size * self.k)))
         self.opening = None
         # Every rank starts from rank 0's network (initialized with another seed, or trained apart).
@@ -378,14 +299,12 @@ class MPIStepper(training.Stepper):
             c.bcast(buf)
         if self.spread:  # the shuffles: rank 0's generator, as one process would draw them
             net.rng.bit_generator.state = c.bcast_obj(net.rng.bit_generator.state)
-        self.facts = {"seed": settings.seed, "ranks": c.size, "threads": threads,
-                      "shard_sizes": shard_sizes, "local_batch_sizes": sizes}
+        self.facts = dict(seed=settings.seed, ranks=c.size, threads=threads, shard_sizes=shard_sizes,
+                          local_batch_sizes=sizes, batch_seconds=[], allreduce_seconds=[])
 
     def begin(self, history):
         super().begin(history)
-        for name, value in self.facts.items():
-            setattr(history, name, value)
-        history.batch_seconds, history.allreduce_seconds = [], []
+        vars(history).update(self.facts)
 
     def agree(self, what, action):
         return agree(self.c, what, action)
@@ -422,12 +341,6 @@ class MPIStepper(training.Stepper):
             X, Y = X[block], Y[block]
             weights = None if weights is None else weights[block]
         return super().sums(X, Y, weights)
-
-    def first_chunk(self):
-        return self.chunk  # the same on every rank: chunks end in collective decisions
-
-    def next_chunk(self, chunk, elapsed):
-        return chunk
 
     def start_epoch(self):
         self.cost, self.rows_seen = 0.0, 0
@@ -484,22 +397,20 @@ class MPIStepper(training.Stepper):
         np.take(self.X, rows, axis=0, out=self.Xb[:m])
         np.take(self.Y, rows, axis=0, out=self.Yb[:m])
         costs = self.sample_costs[:m]
-        if self.weights is not None:
-            weights = np.take(self.weights, rows, out=self.Wb[:m])
-            self.driver.gradients(self.desc, self.parameters, out, self.Xb[:m], self.Yb[:m],
-                                  self.work, costs, self.threads, weights)
-            total = float(weights.sum())  # the driver's gradient is the weighted mean
-            out *= out.dtype.type(total)
-            self.rows_seen += total
-            self.buffer[-2] += total
-            return float(np.dot(costs, weights))
-        self.rows_seen += m
+        weights = None if self.weights is None else np.take(self.weights, rows, out=self.Wb[:m])
         self.driver.gradients(self.desc, self.parameters, out, self.Xb[:m], self.Yb[:m],
-                              self.work, costs, self.threads)
-        factor = m / rows_total  # the driver's gradient is the mean over the m rows
+                              self.work, costs, self.threads, weights)
+        if weights is None:  # the driver's gradient is the mean over the m rows
+            self.rows_seen += m
+            factor, cost = m / rows_total, float(costs.sum())
+        else:  # the weighted mean: times the rows' weight sum, divided by the update's later
+            factor = float(weights.sum())
+            self.rows_seen += factor
+            self.buffer[-2] += factor
+            cost = float(np.dot(costs, weights))
         if factor != 1.0:
             out *= out.dtype.type(factor)
-        return float(costs.sum())
+        return cost
 
     def _step(self, order, update):
         """Update `update` of the epoch: gradients, one Allreduce, one optimizer step; the status."""
@@ -533,6 +444,7 @@ class MPIStepper(training.Stepper):
                                for W in self.weight_grads]
         self.hyper[codes.H_KEY] = self.hyper[codes.H_STEP]
         with np.errstate(over="ignore", invalid="ignore"):
-            finite = self.driver.update_parameters(self.settings.optimizer.code, self.parameters, self.mean_grads,
-                                 self.state, self.hyper, self.n_weights)
+            finite = self.driver.update_parameters(self.settings.optimizer.code, self.parameters,
+                                                   self.mean_grads, self.state, self.hyper,
+                                                   self.n_weights)
         return codes.DONE if finite else codes.PARAMS_NOT_FINITE

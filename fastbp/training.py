@@ -235,6 +235,14 @@ class Stepper:
         """action(), run on every rank; a failure on one is raised on all."""
         return action()
 
+    def first_chunk(self):
+        """Steps in the epoch's first chunk (here fixed: self.chunk)."""
+        return self.chunk
+
+    def next_chunk(self, chunk, elapsed):
+        """Steps in the next chunk, after one of `chunk` steps took `elapsed` seconds."""
+        return chunk
+
     def data_fingerprint(self):
         return checkpoints.data_fingerprint(self.X, self.Y, self.weights)
 
