@@ -115,7 +115,7 @@ def _driver_epoch(net, workload, X, y):
     desc, work = net._buffers(min(workload.batch, n), codes.SGD)
     costs = np.zeros(n)
     n_batches = workload.batches(n)
-    threads = net._threads()
+    threads = net.threads
     rng = np.random.default_rng(1)
 
     def epoch():
