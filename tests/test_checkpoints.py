@@ -227,3 +227,34 @@ def test_a_memory_mapped_x_is_not_copied(compiled):
         grew = max(peak[0], _anonymous_mb()) - before
         assert grew < 40, f"anonymous memory grew by {grew:.0f} MB for an X of {X.nbytes >> 20} MB"
         del X
+
+
+RESUMING_RANKS = """
+import sys, signal, numpy as np, fastbp
+from mpi4py import MPI
+comm = MPI.COMM_WORLD
+rng = np.random.default_rng(comm.rank)
+X, y = rng.random((300, 12)), rng.integers(0, 3, 300)
+net = fastbp.Network([12, 16, 3], "relu", loss="cross_entropy", backend="numpy", seed=0)
+stop = int(sys.argv[2])
+callback = (lambda e, m: e == stop and signal.raise_signal(signal.SIGINT)) if stop else None
+try:
+    net.fit(X, y, epochs=6, batch_size=16, lr=0.05, momentum=0.9, comm=comm, callback=callback,
+            checkpoint=None if sys.argv[1] == "-" else sys.argv[1])
+except KeyboardInterrupt:
+    pass
+np.save(f"{sys.argv[3]}.rank{comm.rank}.npy", net.parameters)
+"""
+
+
+def test_distributed_training_resumes_from_rank_0s_checkpoint(mpiexec, tmp_path):  # noqa: F811
+    script = tmp_path / "ranks.py"
+    script.write_text(RESUMING_RANKS)
+    for args in (["-", "0", "whole"], ["run.ckpt", "3", "part"], ["run.ckpt", "0", "resumed"]):
+        status, out, err = _run([mpiexec, "-n", "2", sys.executable, str(script)] + args, cwd=tmp_path)
+        assert status == 0, f"{out}\n{err}"
+    assert checkpoints.peek(tmp_path / "run.ckpt")[:2] == (6, 6)
+    whole = np.load(tmp_path / "whole.rank0.npy")
+    for rank in (0, 1):
+        assert np.array_equal(np.load(tmp_path / f"resumed.rank{rank}.npy"), whole)
+    assert not np.array_equal(np.load(tmp_path / "part.rank0.npy"), whole)
