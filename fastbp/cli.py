@@ -301,7 +301,7 @@ def train(args):
         net = distributed.agree(c, "building the network", lambda: Network(
             layers, args.activation, args.output_activation, args.loss, args.dtype, args.backend,
             args.threads, args.seed, args.init))
-        threads = net.n_threads or (distributed.default_threads(comm) if comm else net.threads)
+        threads = distributed.default_threads(comm, net.n_threads) if comm else net.threads
         say(f"fastbp {__version__}: {net}")
         shares = "+".join(map(str, distributed.local_batch_sizes(args.batch_size, c.size)))
         say(f"{source}: {counts[0]} training, {counts[1]} validation and {counts[2]} test samples of "

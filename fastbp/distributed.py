@@ -111,19 +111,18 @@ def agree(comm, what, action):
     return result
 
 
-def default_threads(comm=None):
-    """Threads per rank: the CPUs this rank may use, divided by the ranks on its machine when they
-    share the same CPUs (collective: call it on every rank)."""
+def default_threads(comm=None, wanted=None):
+    """Threads per rank: `wanted`, else the CPUs this rank may use, divided by the ranks on its
+    machine when they share the same CPUs (collective: every rank calls it, whatever it wants)."""
     n_local, shared = Comm(comm).local_size()
     cpus = backends.default_threads()
-    return max(1, cpus // n_local) if shared else cpus
+    return wanted or (max(1, cpus // n_local) if shared else cpus)
 
 
 # --------------------------------------------------------------------------- data shards
 
 def shard_range(n, rank, size):
-    """The rows [start, stop) of rank `rank` among `size` ranks for n rows: consecutive blocks whose
-    sizes differ by at most one."""
+    """Rows [start, stop) of rank `rank` of `size` for n rows: consecutive blocks, sizes within one."""
     if not 0 <= rank < size:
         raise ValueError(f"rank {rank} is not in 0..{size - 1}")
     return n * rank // size, n * (rank + 1) // size
@@ -182,7 +181,7 @@ def evaluate(net, X, y, comm=None, n_threads=None, sample_weight=None):
     """The mean cost and accuracy over every rank's (X, y) together (collective): an Evaluation;
     with sample_weight (this rank's samples' weights), the weighted ones."""
     c = Comm(comm)
-    threads = n_threads or net.n_threads or default_threads(comm)  # collective: every rank calls it
+    threads = default_threads(comm, n_threads or net.n_threads)
 
     def check():
         if X is None or len(X) == 0:
@@ -192,8 +191,7 @@ def evaluate(net, X, y, comm=None, n_threads=None, sample_weight=None):
                 validation.sample_weight(sample_weight, X_.shape[0], positive_sum=False))
     data = agree(c, "evaluate", check)
     with net.exclusive():
-        X_, Y_, W_ = data
-        sums = np.array(training.forward_sums(net, X_, Y_, threads, W_), np.float64)
+        sums = np.array(training.forward_sums(net, *data[:2], threads, data[2]), np.float64)
     c.allreduce(sums)
     if sums[2] == 0:
         raise ValueError("no rank has samples to evaluate")
@@ -240,6 +238,8 @@ def prepare(net, X, y, validation_data, sample_weight, arguments, comm=None):
     shard_sizes = [n for n, _, _ in everyone]
     settings.watch(has_validation=sum(v for _, v, _ in everyone) > 0)  # all ranks' validation data
     if settings.shuffle == "global":
+        if settings.seed is not None:  # the shuffles come from the network's seed, as in one process
+            raise DistributedError("seed is for per-shard shuffling, not for shuffle='global'")
         if len(set(shard_sizes)) > 1 or len(set(map(str, c.allgather(
                 checkpoints.data_fingerprint(X, Y, W))))) > 1:
             raise DistributedError("shuffle='global' needs the same (X, y) on every rank: each rank "
@@ -250,7 +250,7 @@ def prepare(net, X, y, validation_data, sample_weight, arguments, comm=None):
                                f"ranks ({c.size}): every rank needs rows in each minibatch")
     elif settings.seed is None:
         settings.seed = c.bcast_obj(int(net.rng.integers(0, 2 ** 62)) if c.rank == 0 else None)
-    threads = net.n_threads or default_threads(c.comm)  # collective: every rank calls it
+    threads = default_threads(c.comm, net.n_threads)
     return X, Y, W, val, settings, lambda *args: MPIStepper(c, shard_sizes, threads, *args)
 
 

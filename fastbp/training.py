@@ -505,6 +505,8 @@ class _Checkpoint:
             rng_state, schedule_state = record["rng"], record["schedule"]
             opening, warned = record["growth"]
             done = int(record["epoch"])
+        except modelfile.ModelFileError:
+            raise  # it names the file and the array already
         except (KeyError, TypeError, ValueError) as error:
             raise checkpoints.CheckpointError(f"{self.path}: a damaged checkpoint ({error})") from error
         # Everything is read and checked: only now do the network and the loop take it.
