@@ -148,15 +148,16 @@ class Network:
     def _Y(self, y, n, name="y"):
         return validation.targets(y, n, self.layer_sizes[-1], self.dtype, name)
 
-    def _forward(self, X, Y=None):
-        """Output activations for X and, given targets Y, each sample's cost."""
+    def _forward(self, X, Y=None, threads=None):
+        """Output activations for X and, given targets Y, each sample's cost (on `threads` threads,
+        default self.threads)."""
         n = X.shape[0]
         desc, work = self._buffers(min(n, FORWARD_BLOCK))
         out = np.empty((n, self.layer_sizes[-1]), self.dtype)
         costs = np.empty(n if Y is not None else 0)
         if Y is None:
             Y = np.empty((0, self.layer_sizes[-1]), self.dtype)
-        self._driver.forward(desc, self.parameters, X, Y, out, costs, work, self.threads)
+        self._driver.forward(desc, self.parameters, X, Y, out, costs, work, threads or self.threads)
         return out, costs
 
     # ----------------------------------------------------------------------- using the network

@@ -163,13 +163,9 @@ def forward_sums(net, X, Y, threads, weights=None):
     weights, each sample counts its weight: (sum w C, sum of the correct ones' w, sum w)."""
     if X is None or X.shape[0] == 0:
         return 0.0, 0, 0
-    n = X.shape[0]
-    desc, work = net._buffers(min(n, FORWARD_BLOCK))
-    out = np.empty((n, net.layer_sizes[-1]), net.dtype)
-    costs = np.empty(n)
-    net._driver.forward(desc, net.parameters, X, Y, out, costs, work, threads)
+    out, costs = net._forward(X, Y, threads)
     if weights is None:
-        return float(costs.sum()), correct(out, Y), n
+        return float(costs.sum()), correct(out, Y), X.shape[0]
     return float(np.dot(costs, weights)), correct(out, Y, weights), float(weights.sum())
 
 
