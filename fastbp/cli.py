@@ -314,7 +314,20 @@ def train(args):
                if args.allreduce_every > 1 else ""))
         validation = (X_val, y_val) if counts[1] else None
 
+        # Where a checkpoint resumes is said once fit has accepted it (its fingerprint checked):
+        # with the first epoch's line, or after fit when nothing was left to train.
+        resuming = []
+        if args.checkpoint and not args.fresh:
+            found = checkpoints.peek(args.checkpoint) if lead else None
+            if found:
+                resuming.append(training.resuming_line(*found[:2], args.checkpoint, found[2]))
+
+        def announce():
+            while resuming:
+                say(resuming.pop())
+
         def progress(epoch, m):
+            announce()
             say(f"epoch {epoch:3d}/{args.epochs}  train loss {m['train_loss']:.4f} acc "
                 f"{m['train_accuracy']:.4f}"
                 + (f"  val loss {m['val_loss']:.4f} acc {m['val_accuracy']:.4f}" if validation else "")
@@ -323,11 +336,6 @@ def train(args):
                 + ("  |dW| " + " ".join(f"{m[f'gradient_norm_{k}']:.2g}" for k in range(1, len(layers)))
                    if args.gradient_norms else ""))
 
-        if args.checkpoint and not args.fresh:
-            found = checkpoints.peek(args.checkpoint) if lead else None
-            if found:
-                done, epochs, stopped = found
-                say(training.resuming_line(done, epochs, args.checkpoint, stopped))
         started = time.perf_counter()
         status, note = 0, ""
         try:
@@ -344,11 +352,13 @@ def train(args):
                     resume=not args.fresh, comm=comm, allreduce_every=args.allreduce_every,
                     shuffle="global" if args.global_shuffle else True)
         except TrainingDiverged as error:
+            announce()
             if lead:
                 print(f"fastbp: {error}", file=sys.stderr)
             status, note = 1, " (diverged)"
         except KeyboardInterrupt:
             status, note = 130, " (interrupted)"
+        announce()
         history = net.history
         if history.interrupted is not None:
             epoch, done = history.interrupted

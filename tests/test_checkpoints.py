@@ -144,6 +144,20 @@ def test_the_command_line_killed_with_sigkill_resumes_to_the_same_model(dtype, t
     assert np.array_equal(a.parameters, b.parameters)
 
 
+def test_the_command_line_says_it_resumes_only_from_a_checkpoint_it_accepts(tmp_path):
+    pytest.importorskip("sklearn")
+    first = _train(["--epochs", "2", "--checkpoint", "run.ckpt", "--lr", "0.1"], tmp_path)
+    assert first.wait(120) == 0, first.stderr.read()
+    other = _train(["--epochs", "2", "--checkpoint", "run.ckpt", "--lr", "0.2"], tmp_path)
+    out, err = other.communicate(timeout=120)
+    assert other.returncode != 0 and "checkpoint of another training" in err
+    assert "resum" not in out and "complete" not in out
+    same = _train(["--epochs", "2", "--checkpoint", "run.ckpt", "--lr", "0.1"], tmp_path)
+    out, err = same.communicate(timeout=120)
+    assert same.returncode == 0, err
+    assert "run.ckpt: training already complete (2 of 2 epochs); nothing to resume" in out
+
+
 # ----------------------------------------------------------------------------- MPI
 
 def test_global_shuffle_on_2_and_3_ranks_equals_one_process(mpiexec, tmp_path):  # noqa: F811
