@@ -14,8 +14,8 @@ its shard in a permutation drawn from ``(seed, epoch, r)`` (or in file order); i
 positions ``i*b_r .. (i+1)*b_r - 1`` of that order, the global one the local ones of ranks 0, 1, ...
 in turn; an epoch has ``max_r ceil(n_r / b_r)`` of them (a rank whose shard is used up gives no rows
 to the last). Rows mix within a shard, never across: shuffle a sorted file once before writing it.
-``seed`` defaults to a number rank 0 draws from the network's generator (``history.seed``). With
-``shuffle="global"`` every rank holds all of (X, y) and the minibatches are one process's (drawn from
+``seed`` defaults to a number rank 0 draws from the network's generator (``history.seed``; a resumed
+checkpoint's). With ``shuffle="global"`` every rank holds all of (X, y) and the minibatches are one process's (drawn from
 the network's generator), each split among the ranks in blocks of b_r rows: results that do not
 depend on the number of ranks, for reading every row on every rank.
 
@@ -133,9 +133,8 @@ def shard_sizes(n, size):  # the rows of each of `size` ranks' shards of n rows
 
 
 def load_shard(spec, rank, size, keys=DATA_KEYS):
-    """Rank `rank`'s rows of the data `spec` (an .npz archive, a directory of .npy files or a pair of
-    .npy paths), the block ``shard_range(n, rank, size)``, reading those rows only
-    (``datasets.read_rows``): a tuple of arrays (X, y)."""
+    """Rank `rank`'s rows (X, y) of the data `spec` (an .npz archive, a directory of .npy files or a
+    pair of .npy paths), the block ``shard_range(n, rank, size)``, read alone (datasets.read_rows)."""
     return datasets.read_rows(spec, *shard_range(datasets.n_rows(spec, keys), rank, size), keys)
 
 
@@ -249,7 +248,8 @@ def prepare(net, X, y, validation_data, sample_weight, arguments, comm=None):
         raise DistributedError(f"batch_size {settings.batch_size} is smaller than the number of "
                                f"ranks ({c.size}): every rank needs rows in each minibatch")
     elif settings.seed is None:
-        settings.seed = c.bcast_obj(int(net.rng.integers(0, 2 ** 62)) if c.rank == 0 else None)
+        settings.seed_drawn, settings.seed = True, c.bcast_obj(
+            int(net.rng.integers(0, 2 ** 62)) if c.rank == 0 else None)
     threads = default_threads(c.comm, net.n_threads)
     return X, Y, W, val, settings, lambda *args: MPIStepper(c, shard_sizes, threads, *args)
 

@@ -106,6 +106,7 @@ class Settings:
         self.min_delta = validation.real("min_delta", min_delta, low=0)
         self.l2_in_cost = bool(l2_in_cost)
         self.seed = None if seed is None else validation.integer("seed", seed, 0)
+        self.seed_drawn = False  # set where a missing seed is drawn (MPI): a checkpoint restores it
         self.allreduce_every = validation.integer("allreduce_every", allreduce_every, 1)
 
     def watch(self, has_validation):
@@ -120,10 +121,11 @@ class Settings:
         return self.hyper[codes.H_L2]
 
     def fingerprint(self):
-        """What must be the same on every rank, comparable with ==."""
+        """What must be the same on every rank, comparable with == (a drawn seed left out: it is
+        drawn anew by each run, and a resumed one takes the checkpoint's)."""
         return {name: repr(value) if name in ("schedule", "optimizer") else
                 (value.tolist() if isinstance(value, np.ndarray) else value)
-                for name, value in vars(self).items()}
+                for name, value in vars(self).items() if not (name == "seed" and self.seed_drawn)}
 
 
 def _dropout(net, dropout):
@@ -501,6 +503,7 @@ class _Checkpoint:
             rng_state, schedule_state = record["rng"], record["schedule"]
             opening, warned = record["growth"]
             done = int(record["epoch"])
+            seed = record.get("seed")  # the shuffles' seed (MPI); older checkpoints have none
         except modelfile.ModelFileError:
             raise  # it names the file and the array already
         except (KeyError, TypeError, ValueError) as error:
@@ -510,6 +513,8 @@ class _Checkpoint:
                              ("hyper", net._hyper)):
             target[:] = arrays[name]
         net.rng.bit_generator.state = rng_state
+        if loop.settings.seed_drawn and seed is not None:  # the shuffles of the run being resumed
+            loop.settings.seed = loop.history.seed = int(seed)
         vars(loop.schedule).update(schedule_state)
         if loop.stopper is not None and record["stopper"] is not None:
             value, loop.stopper.best_epoch, loop.stopper.waited = record["stopper"]
@@ -537,7 +542,7 @@ class _Checkpoint:
             arrays.update(zip(("best_parameters", "best_slots", "best_hyper"), stopper.best[1:]))
         history = dict(loop.history, _attributes={"best_epoch": loop.history.best_epoch,
                                                   "stopped_epoch": loop.history.stopped_epoch})
-        record = {"epoch": loop.done, "epochs": loop.settings.epochs,
+        record = {"epoch": loop.done, "epochs": loop.settings.epochs, "seed": loop.settings.seed,
                   "fingerprint": self.fingerprint, "rng": net.rng.bit_generator.state,
                   "schedule": vars(loop.schedule), "stopper": best, "history": history,
                   "growth": [loop.growth.opening, loop.growth.warned]}

@@ -249,7 +249,8 @@ from mpi4py import MPI
 comm = MPI.COMM_WORLD
 rng = np.random.default_rng(comm.rank)
 X, y = rng.random((300, 12)), rng.integers(0, 3, 300)
-net = fastbp.Network([12, 16, 3], "relu", loss="cross_entropy", backend="numpy", seed=0)
+seed = None if sys.argv[4:] == ["unseeded"] else 0
+net = fastbp.Network([12, 16, 3], "relu", loss="cross_entropy", backend="numpy", seed=seed)
 stop = int(sys.argv[2])
 callback = (lambda e, m: e == stop and signal.raise_signal(signal.SIGINT)) if stop else None
 try:
@@ -258,6 +259,8 @@ try:
 except KeyboardInterrupt:
     pass
 np.save(f"{sys.argv[3]}.rank{comm.rank}.npy", net.parameters)
+if comm.rank == 0:
+    print("epochs", len(net.history["loss"]), "seed", net.history.seed)
 """
 
 
@@ -272,3 +275,18 @@ def test_distributed_training_resumes_from_rank_0s_checkpoint(mpiexec, tmp_path)
     for rank in (0, 1):
         assert np.array_equal(np.load(tmp_path / f"resumed.rank{rank}.npy"), whole)
     assert not np.array_equal(np.load(tmp_path / "part.rank0.npy"), whole)
+
+
+def test_distributed_training_without_seeds_resumes_with_the_drawn_shuffling_seed(mpiexec, tmp_path):  # noqa: F811
+    """No seed anywhere: the shuffles' seed is drawn, kept in the checkpoint and taken back on resume
+    (it used to be drawn anew, and the checkpoint refused as another training's)."""
+    script = tmp_path / "ranks.py"
+    script.write_text(RESUMING_RANKS)
+    said = []
+    for args in (["run.ckpt", "3", "part", "unseeded"], ["run.ckpt", "0", "resumed", "unseeded"]):
+        status, out, err = _run([mpiexec, "-n", "2", sys.executable, str(script)] + args, cwd=tmp_path)
+        assert status == 0, f"{out}\n{err}"
+        said.append(out.split()[-4:])
+    assert said[0][:2] == ["epochs", "3"] and said[1][:2] == ["epochs", "6"]
+    assert said[0][3] == said[1][3]  # the same shuffling seed
+    assert np.array_equal(np.load(tmp_path / "resumed.rank0.npy"), np.load(tmp_path / "resumed.rank1.npy"))
