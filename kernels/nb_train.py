@@ -440,26 +440,47 @@ def _worker(worker, n_workers, kind, program, desc, params, grads, state, X, Y, 
 # --------------------------------------------------------------------------- drivers
 
 _pool = None
-_announced = []
+_announced = set()
+# What _announce_compilation says. The time is nielsen's first epoch with an empty cache, every
+# kernel compiled for one dtype: 13.5-15.3 s on a quiet 2-core VM (bench/README.md), 16-20 s of one
+# core's time on a busy one (bench/compile_times.py); one thread compiles, whatever n_threads says.
+COMPILING = ("fastbp: compiling the Numba kernels for {dtype} on this machine (about 15 s, once: "
+             "they are cached afterwards)")
 
 
-def _announce_compilation():
-    """Say on stderr, once per process, that Numba is about to compile the kernels when its on-disk
-    cache holds none of the workers (the first use on a machine, or after an upgrade): the wait would
+def _compiled_for(index, dtype, magic):
+    """Whether a Numba cache index (the worker's: {key: file}, each key (argument types, the
+    machine's magic tuple, the source's hashes)) holds a worker for parameters of `dtype` compiled
+    for the machine `magic` describes."""
+    for key in index:
+        try:
+            signature, machine = key[0], key[1]
+            if machine == magic and str(signature[5].dtype) == np.dtype(dtype).name:
+                return True
+        except (IndexError, TypeError, AttributeError):  # not a key this knows
+            continue
+    return False
+
+
+def _announce_compilation(dtype):
+    """Say on stderr, once per process and dtype, that Numba is about to compile the kernels when
+    its on-disk cache holds no worker for this dtype and machine (the first use on a machine, or of
+    the other dtype, or after an upgrade: the kernels are compiled for each dtype): the wait would
     otherwise look like a hang. Numba finds the cache in NUMBA_CACHE_DIR when set, else in the
     __pycache__ beside this file when writable, else in a user-wide directory; the worker's cache
     index (numba.core.caching, not public API: nothing is said if it changes) is empty until the
     worker is compiled and saved there, and again when this file changes."""
-    if _announced:
+    dtype = np.dtype(dtype).name
+    if dtype in _announced:
         return
-    _announced.append(True)
+    _announced.add(dtype)
     try:
-        cold = not _worker._cache._cache_file._load_index()
+        index = _worker._cache._cache_file._load_index()
+        magic = _worker.targetctx.codegen().magic_tuple()
     except Exception:  # not a cache this knows: say nothing
         return
-    if cold:
-        print("fastbp: compiling the Numba kernels for this machine (about 15 s, once: they are "
-              "cached afterwards)", file=sys.stderr, flush=True)
+    if not _compiled_for(index, dtype, magic):
+        print(COMPILING.format(dtype=dtype), file=sys.stderr, flush=True)
 
 
 def _launch(kind, n_threads, desc, params, grads, state, X, Y, order, batch_size, first, last,
@@ -467,7 +488,7 @@ def _launch(kind, n_threads, desc, params, grads, state, X, Y, order, batch_size
     """Run n_threads workers over batches first..last-1: one on the calling thread, the others on a
     pool of threads (the worker releases the GIL); then, with norms, add the last batch's gradient
     norms (the others' were added by the next batch's output phase). Returns the status array."""
-    _announce_compilation()
+    _announce_compilation(params.dtype)
     program = planner.program(kind, desc, batch_size, order.shape[0])
     counters = np.zeros(1, np.int64)
     claims = np.zeros(max(last - first, 1) * (int(program[-1, codes.P_STEP]) + 1) * max(1, n_threads),

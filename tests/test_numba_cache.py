@@ -1,7 +1,8 @@
-"""The first Numba compilation on a machine is announced on stderr, once; a warm cache says nothing.
+"""The first Numba compilation for a dtype on a machine is announced on stderr, once; a warm cache
+says nothing.
 
-One test, in subprocesses with a fresh NUMBA_CACHE_DIR: it compiles the Numba kernels once (about
-15 s on one core).
+The first test runs subprocesses with a fresh NUMBA_CACHE_DIR: it compiles the Numba kernels once
+(about 15 s on one core); the second checks how the cache index is read.
 """
 import os
 import subprocess
@@ -13,7 +14,7 @@ import fastbp
 
 FIT = ("import numpy as np, fastbp; X = np.random.default_rng(0).random((20, 3)); "
        "fastbp.Network([3, 4, 2], backend='numba', n_threads=1).fit(X, np.arange(20) % 2, epochs=1)")
-MESSAGE = "fastbp: compiling the Numba kernels for this machine"
+MESSAGE = "fastbp: compiling the Numba kernels for float64 on this machine"
 
 
 def test_the_first_numba_compilation_says_so_once(tmp_path):
@@ -27,3 +28,21 @@ def test_the_first_numba_compilation_says_so_once(tmp_path):
         assert run.returncode == 0, run.stderr
         seen.append(run.stderr.count(MESSAGE))
     assert seen == [1, 0], seen
+
+
+def test_the_announcement_looks_for_a_worker_of_this_dtype_and_machine():
+    if "numba" not in fastbp.available_backends():
+        pytest.skip("numba unavailable")
+    from numba import types
+
+    from fastbp.kernels import nb_train
+
+    def key(dtype, machine):  # the worker's arguments: params is the sixth
+        return (types.int64,) * 5 + (types.Array(dtype, 1, "C"),), machine, ("code", "closure")
+
+    index = {key(types.float32, "here"): "worker-0.nbc"}
+    assert nb_train._compiled_for(index, "float32", "here")
+    assert not nb_train._compiled_for(index, "float64", "here")
+    assert not nb_train._compiled_for(index, "float32", "another machine")
+    assert not nb_train._compiled_for({}, "float32", "here")
+    assert not nb_train._compiled_for({("not", "a", "key"): "x", (): "y"}, "float32", "here")
