@@ -184,6 +184,7 @@ def evaluate(net, X, y, comm=None, n_threads=None, sample_weight=None):
     threads = default_threads(comm, n_threads or net.n_threads)
 
     def check():
+        validation.dense_only(X, "distributed evaluation")
         if X is None or len(X) == 0:
             return None, None, None
         X_ = validation.features(X, net.layer_sizes[0], net.dtype)
@@ -217,6 +218,7 @@ def prepare(net, X, y, validation_data, sample_weight, arguments, comm=None):
     c = comm if isinstance(comm, Comm) else Comm(comm)
 
     def check():
+        validation.dense_only(X, "distributed training")
         if X is None or len(X) == 0:
             raise ValueError(f"rank {c.rank} has no training samples (fewer rows than ranks?)")
         X_, Y_, W_, val = training.data(net, X, y, validation_data, sample_weight)

@@ -42,7 +42,8 @@ from .codes import (C_L2, C_SCALE, C_SIZE, COST_NOT_FINITE, D_CAPACITY, D_GATHER
                     P_STEP, P_TILES, PARAMS_NOT_FINITE, TRAIN)
 from .nb_kernels import (_backward_block, _bias_activate, _coefficients, _derivative_block,
                          _dropout_rows, _finite, _forward_rows, _gradient_rows, _row_squares,
-                         _update_range, activation_forward, jit, jit_inline, output_error,
+                         _sparse_forward_rows, _sparse_gradient_rows, _update_range,
+                         activation_forward, jit, jit_inline, output_error,
                          update_parameters)  # noqa: F401  (a driver too: the MPI step)
 
 
@@ -262,8 +263,9 @@ def _output(kind, desc, Y, rows, first_row, work, costs, out, norms, squares, hy
 
 @jit_inline
 def _tile(phase, t, kind, desc, params, grads, state, X, Y, rows, first_row, ident, work, costs,
-          out, norms, squares, hyper, c, status, batch, weights):
-    """Tile t of program row `phase` for the batch X[rows]. Twin: cy_train._tile."""
+          out, norms, squares, hyper, c, status, batch, weights, indptr, indices, data):
+    """Tile t of program row `phase` for the batch X[rows]; with a sparse X (indptr not empty: a CSR
+    X of indptr, indices, data), layer 0 runs over its nonzeros. Twin: cy_train._tile."""
     op = phase[P_OP]
     l = phase[P_LAYER]
     if op == OP_OUTPUT:
@@ -286,6 +288,7 @@ def _tile(phase, t, kind, desc, params, grads, state, X, Y, rows, first_row, ide
     w = desc[rec + L_W]
     b = desc[rec + L_B]
     W = _view(params, w, n_out, n_in)
+    sparse = l == 0 and indptr.shape[0] != 0
     if l > 0:
         A_in = _view(work, desc[rec - L_FIELDS + L_A], m, n_in)
         rows_in = _row(ident, 0, m)
@@ -328,6 +331,8 @@ def _tile(phase, t, kind, desc, params, grads, state, X, Y, rows, first_row, ide
             _gemm(_N, _T, m, j1 - j0, n_in, W.dtype.type(1), work, a_in, n_in, params,
                   w + j0 * n_in, n_in, work, desc[rec + L_A] + j0, n_out)
             _bias_activate(Z, bias, act, np.int64(0), m, j0, j1)
+        elif sparse:
+            _sparse_forward_rows(W, bias, indptr, indices, data, rows, act, Z, j0, j1)
         else:
             _forward_rows(W, bias, A_in, rows_in, act, Z, j0, j1)
         if hyper[H_DROPOUT + l] > 0:
@@ -349,6 +354,8 @@ def _tile(phase, t, kind, desc, params, grads, state, X, Y, rows, first_row, ide
                 gb[j] += D[s, j]
         for j in range(j0, j1):
             gb[j] *= scale
+    elif sparse:
+        _sparse_gradient_rows(D, indptr, indices, data, rows, scale, G, gb, j0, j1)
     else:
         _gradient_rows(D, A_in, rows_in, scale, G, gb, j0, j1)
     if squares.shape[0] != 0:  # the gradient norms: this tile's rows' squared norms
@@ -375,7 +382,7 @@ def _tile(phase, t, kind, desc, params, grads, state, X, Y, rows, first_row, ide
 @jit
 def _worker(worker, n_workers, kind, program, desc, params, grads, state, X, Y, order, batch_size,
             first, last, hyper, work, costs, out, norms, squares, counters, claims, status, c, ident,
-            spins, weights):
+            spins, weights, indptr, indices, data):
     """Worker `worker` of n_workers: a pass over batches first..last-1, every step of `program`.
 
     The tiles of step k are split into n_workers contiguous shares, share v handed out through
@@ -425,7 +432,7 @@ def _worker(worker, n_workers, kind, program, desc, params, grads, state, X, Y, 
                                 break
                             _tile(program[r], u, kind, desc, params, grads, state, X, Y, rows,
                                   start, ident, work, costs, out, norms, squares, hyper, c, status,
-                                  i, weights)
+                                  i, weights, indptr, indices, data)
                         if not serial:
                             break
                     _atomic_add(counters, 0, 1)
@@ -468,7 +475,8 @@ def _launch(kind, n_threads, desc, params, grads, state, X, Y, order, batch_size
     pool of threads (the worker releases the GIL); then, with norms, add the last batch's gradient
     norms (the others' were added by the next batch's output phase). Returns the status array."""
     _announce_compilation()
-    program = planner.program(kind, desc, batch_size, order.shape[0])
+    X, indptr, indices, data = codes.split_input(X)
+    program = planner.program(kind, desc, batch_size, order.shape[0], indptr.shape[0] != 0)
     counters = np.zeros(1, np.int64)
     claims = np.zeros(max(last - first, 1) * (int(program[-1, codes.P_STEP]) + 1) * max(1, n_threads),
                       np.int64)
@@ -480,7 +488,7 @@ def _launch(kind, n_threads, desc, params, grads, state, X, Y, order, batch_size
     squares = np.zeros(params.shape[0] - desc[D_NWEIGHTS] if norms.shape[0] else 0)
     args = (kind, program, desc, params, grads, state, X, Y, order, batch_size, first, last, hyper,
             work, costs, out, norms, squares, counters, claims, status, c, ident, planner.SPINS,
-            weights)
+            weights, indptr, indices, data)
     with planner.blas_single_threaded(program):
         _run_workers(n_threads, args)
     if norms.shape[0] and status[0] == DONE and last > first:
