@@ -89,7 +89,7 @@ cdef void _fold_norms(const int64_t* desc, const double* squares, double* norms)
     """IN/OUT norms[l] += ||G_l||_F for every layer l: the square root of the sum, in row order, of
     the squared norms of the rows of W_l's gradient (squares: one per row, laid out like the biases,
     each written by the tile that computed the row). The same bits for any tiling and any thread
-    count, whether the output phase or the driver calls it. Twin: nb_train._fold_norms."""
+    count, whether the output phase or worker 0 at the end calls it. Twin: nb_train._fold_norms."""
     cdef Py_ssize_t l, rec
     for l in range(desc[D_LAYERS]):
         rec = D_HEADER + L_FIELDS * l
@@ -354,6 +354,8 @@ cdef void _worker(int kind, const int64_t* program, Py_ssize_t n_program, const 
                 return
             p = q
             k += 1
+    if worker == 0 and norms != NULL and last > first:  # the last batch's norms (as nb_train)
+        _fold_norms(desc, squares, norms)
 
 
 # --------------------------------------------------------------------------- drivers
@@ -364,8 +366,8 @@ cdef _launch(int kind, int n_threads, const int64_t[::1] desc, floating[::1] par
              double[::1] hyper, floating[::1] work, double[::1] costs, floating[:, ::1] out,
              double[::1] norms, double scale, const double[::1] weights):
     """Run n_threads workers (OpenMP threads) over batches first..last-1 of X_in (an array or a
-    codes.CSR); then, with norms, add the last batch's gradient norms (the others' were added by the
-    next batch's output phase). Returns the status pair."""
+    codes.CSR); with norms, worker 0 adds the last batch's gradient norms at the end (the others'
+    were added by the next batch's output phase). Returns the status pair."""
     parts = codes.split_input(X_in)
     cdef const floating[:, ::1] X = parts[0]
     cdef const int64_t[::1] indptr = parts[1]
@@ -399,8 +401,6 @@ cdef _launch(int kind, int n_threads, const int64_t[::1] desc, floating[::1] par
                      last, hyper, work, costs_data, costs.shape[0], out_data, norms_data,
                      squares_data, counters, claims, status, c, ident, spins, n_workers,
                      weights_data, indptr_data, indices_data, values_data)
-    if norms_data != NULL and status[0] == DONE and last > first:
-        _fold_norms(&desc[0], squares_data, norms_data)
     return np.asarray(status)
 
 

@@ -19,7 +19,7 @@ Twin of ``cy_train.pyx``. How the work is shared (the same in both backends):
   count. A worker waits only for tiles other workers have already claimed, so the workers need not
   run at the same time: one thread running them one after the other gives the same result.
 * The gradient norms (``norms``) too: a gradient tile writes its rows' squared norms, which the next
-  minibatch's serial output phase (or, after the call's last, the driver) adds up in row order.
+  minibatch's serial output phase (or, after the call's last, worker 0) adds up in row order.
 """
 import math
 import platform
@@ -195,7 +195,7 @@ def _fold_norms(desc, squares, norms):
     """IN/OUT norms[l] += ||G_l||_F for every layer l: the square root of the sum, in row order, of
     the squared norms of the rows of W_l's gradient (squares: one per row, laid out like the biases,
     each written by the tile that computed the row). The same bits for any tiling and any thread
-    count, whether the output phase or the driver calls it. Twin: cy_train._fold_norms."""
+    count, whether the output phase or worker 0 at the end calls it. Twin: cy_train._fold_norms."""
     n_weights = desc[D_NWEIGHTS]
     for l in range(desc[D_LAYERS]):
         rec = D_HEADER + L_FIELDS * l
@@ -442,6 +442,10 @@ def _worker(worker, n_workers, kind, program, desc, params, grads, state, X, Y, 
                 return
             p = q
             k += 1
+    if worker == 0 and norms.shape[0] != 0 and last > first:
+        # the last batch's norms, by the worker as the output phase folds the others': the fold
+        # compiled inside the fast-math worker may add in another order than a separate call
+        _fold_norms(desc, squares, norms)
 
 
 # --------------------------------------------------------------------------- drivers
@@ -472,8 +476,9 @@ def _announce_compilation():
 def _launch(kind, n_threads, desc, params, grads, state, X, Y, order, batch_size, first, last,
             hyper, work, costs, out, norms, scale, weights):
     """Run n_threads workers over batches first..last-1: one on the calling thread, the others on a
-    pool of threads (the worker releases the GIL); then, with norms, add the last batch's gradient
-    norms (the others' were added by the next batch's output phase). Returns the status array."""
+    pool of threads (the worker releases the GIL); with norms, worker 0 adds the last batch's
+    gradient norms at the end (the others' were added by the next batch's output phase). Returns
+    the status array."""
     _announce_compilation()
     X, indptr, indices, data = codes.split_input(X)
     program = planner.program(kind, desc, batch_size, order.shape[0], indptr.shape[0] != 0)
@@ -491,8 +496,6 @@ def _launch(kind, n_threads, desc, params, grads, state, X, Y, order, batch_size
             weights, indptr, indices, data)
     with planner.blas_single_threaded(program):
         _run_workers(n_threads, args)
-    if norms.shape[0] and status[0] == DONE and last > first:
-        _fold_norms(desc, squares, norms)
     return status
 
 
