@@ -31,7 +31,10 @@ def data_fingerprint(X, Y, weights=None):
     rows = np.unique(np.linspace(0, X.shape[0] - 1, SAMPLED_ROWS).astype(np.int64))
     digest = hashlib.sha256()
     for array in (X, Y):
-        digest.update(np.ascontiguousarray(array[rows]).tobytes())
+        if hasattr(array, "rows_digest"):  # a sparse X (codes.CSR): the rows' columns and values
+            array.rows_digest(rows, digest)
+        else:
+            digest.update(np.ascontiguousarray(array[rows]).tobytes())
     found = {"X": list(X.shape), "Y": list(Y.shape), "dtype": X.dtype.name,
              "rows": digest.hexdigest()[:32]}
     if weights is not None:

@@ -14,10 +14,10 @@ its shard in a permutation drawn from ``(seed, epoch, r)`` (or in file order); i
 positions ``i*b_r .. (i+1)*b_r - 1`` of that order, the global one the local ones of ranks 0, 1, ...
 in turn; an epoch has ``max_r ceil(n_r / b_r)`` of them (a rank whose shard is used up gives no rows
 to the last). Rows mix within a shard, never across: shuffle a sorted file once before writing it.
-``seed`` defaults to a number rank 0 draws from the network's generator (``history.seed``; a resumed
-checkpoint's). With ``shuffle="global"`` every rank holds all of (X, y) and the minibatches are one process's (drawn from
-the network's generator), each split among the ranks in blocks of b_r rows: results that do not
-depend on the number of ranks, for reading every row on every rank.
+``seed`` defaults to a number rank 0 draws from the network's generator (``history.seed``; on resume,
+the checkpoint's). With ``shuffle="global"`` every rank holds all of (X, y) and the minibatches are
+one process's (from the network's generator), each split among the ranks in blocks of b_r rows:
+results that do not depend on the number of ranks, for reading every row on every rank.
 
 ``allreduce_every=k``: one Allreduce and update per k global minibatches (the mean gradient of their
 rows). ``sample_weight`` (each rank its rows'): each rank sends ``sum w dC``, the Allreduce carries
@@ -179,10 +179,10 @@ def global_batches(shard_sizes, batch_size, epoch, seed, shuffle=True, allreduce
 def evaluate(net, X, y, comm=None, n_threads=None, sample_weight=None):
     """The mean cost and accuracy over every rank's (X, y) together (collective): an Evaluation;
     with sample_weight (this rank's samples' weights), the weighted ones."""
-    c = Comm(comm)
-    threads = default_threads(comm, n_threads or net.n_threads)
+    c, threads = Comm(comm), default_threads(comm, n_threads or net.n_threads)
 
     def check():
+        validation.dense_only(X, "distributed evaluation")
         if X is None or len(X) == 0:
             return None, None, None
         X_ = validation.features(X, net.layer_sizes[0], net.dtype)
@@ -216,6 +216,7 @@ def prepare(net, X, y, validation_data, sample_weight, arguments, comm=None):
     c = comm if isinstance(comm, Comm) else Comm(comm)
 
     def check():
+        validation.dense_only(X, "distributed training")
         if X is None or len(X) == 0:
             raise ValueError(f"rank {c.rank} has no training samples (fewer rows than ranks?)")
         X_, Y_, W_, val = training.data(net, X, y, validation_data, sample_weight)
@@ -263,8 +264,7 @@ class MPIStepper(training.Stepper):
 
     def __init__(self, c, shard_sizes, threads, net, X, Y, settings, weights=None):
         super().__init__(net, X, Y, settings, weights)
-        self.c, self.threads, self.k = c, threads, settings.allreduce_every
-        self.lead = c.rank == 0
+        self.c, self.threads, self.k, self.lead = c, threads, settings.allreduce_every, c.rank == 0
         B = settings.batch_size
         self.spread = settings.shuffle == "global"  # every rank holds all rows; batches are split
         if self.spread:

@@ -87,8 +87,25 @@ def _stochastic_solver(estimator):
 
 # --------------------------------------------------------------------------- the estimators
 
+SPARSE_FORMATS = ("csr", "csc", "coo")  # what scikit-learn's validation passes on (others: CSR)
+
+
+def _network_input(X, dt):
+    """X as the network takes it without a copy per call: a C-contiguous array of dtype dt, or a
+    scipy CSR matrix of dtype dt (rows can be sliced and shuffled; never densified)."""
+    if validation.is_sparse(X):
+        X = X.tocsr()
+        return X if X.dtype == dt else X.astype(dt)
+    return np.ascontiguousarray(X, dtype=dt)
+
+
 class _BaseMLP(BaseEstimator):
     """What the classifier and the regressor share: parameters, fitting, the fitted attributes."""
+
+    def __sklearn_tags__(self):
+        tags = super().__sklearn_tags__()
+        tags.input_tags.sparse = True
+        return tags
 
     def __init__(self, hidden_layer_sizes=(100,), activation="relu", *, solver="adam", alpha=0.0001,
                  batch_size="auto", learning_rate="constant", learning_rate_init=0.001, power_t=0.5,
@@ -221,7 +238,7 @@ class _BaseMLP(BaseEstimator):
         else:
             self._reuse_network(layer_units)
         dt = self.network_.dtype
-        X = np.ascontiguousarray(X, dtype=dt)
+        X = _network_input(X, dt)
         y = np.ascontiguousarray(y, dtype=dt)
         if self.solver == "lbfgs":
             self._fit_lbfgs(X, y, sample_weight)
@@ -306,6 +323,7 @@ class _BaseMLP(BaseEstimator):
 
     def _fit_stochastic(self, X, y, sample_weight, incremental, rng):
         net = self.network_
+        dt = net.dtype
         if not incremental or not hasattr(self, "_lr"):
             self._lr = float(self.learning_rate_init)  # scikit-learn's optimizer.learning_rate
             net.reset_optimizer()
@@ -326,8 +344,8 @@ class _BaseMLP(BaseEstimator):
             if X_val.shape[0] < 2:
                 raise ValueError("The validation set is too small. Increase 'validation_fraction' "
                                  "or the size of your dataset.")
-            X_train, y_train = np.ascontiguousarray(X_train), np.ascontiguousarray(y_train)
-            X_val = np.ascontiguousarray(X_val)
+            X_train, y_train = _network_input(X_train, dt), np.ascontiguousarray(y_train)
+            X_val = _network_input(X_val, dt)
             y_val = self._targets_to_y(y_val)
         else:
             X_train, y_train, X_val, y_val = X, y, None, None
@@ -342,8 +360,10 @@ class _BaseMLP(BaseEstimator):
                               "going to be clipped", stacklevel=3)
             batch_size = int(np.clip(self.batch_size, 1, n_samples))
         sample_idx = np.arange(n_samples, dtype=int)
+        sparse = validation.is_sparse(X_train)
         if self.shuffle:  # each epoch's samples in order, gathered into buffers reused each epoch
-            X_epoch, y_epoch = np.empty_like(X_train), np.empty_like(y_train)
+            X_epoch = None if sparse else np.empty_like(X_train)
+            y_epoch = np.empty_like(y_train)
         else:
             X_epoch, y_epoch = X_train, y_train
         w_epoch = w_train
@@ -356,7 +376,10 @@ class _BaseMLP(BaseEstimator):
             for _ in range(self.max_iter):
                 if self.shuffle:
                     sample_idx = _shuffle(sample_idx, random_state=rng)
-                    np.take(X_train, sample_idx, axis=0, out=X_epoch)
+                    if sparse:  # the rows' nonzeros, in the epoch's order (a new CSR)
+                        X_epoch = X_train[sample_idx]
+                    else:
+                        np.take(X_train, sample_idx, axis=0, out=X_epoch)
                     np.take(y_train, sample_idx, axis=0, out=y_epoch)
                     if w_train is not None:
                         w_epoch = w_train[sample_idx]
@@ -529,8 +552,9 @@ class _BaseMLP(BaseEstimator):
     def _outputs(self, X):
         """The output layer's activations for X (validated against the fit)."""
         check_is_fitted(self)
-        X = _validate_data(self, X, dtype=(np.float64, np.float32), reset=False)
-        return self.network_.forward(np.ascontiguousarray(X, dtype=self.network_.dtype))
+        X = _validate_data(self, X, dtype=(np.float64, np.float32), reset=False,
+                           accept_sparse=SPARSE_FORMATS)
+        return self.network_.forward(_network_input(X, self.network_.dtype))
 
 
 _PARAMETERS = """
@@ -640,7 +664,9 @@ _ATTRIBUTES = """
 """
 
 _DIFFERENCES = """
-    Differences from scikit-learn: no sparse input; ``partial_fit`` is not available with lbfgs
+    Sparse X (scipy.sparse CSR, CSC or COO; others converted to CSR) trains and predicts without
+    being densified: the first layer runs over the nonzeros.
+    Differences from scikit-learn: ``partial_fit`` is not available with lbfgs
     (scikit-learn's MLPRegressor runs a whole lbfgs fit there). ``sample_weight`` follows
     scikit-learn's MLP (the weights split with the samples for early stopping's validation set; each
     minibatch's loss and gradient are weighted means, with ``alpha / sum(w)`` as its L2 factor;
@@ -733,7 +759,7 @@ class MLPClassifier(ClassifierMixin, _BaseMLP):
 
     def _validate_input(self, X, y, incremental, reset):
         X, y = _validate_data(self, X, y, multi_output=True, dtype=(np.float64, np.float32),
-                              reset=reset)
+                              reset=reset, accept_sparse=SPARSE_FORMATS)
         if y.ndim == 2 and y.shape[1] == 1:
             y = column_or_1d(y, warn=True)
         check_classification_targets(y)
@@ -928,7 +954,8 @@ class MLPRegressor(RegressorMixin, _BaseMLP):
 
     def _validate_input(self, X, y, incremental, reset):
         X, y = _validate_data(self, X, y, multi_output=True, y_numeric=True,
-                              dtype=(np.float64, np.float32), reset=reset)
+                              dtype=(np.float64, np.float32), reset=reset,
+                              accept_sparse=SPARSE_FORMATS)
         if y.ndim == 2 and y.shape[1] == 1:
             y = column_or_1d(y, warn=True)
         return X, y

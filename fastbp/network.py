@@ -122,15 +122,17 @@ class Network:
 
     # ----------------------------------------------------------------------- plumbing
 
-    def _layout(self, capacity, optimizer):
+    def _layout(self, capacity, optimizer, gather=True):
         return codes.describe(self.layer_sizes, self._hidden, self._output, self._loss, optimizer,
-                              capacity)
+                              capacity, gather)
 
-    def _buffers(self, capacity, optimizer=codes.SGD):
-        """The descriptor and a work buffer for batches of up to `capacity` samples (kept for reuse)."""
-        key = (capacity, optimizer)
+    def _buffers(self, capacity, optimizer=codes.SGD, X=None):
+        """The descriptor and a work buffer for batches of up to `capacity` samples of X (kept for
+        reuse); for a sparse X (codes.CSR) with no room to gather its rows."""
+        sparse = isinstance(X, codes.CSR)
+        key = (capacity, optimizer, sparse)
         if key not in self._work:
-            desc, size = self._layout(capacity, optimizer)
+            desc, size = self._layout(capacity, optimizer, gather=not sparse)
             self._work = {key: (desc, np.zeros(size, self.dtype))}  # keep one: work can be large
         return self._work[key]
 
@@ -152,7 +154,7 @@ class Network:
         """Output activations for X and, given targets Y, each sample's cost (on `threads` threads,
         default self.threads)."""
         n = X.shape[0]
-        desc, work = self._buffers(min(n, FORWARD_BLOCK))
+        desc, work = self._buffers(min(n, FORWARD_BLOCK), X=X)
         out = np.empty((n, self.layer_sizes[-1]), self.dtype)
         costs = np.empty(n if Y is not None else 0)
         if Y is None:
@@ -198,7 +200,7 @@ class Network:
             X = self._X(X)
             Y = self._Y(y, X.shape[0])
             weights = validation.sample_weight(sample_weight, X.shape[0])
-            desc, work = self._buffers(min(X.shape[0], FORWARD_BLOCK))
+            desc, work = self._buffers(min(X.shape[0], FORWARD_BLOCK), X=X)
             grads = np.empty_like(self.parameters)
             extra = () if weights is None else (weights,)
             self._driver.gradients(desc, self.parameters, grads, X, Y, work, np.empty(X.shape[0]),

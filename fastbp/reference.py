@@ -8,15 +8,18 @@ the output error ``delta_L``; ``delta_l = f'(z_l) * (delta_{l+1} W_{l+1})``; gra
 It exports the same drivers, with the same arguments, as the compiled backends (``forward``,
 ``gradients``, ``train_batches``, ``update_parameters``; see ``kernels/codes.py`` for the buffers), so the
 Network runs on any of
-them unchanged. Arguments only the compiled backends need (``work``, ``n_threads``) are ignored.
+them unchanged. Arguments only the compiled backends need (``work``, ``n_threads``) are ignored. A
+sparse X (``codes.CSR``) becomes a scipy CSR matrix over the same arrays, never a dense one: layer 0's
+products ``X W^T`` and ``X^T delta`` are scipy's sparse ones.
 """
 import numpy as np
+import scipy.sparse
 
 from .kernels.codes import (ADAM, COST_NOT_FINITE, CROSS_ENTROPY, D_LOSS, D_NWEIGHTS, D_OPTIMIZER,
                             D_OUTPUT, DONE, H_BETA1, H_BETA2, H_DROPOUT, H_EPS, H_KEY, H_L2, H_LR,
                             H_MOMENTUM, H_NESTEROV, H_RHO, H_SEED, H_STEP, IDENTITY, LEAKY_RELU,
                             LEAKY_SLOPE, PARAMS_NOT_FINITE, RELU, RMSPROP, SGD, SIGMOID, SOFTMAX,
-                            TANH, dropout_keep, layer, layer_views)
+                            TANH, CSR, dropout_keep, layer, layer_views)
 
 
 def sigmoid(z):
@@ -113,7 +116,10 @@ def backprop(desc, params, X, Y, hyper=None, weights=None):
         total = weights.sum()
         m = total if total > 0 else np.inf
     for l in range(len(Ws) - 1, -1, -1):
-        dWs[l][:] = delta.T @ activations[l] / m
+        if scipy.sparse.issparse(activations[l]):  # (X^T delta)^T: scipy's sparse-dense product
+            dWs[l][:] = (activations[l].T @ delta).T / m
+        else:
+            dWs[l][:] = delta.T @ activations[l] / m
         dbs[l][:] = delta.mean(axis=0) if weights is None else delta.sum(axis=0) / m
         if l > 0:
             derivative = DERIVATIVE[layer(desc, l - 1)[6]]
@@ -155,6 +161,13 @@ def update_parameters(opt, P, G, S, hyper, n_weights):
 
 # --------------------------------------------------------------------------- the drivers
 
+def _matrix(X):
+    """X as the products take it: a scipy CSR matrix over a sparse X's arrays (not densified)."""
+    if isinstance(X, CSR):
+        return scipy.sparse.csr_matrix((X.data, X.indices, X.indptr), shape=X.shape)
+    return X
+
+
 def train_batches(desc, params, grads, state, X, Y, order, batch_size, first, last, hyper, work,
                 costs, n_threads, norms=None, weights=None):
     """Minibatches first..last-1 of the epoch visiting X in `order`: backprop, then one step each;
@@ -164,6 +177,7 @@ def train_batches(desc, params, grads, state, X, Y, order, batch_size, first, la
     Same contract as kernels.nb_train.train_batches; returns (batches done, status, batch).
     """
     n = order.shape[0]
+    X = _matrix(X)
     dWs = layer_views(desc, grads)[0] if norms is not None and norms.shape[0] else ()
     weighted = weights is not None and weights.shape[0] > 0
     for i in range(first, last):
@@ -191,12 +205,12 @@ def gradients(desc, params, grads, X, Y, work, costs, n_threads, weights=None):
     """OUT grads: the gradient of the mean cost over X (no L2), weighted by weights when not empty;
     OUT costs: each sample's cost."""
     weighted = weights is not None and weights.shape[0] > 0
-    grads[:], costs[:] = backprop(desc, params, X, Y, weights=weights if weighted else None)
+    grads[:], costs[:] = backprop(desc, params, _matrix(X), Y, weights=weights if weighted else None)
 
 
 def forward(desc, params, X, Y, out, costs, work, n_threads):
     """OUT out: the output activations for X; and, when costs is not empty, each sample's cost."""
-    _, Z = feedforward(desc, params, X)
+    _, Z = feedforward(desc, params, _matrix(X))
     if costs.shape[0]:
         out[:], _, costs[:] = output_error(int(desc[D_OUTPUT]), int(desc[D_LOSS]), Z, Y)
     else:

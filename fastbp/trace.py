@@ -177,6 +177,7 @@ def _propagate(Ws, bs, acts, X):
 
 def _sample(net, x, y):
     """x, y as a batch (X, Y) of the network's dtype, checked; and whether x was one sample."""
+    validation.dense_only(x, "trace", "x")
     x = np.asarray(x)
     n_in, n_out = net.layer_sizes[0], net.layer_sizes[-1]
     if x.ndim not in (1, 2):

@@ -148,7 +148,7 @@ def data(net, X, y, validation_data, sample_weight=None):
         if not isinstance(validation_data, (tuple, list)) or len(validation_data) not in (2, 3):
             raise ValueError("validation_data must be a pair (X_val, y_val) or a triple "
                              "(X_val, y_val, sample_weight_val)")
-        if validation_data[0] is not None and len(validation_data[0]) > 0:
+        if validation_data[0] is not None and validation.n_samples(validation_data[0]) > 0:
             X_val = validation.features(validation_data[0], net.layer_sizes[0], net.dtype,
                                         "validation X")
             val = (X_val, validation.targets(validation_data[1], X_val.shape[0],
@@ -180,7 +180,7 @@ class FullBatch:
 
     def __init__(self, net, X, Y, weights=None):
         self.net, self.X, self.Y, self.weights = net, X, Y, weights
-        self.desc, self.work = net._buffers(min(X.shape[0], FORWARD_BLOCK))
+        self.desc, self.work = net._buffers(min(X.shape[0], FORWARD_BLOCK), X=X)
         self.grads = np.empty_like(net.parameters)
         self.costs = np.empty(X.shape[0])
         self.tuner = _ThreadTuner(net.threads, fixed=net.n_threads is not None)
@@ -220,7 +220,7 @@ class Stepper:
 
     def workspace(self, capacity):
         """The descriptor and work buffer for batches of up to `capacity` samples."""
-        return self.net._buffers(capacity, self.settings.optimizer.code)
+        return self.net._buffers(capacity, self.settings.optimizer.code, X=self.X)
 
     def begin(self, history):
         """When the loop starts, with the History it fills."""

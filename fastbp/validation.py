@@ -5,6 +5,7 @@ network's dtype) or raises ValueError / TypeError. Nothing here changes a networ
 """
 import numpy as np
 
+from .kernels import codes
 from .kernels.checks import DTYPES, choice, dtype, integer, real  # noqa: F401  (one place)
 
 
@@ -38,8 +39,20 @@ def _finite(name, array):
 
 
 def features(X, n_features, dt, name="X"):
-    """X as a C-contiguous (n, n_features) array of dtype dt (copied only when it must be)."""
+    """X as a C-contiguous (n, n_features) array of dtype dt (copied only when it must be); a
+    scipy.sparse X (any format) as a ``codes.CSR`` (see :func:`sparse_features`)."""
+    if is_sparse(X):
+        return sparse_features(X, n_features, dt, name)
     X = _real_array(name, X)
+    _shape(X, n_features, name)
+    X = np.ascontiguousarray(X, dtype=dt)
+    if not X.flags.writeable:  # the kernels take writeable arrays; a read-only X is copied
+        X = X.copy()
+    _finite(name, X)
+    return X
+
+
+def _shape(X, n_features, name):
     if X.ndim != 2:
         raise ValueError(f"{name} must be 2-D (samples, features), got shape {X.shape}")
     if X.shape[0] == 0:
@@ -47,11 +60,53 @@ def features(X, n_features, dt, name="X"):
     if X.shape[1] != n_features:
         raise ValueError(f"{name} has {X.shape[1]} features per sample; the network's input layer "
                          f"has {n_features}")
-    X = np.ascontiguousarray(X, dtype=dt)
-    if not X.flags.writeable:  # the kernels take writeable arrays; a read-only X is copied
-        X = X.copy()
-    _finite(name, X)
-    return X
+
+
+def n_samples(X):
+    """len(X), also for a scipy.sparse X (whose len is refused)."""
+    return X.shape[0] if is_sparse(X) else len(X)
+
+
+def is_sparse(X):
+    return isinstance(X, codes.CSR) or (hasattr(X, "tocsr") and hasattr(X, "nnz"))
+
+
+def sparse_features(X, n_features, dt, name="X"):
+    """A scipy.sparse X (CSR; CSC, COO and the other formats converted once) as a ``codes.CSR``
+    whose arrays the kernels take: int64 row pointers and column indices, values of dtype dt. The
+    indices and values are copied when their types differ (int32 indices, another float type),
+    never expanded to a dense array."""
+    if isinstance(X, codes.CSR):
+        X = _scipy_csr(X)
+    if X.dtype.kind not in "biuf":
+        raise TypeError(f"{name} must hold real numbers, got dtype {X.dtype}")
+    _shape(X, n_features, name)
+    X = X.tocsr()
+    indptr, indices, data = (_kernel_array(a, t) for a, t in ((X.indptr, np.int64),
+                                                             (X.indices, np.int64), (X.data, dt)))
+    if data.dtype.kind == "f" and not np.isfinite(data).all():
+        k = int(np.argmin(np.isfinite(data)))
+        row = int(np.searchsorted(indptr, k, side="right")) - 1
+        raise ValueError(f"{name} must be finite; {name}[{row}, {int(indices[k])}] is {data[k]}")
+    return codes.CSR(indptr, indices, data, X.shape)
+
+
+def _kernel_array(array, dt):
+    """A writeable C-contiguous 1-D copy of array in dtype dt, unless array is one already."""
+    array = np.ascontiguousarray(array, dtype=dt)
+    return array if array.flags.writeable else array.copy()
+
+
+def _scipy_csr(X):
+    import scipy.sparse
+    return scipy.sparse.csr_matrix((X.data, X.indices, X.indptr), shape=X.shape)
+
+
+def dense_only(X, what, name="X"):
+    """Refuse a sparse X (TypeError) where `what` cannot take one, rather than densify it."""
+    if is_sparse(X):
+        raise TypeError(f"{what} takes a dense {name}, not a sparse matrix (fastbp never densifies "
+                        f"one: pass X.toarray() yourself if it fits in memory)")
 
 
 def sample_weight(w, n_samples, name="sample_weight", positive_sum=True):

@@ -29,6 +29,11 @@ Buffers the descriptor points into (all C-contiguous, one dtype, float32 or floa
             it): the samples' weights. The serial output phase multiplies each sample's output error
             by its weight and scales the gradient by 1 / (the batch's weight sum) instead of 1/m
             (C_SCALE); the costs stay unweighted (the caller weights them).
+``X``       a C-contiguous ``(n, n_0)`` array, or a sparse :class:`CSR` (``indptr`` and ``indices``
+            int64, ``data`` of the parameters' dtype): the compiled drivers then get a ``(0, n_0)``
+            dense X and the three arrays (empty for a dense X; :func:`split_input`), and layer 0's
+            forward and gradient run over the nonzeros (never BLAS, never the gather buffer). A work
+            buffer for sparse input needs no gather room (``describe(..., gather=False)``).
 """
 import numpy as np
 
@@ -93,10 +98,12 @@ KERNELS = ("dense_forward", "activation_forward", "activation_backward", "output
 DRIVERS = ("forward", "gradients", "train_batches", "update_parameters")
 
 
-def describe(sizes, hidden, output, loss, optimizer, capacity):
+def describe(sizes, hidden, output, loss, optimizer, capacity, gather=True):
     """Build the int64 descriptor of a network with layer ``sizes`` and a work buffer of ``capacity`` rows.
 
-    Returns ``(descriptor, work_size)``.
+    Returns ``(descriptor, work_size)``. Without ``gather`` the work buffer has no room for the
+    batch's rows of X (sparse input: ``capacity * n_0`` could be gigabytes), and the planner then
+    never gathers them.
     """
     sizes = [int(n) for n in sizes]
     n_layers = len(sizes) - 1
@@ -111,10 +118,11 @@ def describe(sizes, hidden, output, loss, optimizer, capacity):
         w_off += n_in * n_out
         b_off += n_out
         work += 2 * capacity * n_out
-    gather = work
-    work += capacity * sizes[0]
+    gather_at = work
+    if gather:
+        work += capacity * sizes[0]
     desc[:D_HEADER] = (n_layers, hidden, output, loss, optimizer, capacity, n_weights + sum(sizes[1:]),
-                       n_weights, work, gather)
+                       n_weights, work, gather_at)
     return desc, work
 
 
@@ -136,7 +144,10 @@ def check_buffers(desc, params, X, Y=None, out=None, costs=None, work=None, hype
                              f"{'at least ' if at_least else ''}{shape}")
 
     need("params", params, (n_params,))
-    need("X", X, (X.shape[0] if getattr(X, "ndim", 0) == 2 else -1, n_in))
+    if isinstance(X, CSR):
+        X.check(n_in, dtype)
+    else:
+        need("X", X, (X.shape[0] if getattr(X, "ndim", 0) == 2 else -1, n_in))
     n = X.shape[0]
     if grads is not None:
         need("grads", grads, (n_params,))
@@ -162,6 +173,65 @@ def check_buffers(desc, params, X, Y=None, out=None, costs=None, work=None, hype
     if weights is not None:  # empty: unweighted
         off = isinstance(weights, np.ndarray) and weights.shape == (0,)
         need("weights", weights, (0,) if off else (n,), np.float64)
+
+
+class CSR:
+    """A sparse X in compressed sparse row form, as the drivers take it: row s holds the values
+    ``data[indptr[s]:indptr[s + 1]]`` in the columns ``indices[indptr[s]:indptr[s + 1]]`` (int64
+    both, each column at most once a row, in any order; ``data`` in the network's dtype). scipy's
+    arrays, converted once (``fastbp.validation.features`` does it); never densified."""
+
+    ndim = 2
+
+    def __init__(self, indptr, indices, data, shape):
+        self.indptr, self.indices, self.data = indptr, indices, data
+        self.shape = (int(shape[0]), int(shape[1]))
+
+    @property
+    def dtype(self):
+        return self.data.dtype
+
+    @property
+    def nnz(self):
+        return int(self.indptr[-1])
+
+    def check(self, n_in, dtype):
+        """Refuse (ValueError) arrays the kernels would read out of bounds: wrong dtypes or
+        lengths, row pointers not increasing, column indices outside 0..n_in-1."""
+        n, width = self.shape
+        if width != n_in:
+            raise ValueError(f"X has shape {self.shape}; the network needs (n, {n_in})")
+        for name, array, dt in (("indptr", self.indptr, np.int64), ("indices", self.indices, np.int64),
+                                ("data", self.data, dtype)):
+            if not isinstance(array, np.ndarray) or array.dtype != dt or array.ndim != 1 \
+                    or not array.flags.c_contiguous:
+                raise ValueError(f"sparse X's {name} must be a 1-D C-contiguous {np.dtype(dt)} array")
+        nnz = self.indices.shape[0]
+        if self.indptr.shape[0] != n + 1 or self.data.shape[0] != nnz or (
+                n >= 0 and (self.indptr[0] != 0 or self.indptr[-1] != nnz)):
+            raise ValueError(f"sparse X's indptr must have {n + 1} entries from 0 to its {nnz} "
+                             f"nonzeros")
+        if n and (np.diff(self.indptr) < 0).any():
+            raise ValueError("sparse X's indptr must not decrease")
+        if nnz and (self.indices.min() < 0 or self.indices.max() >= n_in):
+            raise ValueError(f"sparse X's column indices must be in 0..{n_in - 1}")
+
+    def rows_digest(self, rows, digest):
+        """Feed rows `rows` (their columns and values) to a hashlib digest."""
+        for s in rows:
+            lo, hi = self.indptr[s], self.indptr[s + 1]
+            digest.update(self.indices[lo:hi].tobytes())
+            digest.update(self.data[lo:hi].tobytes())
+
+
+def split_input(X):
+    """(dense X, indptr, indices, data): what a compiled worker takes for X. A dense X with empty
+    sparse arrays, or for a CSR a (0, n_0) dense X (nothing to read) with its three arrays; one
+    signature either way (one compilation)."""
+    if isinstance(X, CSR):
+        return np.zeros((0, X.shape[1]), X.dtype), X.indptr, X.indices, X.data
+    none = np.zeros(0, np.int64)
+    return X, none, none, np.zeros(0, X.dtype)
 
 
 def gradient_scale(n, weights):

@@ -90,6 +90,16 @@ cdef void _gradient_rows(const floating* D, const floating* A, const int64_t* ro
                          Py_ssize_t n_in, Py_ssize_t n_out, floating scale, floating* G,
                          floating* gb, Py_ssize_t j0, Py_ssize_t j1) noexcept nogil
 
+cdef void _sparse_forward_rows(const floating* W, const floating* b, const int64_t* indptr,
+                               const int64_t* indices, const floating* data, const int64_t* rows,
+                               Py_ssize_t m, Py_ssize_t n_in, Py_ssize_t n_out, int act,
+                               floating* Z, Py_ssize_t j0, Py_ssize_t j1) noexcept nogil
+
+cdef void _sparse_gradient_rows(const floating* D, const int64_t* indptr, const int64_t* indices,
+                                const floating* data, const int64_t* rows, Py_ssize_t m,
+                                Py_ssize_t n_in, Py_ssize_t n_out, floating scale, floating* G,
+                                floating* gb, Py_ssize_t j0, Py_ssize_t j1) noexcept nogil
+
 cdef void _row_squares(const floating* G, Py_ssize_t n, double* squares, Py_ssize_t j0,
                        Py_ssize_t j1) noexcept nogil
 

@@ -5,6 +5,7 @@ Twin of ``nb_kernels.py``: the same functions under the same names and meaning. 
 
 * elementwise (in cy_kernels.pxd, inlined): ``_finite``, ``_activate``, ``_derivative``, ``_softplus``;
 * row kernels: ``_forward_rows``, ``_backward_block``, ``_gradient_rows``, ``_row_squares``,
+  ``_sparse_forward_rows`` and ``_sparse_gradient_rows`` (layer 0 over a CSR X's nonzeros),
   ``_update_range`` compute one slice (a *tile*) of an output, on raw pointers of the fused type,
   ``nogil``; the drivers in ``cy_train.pyx`` hand tiles to threads. Matrices are row-major: ``W`` is
   ``(n_out, n_in)``, a batch ``(m, n)``; ``rows`` (int64) selects the samples of ``A`` that form the
@@ -292,7 +293,7 @@ cdef void _gradient_rows(const floating* D, const floating* A, const int64_t* ro
     cdef const floating *a1
     cdef const floating *a2
     cdef const floating *a3
-    cdef floating p0, p1, p2, p3, q0, q1, q2, q3, x0, x1, x2, x3, total
+    cdef floating p0, p1, p2, p3, q0, q1, q2, q3, x0, x1, x2, x3
     for s in range(0, m, 4):
         k = min(4, m - s)
         a0 = A + rows[s] * n_in
@@ -336,11 +337,94 @@ cdef void _gradient_rows(const floating* D, const floating* A, const int64_t* ro
                 for i in range(n_in):
                     g[i] += p0 * a0[i] + p1 * a1[i] + p2 * a2[i] + p3 * a3[i]
             j += 2
+    _bias_rows(D, m, n_out, scale, gb, j0, j1)
+
+
+cdef inline void _bias_rows(const floating* D, Py_ssize_t m, Py_ssize_t n_out, floating scale,
+                            floating* gb, Py_ssize_t j0, Py_ssize_t j1) noexcept nogil:
+    """OUT gb[j] = scale * sum_s D[s, j] for j in [j0, j1), samples s < m added in order.
+    Twin: nb_kernels._bias_rows."""
+    cdef Py_ssize_t j, s
+    cdef floating total
     for j in range(j0, j1):
         total = 0
         for s in range(m):
             total += D[s * n_out + j]
         gb[j] = scale * total
+
+
+cdef void _sparse_forward_rows(const floating* W, const floating* b, const int64_t* indptr,
+                               const int64_t* indices, const floating* data, const int64_t* rows,
+                               Py_ssize_t m, Py_ssize_t n_in, Py_ssize_t n_out, int act,
+                               floating* Z, Py_ssize_t j0, Py_ssize_t j1) noexcept nogil:
+    """OUT Z[s, j] = f(b[j] + sum_k W[j, indices[k]] data[k]) for j in [j0, j1) and every sample s,
+    the sum over the nonzeros k of the sample's row rows[s] of a CSR X (indptr, indices, data), in
+    their stored order: layer 0's forward over the nonzeros. Register tile: 4 rows of W share each
+    nonzero's loads. Twin: nb_kernels._sparse_forward_rows.
+    """
+    cdef Py_ssize_t s, j, k, i, lo, hi
+    cdef const floating *w0
+    cdef const floating *w1
+    cdef const floating *w2
+    cdef const floating *w3
+    cdef floating x0, x1, x2, x3, v
+    for s in range(m):
+        lo = indptr[rows[s]]
+        hi = indptr[rows[s] + 1]
+        j = j0
+        while j + 4 <= j1:
+            w0 = W + j * n_in
+            w1 = w0 + n_in
+            w2 = w1 + n_in
+            w3 = w2 + n_in
+            x0 = b[j]
+            x1 = b[j + 1]
+            x2 = b[j + 2]
+            x3 = b[j + 3]
+            for k in range(lo, hi):
+                i = indices[k]
+                v = data[k]
+                x0 += w0[i] * v
+                x1 += w1[i] * v
+                x2 += w2[i] * v
+                x3 += w3[i] * v
+            Z[s * n_out + j] = <floating>_activate(act, x0)
+            Z[s * n_out + j + 1] = <floating>_activate(act, x1)
+            Z[s * n_out + j + 2] = <floating>_activate(act, x2)
+            Z[s * n_out + j + 3] = <floating>_activate(act, x3)
+            j += 4
+        while j < j1:
+            w0 = W + j * n_in
+            x0 = b[j]
+            for k in range(lo, hi):
+                x0 += w0[indices[k]] * data[k]
+            Z[s * n_out + j] = <floating>_activate(act, x0)
+            j += 1
+
+
+cdef void _sparse_gradient_rows(const floating* D, const int64_t* indptr, const int64_t* indices,
+                                const floating* data, const int64_t* rows, Py_ssize_t m,
+                                Py_ssize_t n_in, Py_ssize_t n_out, floating scale, floating* G,
+                                floating* gb, Py_ssize_t j0, Py_ssize_t j1) noexcept nogil:
+    """OUT G[j] = scale * sum_s D[s, j] X[rows[s]] and gb[j] = scale * sum_s D[s, j], j in [j0, j1),
+    for a CSR X (indptr, indices, data): the rows of G zeroed, then each sample's nonzeros scattered
+    into their columns, samples in order (layer 0's gradient: only the nonzero columns get terms).
+    Twin: nb_kernels._sparse_gradient_rows.
+    """
+    cdef Py_ssize_t s, j, k, i, lo, hi
+    cdef floating* g
+    cdef floating p
+    for i in range(j0 * n_in, j1 * n_in):
+        G[i] = 0
+    for s in range(m):
+        lo = indptr[rows[s]]
+        hi = indptr[rows[s] + 1]
+        for j in range(j0, j1):
+            g = G + j * n_in
+            p = scale * D[s * n_out + j]
+            for k in range(lo, hi):
+                g[indices[k]] += p * data[k]
+    _bias_rows(D, m, n_out, scale, gb, j0, j1)
 
 
 cdef void _row_squares(const floating* G, Py_ssize_t n, double* squares, Py_ssize_t j0,

@@ -89,7 +89,7 @@ cdef void _fold_norms(const int64_t* desc, const double* squares, double* norms)
     """IN/OUT norms[l] += ||G_l||_F for every layer l: the square root of the sum, in row order, of
     the squared norms of the rows of W_l's gradient (squares: one per row, laid out like the biases,
     each written by the tile that computed the row). The same bits for any tiling and any thread
-    count, whether the output phase or the driver calls it. Twin: nb_train._fold_norms."""
+    count, whether the output phase or worker 0 at the end calls it. Twin: nb_train._fold_norms."""
     cdef Py_ssize_t l, rec
     for l in range(desc[D_LAYERS]):
         rec = D_HEADER + L_FIELDS * l
@@ -156,12 +156,15 @@ cdef void _tile(const int64_t* phase, Py_ssize_t t, int kind, const int64_t* des
                 const floating* Y, const int64_t* rows, Py_ssize_t m, Py_ssize_t first_row,
                 const int64_t* ident, floating* work, double* costs, Py_ssize_t n_costs,
                 floating* out, double* norms, double* squares, double* hyper, floating* c,
-                int64_t* status, int64_t batch, const double* weights) noexcept nogil:
-    """Tile t of program row `phase` for the batch X[rows]. Twin: nb_train._tile."""
+                int64_t* status, int64_t batch, const double* weights, const int64_t* indptr,
+                const int64_t* indices, const floating* data) noexcept nogil:
+    """Tile t of program row `phase` for the batch X[rows]; with a sparse X (indptr not NULL: a CSR
+    X of indptr, indices, data), layer 0 runs over its nonzeros. Twin: nb_train._tile."""
     cdef Py_ssize_t rec, n_in, n_out, w, b, n_col, s0, s1, i0, j0, j1, i, j, s, samples, columns
     cdef Py_ssize_t l = phase[P_LAYER]
     cdef int op = phase[P_OP], act
     cdef bint blas = phase[P_BLAS] != 0
+    cdef bint sparse = l == 0 and indptr != NULL
     cdef const floating* A_in
     cdef const int64_t* rows_in
     cdef floating* Z
@@ -224,6 +227,9 @@ cdef void _tile(const int64_t* phase, Py_ssize_t t, int kind, const int64_t* des
             K._gemm(c'N', c'T', m, j1 - j0, n_in, <floating>1, A_in, n_in, params + w + j0 * n_in,
                     n_in, Z + j0, n_out)
             K._bias_activate(Z, n_out, params + b, act, 0, m, j0, j1)
+        elif sparse:
+            K._sparse_forward_rows(params + w, params + b, indptr, indices, data, rows, m, n_in,
+                                   n_out, act, Z, j0, j1)
         else:
             K._forward_rows(params + w, params + b, A_in, rows_in, m, n_in, n_out, act, Z, j0, j1)
         if hyper[H_DROPOUT + l] > 0:
@@ -243,6 +249,9 @@ cdef void _tile(const int64_t* phase, Py_ssize_t t, int kind, const int64_t* des
                 grads[b + j] += D[s * n_out + j]
         for j in range(j0, j1):
             grads[b + j] *= scale
+    elif sparse:
+        K._sparse_gradient_rows(D, indptr, indices, data, rows, m, n_in, n_out, scale, grads + w,
+                                grads + b, j0, j1)
     else:
         K._gradient_rows(D, A_in, rows_in, m, n_in, n_out, scale, grads + w, grads + b, j0, j1)
     if squares != NULL:  # the gradient norms: this tile's rows' squared norms
@@ -283,7 +292,8 @@ cdef void _worker(int kind, const int64_t* program, Py_ssize_t n_program, const 
                   Py_ssize_t n_costs, floating* out, double* norms, double* squares,
                   int64_t* counters, int64_t* claims, int64_t* status, floating* c,
                   const int64_t* ident, Py_ssize_t spins, Py_ssize_t worker,
-                  Py_ssize_t n_workers, const double* weights) noexcept nogil:
+                  Py_ssize_t n_workers, const double* weights, const int64_t* indptr,
+                  const int64_t* indices, const floating* data) noexcept nogil:
     """Worker `worker` of n_workers: a pass over batches first..last-1, every step of `program`.
 
     The tiles of step k are split into n_workers contiguous shares, share v handed out through
@@ -334,7 +344,7 @@ cdef void _worker(int kind, const int64_t* program, Py_ssize_t n_program, const 
                                 break
                             _tile(program + r * P_FIELDS, u, kind, desc, params, grads, S0, S1, X,
                                   Y, rows, m, start, ident, work, costs, n_costs, out, norms,
-                                  squares, hyper, c, status, i, weights)
+                                  squares, hyper, c, status, i, weights, indptr, indices, data)
                         if not serial:
                             break
                     _atomic_add(counters, 1)
@@ -344,21 +354,27 @@ cdef void _worker(int kind, const int64_t* program, Py_ssize_t n_program, const 
                 return
             p = q
             k += 1
+    if worker == 0 and norms != NULL and last > first:  # the last batch's norms (as nb_train)
+        _fold_norms(desc, squares, norms)
 
 
 # --------------------------------------------------------------------------- drivers
 
 cdef _launch(int kind, int n_threads, const int64_t[::1] desc, floating[::1] params,
-             floating[::1] grads, floating[:, ::1] state, const floating[:, ::1] X,
-             const floating[:, ::1] Y, const int64_t[::1] order, Py_ssize_t batch_size,
-             Py_ssize_t first, Py_ssize_t last, double[::1] hyper, floating[::1] work,
-             double[::1] costs, floating[:, ::1] out, double[::1] norms, double scale,
-             const double[::1] weights):
-    """Run n_threads workers (OpenMP threads) over batches first..last-1; then, with norms, add the
-    last batch's gradient norms (the others' were added by the next batch's output phase). Returns
-    the status pair."""
+             floating[::1] grads, floating[:, ::1] state, X_in, const floating[:, ::1] Y,
+             const int64_t[::1] order, Py_ssize_t batch_size, Py_ssize_t first, Py_ssize_t last,
+             double[::1] hyper, floating[::1] work, double[::1] costs, floating[:, ::1] out,
+             double[::1] norms, double scale, const double[::1] weights):
+    """Run n_threads workers (OpenMP threads) over batches first..last-1 of X_in (an array or a
+    codes.CSR); with norms, worker 0 adds the last batch's gradient norms at the end (the others'
+    were added by the next batch's output phase). Returns the status pair."""
+    parts = codes.split_input(X_in)
+    cdef const floating[:, ::1] X = parts[0]
+    cdef const int64_t[::1] indptr = parts[1]
+    cdef const int64_t[::1] indices = parts[2]
+    cdef const floating[::1] data = parts[3]
     cdef int64_t[:, ::1] program = planner.program(kind, np.asarray(desc), batch_size,
-                                                   order.shape[0])
+                                                   order.shape[0], indptr.shape[0] > 0)
     cdef int64_t[::1] counters = np.zeros(1, np.int64)
     cdef int64_t[::1] claims = np.zeros(max(last - first, 1) * (program[program.shape[0] - 1, P_STEP] + 1)
                                         * max(1, n_threads), np.int64)
@@ -376,14 +392,15 @@ cdef _launch(int kind, int n_threads, const int64_t[::1] desc, floating[::1] par
     cdef double* norms_data = &norms[0] if norms.shape[0] > 0 else NULL
     cdef double* squares_data = &squares[0] if norms.shape[0] > 0 else NULL
     cdef const double* weights_data = &weights[0] if weights.shape[0] > 0 else NULL
+    cdef const int64_t* indptr_data = &indptr[0] if indptr.shape[0] > 0 else NULL
+    cdef const int64_t* indices_data = &indices[0] if indices.shape[0] > 0 else NULL
+    cdef const floating* values_data = &data[0] if data.shape[0] > 0 else NULL
     c[C_SCALE] = <floating>scale
     with planner.blas_single_threaded(np.asarray(program)):
         _run_workers(kind, program, desc, params, grads, state, X, Y_data, order, batch_size, first,
                      last, hyper, work, costs_data, costs.shape[0], out_data, norms_data,
                      squares_data, counters, claims, status, c, ident, spins, n_workers,
-                     weights_data)
-    if norms_data != NULL and status[0] == DONE and last > first:
-        _fold_norms(&desc[0], squares_data, norms_data)
+                     weights_data, indptr_data, indices_data, values_data)
     return np.asarray(status)
 
 
@@ -395,7 +412,8 @@ cdef void _run_workers(int kind, int64_t[:, ::1] program, const int64_t[::1] des
                        double* norms, double* squares, int64_t[::1] counters, int64_t[::1] claims,
                        int64_t[::1] status,
                        floating[::1] c, int64_t[::1] ident, Py_ssize_t spins,
-                       int n_workers, const double* weights) noexcept:
+                       int n_workers, const double* weights, const int64_t* indptr,
+                       const int64_t* indices, const floating* data) noexcept:
     """The workers: one per OpenMP thread (prange over workers, static schedule)."""
     cdef int worker
     for worker in prange(n_workers, nogil=True, schedule="static", num_threads=n_workers):
@@ -403,11 +421,11 @@ cdef void _run_workers(int kind, int64_t[:, ::1] program, const int64_t[::1] des
                 &state[0, 0], &state[1, 0], &X[0, 0], Y_data, &order[0], order.shape[0],
                 batch_size, first, last, &hyper[0], &work[0], costs_data, n_costs,
                 out_data, norms, squares, &counters[0], &claims[0], &status[0], &c[0], &ident[0],
-                spins, worker, n_workers, weights)
+                spins, worker, n_workers, weights, indptr, indices, data)
 
 
 def train_batches(const int64_t[::1] desc, floating[::1] params, floating[::1] grads,
-                floating[:, ::1] state, const floating[:, ::1] X, const floating[:, ::1] Y,
+                floating[:, ::1] state, X, const floating[:, ::1] Y,
                 const int64_t[::1] order, Py_ssize_t batch_size, Py_ssize_t first,
                 Py_ssize_t last, double[::1] hyper, floating[::1] work, double[::1] costs,
                 int n_threads, norms=None, weights=None):
@@ -419,7 +437,7 @@ def train_batches(const int64_t[::1] desc, floating[::1] params, floating[::1] g
     cdef floating[:, ::1] no_out = np.zeros((0, 1), np.asarray(params).dtype)
     norms = np.zeros(0) if norms is None else norms
     weights = np.zeros(0) if weights is None else weights
-    codes.check_buffers(np.asarray(desc), np.asarray(params), np.asarray(X), np.asarray(Y), None,
+    codes.check_buffers(np.asarray(desc), np.asarray(params), X, np.asarray(Y), None,
                         np.asarray(costs), np.asarray(work), np.asarray(hyper), np.asarray(order),
                         np.asarray(grads), np.asarray(state), norms, weights)
     cdef double[::1] sums = norms
@@ -430,13 +448,13 @@ def train_batches(const int64_t[::1] desc, floating[::1] params, floating[::1] g
 
 
 def gradients(const int64_t[::1] desc, floating[::1] params, floating[::1] grads,
-              const floating[:, ::1] X, const floating[:, ::1] Y, floating[::1] work,
+              X, const floating[:, ::1] Y, floating[::1] work,
               double[::1] costs, int n_threads, weights=None):
     """OUT grads: the gradient of the (weighted, with weights not empty) mean cost over X (no L2);
     OUT costs. Twin: nb_train.gradients."""
     cdef Py_ssize_t n = X.shape[0], capacity = desc[D_CAPACITY]
     weights = np.zeros(0) if weights is None else weights
-    codes.check_buffers(np.asarray(desc), np.asarray(params), np.asarray(X), np.asarray(Y), None,
+    codes.check_buffers(np.asarray(desc), np.asarray(params), X, np.asarray(Y), None,
                         np.asarray(costs), np.asarray(work), grads=np.asarray(grads),
                         weights=weights)
     cdef const double[::1] sample_weights = weights
@@ -453,12 +471,12 @@ def gradients(const int64_t[::1] desc, floating[::1] params, floating[::1] grads
     grads[:] = total[0]
 
 
-def forward(const int64_t[::1] desc, floating[::1] params, const floating[:, ::1] X,
+def forward(const int64_t[::1] desc, floating[::1] params, X,
             const floating[:, ::1] Y, floating[:, ::1] out, double[::1] costs, floating[::1] work,
             int n_threads):
     """OUT out: the output activations for X; OUT costs when not empty. Twin: nb_train.forward."""
     cdef Py_ssize_t n = X.shape[0], capacity = desc[D_CAPACITY]
-    codes.check_buffers(np.asarray(desc), np.asarray(params), np.asarray(X), np.asarray(Y),
+    codes.check_buffers(np.asarray(desc), np.asarray(params), X, np.asarray(Y),
                         np.asarray(out), np.asarray(costs), np.asarray(work))
     cdef floating[:, ::1] no_state = np.zeros((2, 1), np.asarray(params).dtype)
     cdef int64_t[::1] order = np.arange(n)

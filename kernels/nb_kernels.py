@@ -5,6 +5,7 @@ Layers of this file, bottom up:
 
 * elementwise: ``_activate`` and ``_derivative`` (the latter written on the activation's output);
 * row kernels: ``_forward_rows``, ``_backward_block``, ``_gradient_rows``, ``_row_squares``,
+  ``_sparse_forward_rows`` and ``_sparse_gradient_rows`` (layer 0 over a CSR X's nonzeros),
   ``_update_range`` each compute one slice (a *tile*) of an output; the drivers in ``nb_train.py``
   hand tiles to threads;
 * primitives (``codes.KERNELS``): whole arrays, on the calling thread, for tests and for users who
@@ -363,11 +364,83 @@ def _gradient_rows(D, A, rows, scale, G, gb, j0, j1):
                 for i in range(n):
                     g[i] += p0 * a0[i] + p1 * a1[i] + p2 * a2[i] + p3 * a3[i]
             j += 2
+    _bias_rows(D, m, scale, gb, j0, j1)
+
+
+@jit_inline
+def _bias_rows(D, m, scale, gb, j0, j1):
+    """OUT gb[j] = scale * sum_s D[s, j] for j in [j0, j1), samples s < m added in order.
+    Twin: cy_kernels._bias_rows."""
     for j in range(j0, j1):
-        total = zero
+        total = scale - scale
         for s in range(m):
             total += D[s, j]
         gb[j] = scale * total
+
+
+@jit
+def _sparse_forward_rows(W, b, indptr, indices, data, rows, act, Z, j0, j1):
+    """OUT Z[s, j] = f(b[j] + sum_k W[j, indices[k]] data[k]) for j in [j0, j1) and every sample s,
+    the sum over the nonzeros k of the sample's row rows[s] of a CSR X (indptr, indices, data), in
+    their stored order: layer 0's forward over the nonzeros. Register tile: 4 rows of W share each
+    nonzero's loads. Twin: cy_kernels._sparse_forward_rows.
+    """
+    for s in range(rows.shape[0]):
+        lo = indptr[rows[s]]
+        hi = indptr[rows[s] + 1]
+        j = j0
+        while j + 4 <= j1:
+            w0 = W[j]
+            w1 = W[j + 1]
+            w2 = W[j + 2]
+            w3 = W[j + 3]
+            x0 = b[j]
+            x1 = b[j + 1]
+            x2 = b[j + 2]
+            x3 = b[j + 3]
+            for k in range(lo, hi):
+                i = indices[k]
+                v = data[k]
+                x0 += w0[i] * v
+                x1 += w1[i] * v
+                x2 += w2[i] * v
+                x3 += w3[i] * v
+            Z[s, j] = _activate(act, x0)
+            Z[s, j + 1] = _activate(act, x1)
+            Z[s, j + 2] = _activate(act, x2)
+            Z[s, j + 3] = _activate(act, x3)
+            j += 4
+        while j < j1:
+            w0 = W[j]
+            x0 = b[j]
+            for k in range(lo, hi):
+                x0 += w0[indices[k]] * data[k]
+            Z[s, j] = _activate(act, x0)
+            j += 1
+
+
+@jit
+def _sparse_gradient_rows(D, indptr, indices, data, rows, scale, G, gb, j0, j1):
+    """OUT G[j] = scale * sum_s D[s, j] X[rows[s]] and gb[j] = scale * sum_s D[s, j], j in [j0, j1),
+    for a CSR X (indptr, indices, data): the rows of G zeroed, then each sample's nonzeros scattered
+    into their columns, samples in order (layer 0's gradient: only the nonzero columns get terms).
+    Twin: cy_kernels._sparse_gradient_rows.
+    """
+    m = rows.shape[0]
+    zero = scale - scale
+    for j in range(j0, j1):
+        g = G[j]
+        for i in range(g.shape[0]):
+            g[i] = zero
+    for s in range(m):
+        lo = indptr[rows[s]]
+        hi = indptr[rows[s] + 1]
+        for j in range(j0, j1):
+            g = G[j]
+            p = scale * D[s, j]
+            for k in range(lo, hi):
+                g[indices[k]] += p * data[k]
+    _bias_rows(D, m, scale, gb, j0, j1)
 
 
 @jit

@@ -19,7 +19,7 @@ Twin of ``cy_train.pyx``. How the work is shared (the same in both backends):
   count. A worker waits only for tiles other workers have already claimed, so the workers need not
   run at the same time: one thread running them one after the other gives the same result.
 * The gradient norms (``norms``) too: a gradient tile writes its rows' squared norms, which the next
-  minibatch's serial output phase (or, after the call's last, the driver) adds up in row order.
+  minibatch's serial output phase (or, after the call's last, worker 0) adds up in row order.
 """
 import math
 import platform
@@ -42,7 +42,8 @@ from .codes import (C_L2, C_SCALE, C_SIZE, COST_NOT_FINITE, D_CAPACITY, D_GATHER
                     P_STEP, P_TILES, PARAMS_NOT_FINITE, TRAIN)
 from .nb_kernels import (_backward_block, _bias_activate, _coefficients, _derivative_block,
                          _dropout_rows, _finite, _forward_rows, _gradient_rows, _row_squares,
-                         _update_range, activation_forward, jit, jit_inline, output_error,
+                         _sparse_forward_rows, _sparse_gradient_rows, _update_range,
+                         activation_forward, jit, jit_inline, output_error,
                          update_parameters)  # noqa: F401  (a driver too: the MPI step)
 
 
@@ -194,7 +195,7 @@ def _fold_norms(desc, squares, norms):
     """IN/OUT norms[l] += ||G_l||_F for every layer l: the square root of the sum, in row order, of
     the squared norms of the rows of W_l's gradient (squares: one per row, laid out like the biases,
     each written by the tile that computed the row). The same bits for any tiling and any thread
-    count, whether the output phase or the driver calls it. Twin: cy_train._fold_norms."""
+    count, whether the output phase or worker 0 at the end calls it. Twin: cy_train._fold_norms."""
     n_weights = desc[D_NWEIGHTS]
     for l in range(desc[D_LAYERS]):
         rec = D_HEADER + L_FIELDS * l
@@ -262,8 +263,9 @@ def _output(kind, desc, Y, rows, first_row, work, costs, out, norms, squares, hy
 
 @jit_inline
 def _tile(phase, t, kind, desc, params, grads, state, X, Y, rows, first_row, ident, work, costs,
-          out, norms, squares, hyper, c, status, batch, weights):
-    """Tile t of program row `phase` for the batch X[rows]. Twin: cy_train._tile."""
+          out, norms, squares, hyper, c, status, batch, weights, indptr, indices, data):
+    """Tile t of program row `phase` for the batch X[rows]; with a sparse X (indptr not empty: a CSR
+    X of indptr, indices, data), layer 0 runs over its nonzeros. Twin: cy_train._tile."""
     op = phase[P_OP]
     l = phase[P_LAYER]
     if op == OP_OUTPUT:
@@ -286,6 +288,7 @@ def _tile(phase, t, kind, desc, params, grads, state, X, Y, rows, first_row, ide
     w = desc[rec + L_W]
     b = desc[rec + L_B]
     W = _view(params, w, n_out, n_in)
+    sparse = l == 0 and indptr.shape[0] != 0
     if l > 0:
         A_in = _view(work, desc[rec - L_FIELDS + L_A], m, n_in)
         rows_in = _row(ident, 0, m)
@@ -328,6 +331,8 @@ def _tile(phase, t, kind, desc, params, grads, state, X, Y, rows, first_row, ide
             _gemm(_N, _T, m, j1 - j0, n_in, W.dtype.type(1), work, a_in, n_in, params,
                   w + j0 * n_in, n_in, work, desc[rec + L_A] + j0, n_out)
             _bias_activate(Z, bias, act, np.int64(0), m, j0, j1)
+        elif sparse:
+            _sparse_forward_rows(W, bias, indptr, indices, data, rows, act, Z, j0, j1)
         else:
             _forward_rows(W, bias, A_in, rows_in, act, Z, j0, j1)
         if hyper[H_DROPOUT + l] > 0:
@@ -349,6 +354,8 @@ def _tile(phase, t, kind, desc, params, grads, state, X, Y, rows, first_row, ide
                 gb[j] += D[s, j]
         for j in range(j0, j1):
             gb[j] *= scale
+    elif sparse:
+        _sparse_gradient_rows(D, indptr, indices, data, rows, scale, G, gb, j0, j1)
     else:
         _gradient_rows(D, A_in, rows_in, scale, G, gb, j0, j1)
     if squares.shape[0] != 0:  # the gradient norms: this tile's rows' squared norms
@@ -375,7 +382,7 @@ def _tile(phase, t, kind, desc, params, grads, state, X, Y, rows, first_row, ide
 @jit
 def _worker(worker, n_workers, kind, program, desc, params, grads, state, X, Y, order, batch_size,
             first, last, hyper, work, costs, out, norms, squares, counters, claims, status, c, ident,
-            spins, weights):
+            spins, weights, indptr, indices, data):
     """Worker `worker` of n_workers: a pass over batches first..last-1, every step of `program`.
 
     The tiles of step k are split into n_workers contiguous shares, share v handed out through
@@ -425,7 +432,7 @@ def _worker(worker, n_workers, kind, program, desc, params, grads, state, X, Y, 
                                 break
                             _tile(program[r], u, kind, desc, params, grads, state, X, Y, rows,
                                   start, ident, work, costs, out, norms, squares, hyper, c, status,
-                                  i, weights)
+                                  i, weights, indptr, indices, data)
                         if not serial:
                             break
                     _atomic_add(counters, 0, 1)
@@ -435,6 +442,10 @@ def _worker(worker, n_workers, kind, program, desc, params, grads, state, X, Y, 
                 return
             p = q
             k += 1
+    if worker == 0 and norms.shape[0] != 0 and last > first:
+        # the last batch's norms, by the worker as the output phase folds the others': the fold
+        # compiled inside the fast-math worker may add in another order than a separate call
+        _fold_norms(desc, squares, norms)
 
 
 # --------------------------------------------------------------------------- drivers
@@ -486,10 +497,12 @@ def _announce_compilation(dtype):
 def _launch(kind, n_threads, desc, params, grads, state, X, Y, order, batch_size, first, last,
             hyper, work, costs, out, norms, scale, weights):
     """Run n_threads workers over batches first..last-1: one on the calling thread, the others on a
-    pool of threads (the worker releases the GIL); then, with norms, add the last batch's gradient
-    norms (the others' were added by the next batch's output phase). Returns the status array."""
+    pool of threads (the worker releases the GIL); with norms, worker 0 adds the last batch's
+    gradient norms at the end (the others' were added by the next batch's output phase). Returns
+    the status array."""
     _announce_compilation(params.dtype)
-    program = planner.program(kind, desc, batch_size, order.shape[0])
+    X, indptr, indices, data = codes.split_input(X)
+    program = planner.program(kind, desc, batch_size, order.shape[0], indptr.shape[0] != 0)
     counters = np.zeros(1, np.int64)
     claims = np.zeros(max(last - first, 1) * (int(program[-1, codes.P_STEP]) + 1) * max(1, n_threads),
                       np.int64)
@@ -501,11 +514,9 @@ def _launch(kind, n_threads, desc, params, grads, state, X, Y, order, batch_size
     squares = np.zeros(params.shape[0] - desc[D_NWEIGHTS] if norms.shape[0] else 0)
     args = (kind, program, desc, params, grads, state, X, Y, order, batch_size, first, last, hyper,
             work, costs, out, norms, squares, counters, claims, status, c, ident, planner.SPINS,
-            weights)
+            weights, indptr, indices, data)
     with planner.blas_single_threaded(program):
         _run_workers(n_threads, args)
-    if norms.shape[0] and status[0] == DONE and last > first:
-        _fold_norms(desc, squares, norms)
     return status
 
 

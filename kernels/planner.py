@@ -12,7 +12,7 @@ import contextlib
 
 import numpy as np
 
-from .codes import (D_LAYERS, FORWARD, OP_BACKWARD, OP_FORWARD, OP_GATHER, OP_GRADIENT, OP_OUTPUT,
+from .codes import (D_GATHER, D_LAYERS, D_WORK, FORWARD, OP_BACKWARD, OP_FORWARD, OP_GATHER, OP_GRADIENT, OP_OUTPUT,
                     OP_UPDATE, P_BLAS, P_COLUMNS, P_FIELDS, P_GATHERED, P_LAST_TILES, P_LAYER, P_OP,
                     P_ROWS, P_SAMPLES, P_SERIAL, P_STEP, P_TILES, TRAIN, layer)
 
@@ -52,7 +52,7 @@ def use_blas(op, m, n_in, n_out):
     return m >= BLAS_MIN_BATCH and n_in * n_out >= BLAS_MIN_LAYER and min(n_in, n_out) >= 64
 
 
-def program(kind, desc, batch_size, n_samples=None):
+def program(kind, desc, batch_size, n_samples=None, sparse=False):
     """The phases of one minibatch of `batch_size` samples for a driver call of this kind, with their
     tiles, as an int64 array of P_FIELDS columns.
 
@@ -62,9 +62,11 @@ def program(kind, desc, batch_size, n_samples=None):
     (layer 0 then reads the batch gathered first). Consecutive phases of one tile each are merged into
     one serial step (no waiting between them). P_TILES counts a row's tiles for a full batch,
     P_LAST_TILES for the last batch of a call over `n_samples` samples (default: a full batch), which
-    is partial when batch_size does not divide n_samples.
+    is partial when batch_size does not divide n_samples. With a `sparse` X (or a work buffer with
+    no gather room), layer 0 never uses BLAS: its tiles run over the nonzeros (or read X in place).
     """
     n_layers = int(desc[D_LAYERS])
+    layer0_blas = not sparse and desc[D_WORK] > desc[D_GATHER]
     m = batch_size
     last = m if not n_samples else (n_samples - 1) % m + 1
     sample_tile = max(BLAS_MIN_BATCH // 2, -(-m // BLAS_TILES))
@@ -77,7 +79,7 @@ def program(kind, desc, batch_size, n_samples=None):
     phases = []
     for l in range(n_layers):
         n_in, n_out = layer(desc, l)[:2]
-        blas = use_blas(OP_FORWARD, m, n_in, n_out)
+        blas = use_blas(OP_FORWARD, m, n_in, n_out) and (l > 0 or layer0_blas)
         phases.append([OP_FORWARD, l, rows_for(n_in, n_out, blas), sample_tile, 0, blas])
     phases.append([OP_OUTPUT, n_layers - 1, 0, 0, 0, 0])
     if kind != FORWARD:
@@ -91,7 +93,7 @@ def program(kind, desc, batch_size, n_samples=None):
         op = OP_UPDATE if kind == TRAIN else OP_GRADIENT
         for l in range(n_layers - 1, -1, -1):
             n_in, n_out = layer(desc, l)[:2]
-            blas = use_blas(op, m, n_in, n_out)
+            blas = use_blas(op, m, n_in, n_out) and (l > 0 or layer0_blas)
             phases.append([op, l, rows_for(n_in, n_out, blas), 0, 0, blas])
     gathered = any(p[5] and p[1] == 0 for p in phases)
     if gathered:

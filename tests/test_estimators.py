@@ -438,9 +438,6 @@ def test_unsupported_and_invalid(small):
         MLPClassifier(backend="fortran", max_iter=1).fit(X, y)
     with pytest.raises(TypeError, match="hidden_layer_sizes"):
         MLPClassifier(hidden_layer_sizes="100").fit(X, y)
-    scipy_sparse = pytest.importorskip("scipy.sparse")
-    with pytest.raises(TypeError, match="[Ss]parse"):
-        MLPClassifier().fit(scipy_sparse.csr_matrix(X), y)
 
 
 def test_divergence_is_a_value_error(small):
