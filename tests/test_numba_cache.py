@@ -2,7 +2,7 @@
 says nothing.
 
 The first test runs subprocesses with a fresh NUMBA_CACHE_DIR: it compiles the Numba kernels once
-(about 15 s on one core); the second checks how the cache index is read.
+(about 20 s on one core); the second checks how the cache index is read.
 """
 import os
 import subprocess
