@@ -524,7 +524,7 @@ class Run:
         out = [header]
         rounds = [(spec["round"], result) for spec, result in self.results if spec["kind"] == "gemm"]
         good = [result for _, result in rounds if "error" not in result]
-        peak = {dt: max((r[dt]["gflops"] for r in good), default=None) for dt in ("float32", "float64")}
+        peak = self.peak()
         if good:
             blas = "; ".join(f"{b.get('internal_api')} {b.get('version')} ({b.get('architecture')}, "
                              f"{b.get('num_threads')} threads)" for b in good[0].get("blas", []))
@@ -551,6 +551,11 @@ class Run:
             out += self.memory()
         out += self.raw()
         return "\n".join(out)
+
+    def peak(self):
+        """The GEMM peak (GFLOP/s) of each dtype: the best of the run's rounds (None without one)."""
+        good = [result for spec, result in self.results if spec["kind"] == "gemm" and "error" not in result]
+        return {dt: max((r[dt]["gflops"] for r in good), default=None) for dt in ("float32", "float64")}
 
     def best_compiled(self, workload, dtype, threads):
         """(backend, best samples/s) of the faster compiled backend."""

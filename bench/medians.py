@@ -10,6 +10,7 @@ import argparse
 import json
 import statistics
 
+import compare
 import workloads
 
 # workload: (share of the roofline, speed over JAX), for the faster compiled backend, float32, all threads
@@ -18,44 +19,24 @@ F64_OVER_F32 = 0.5      # float64 samples/s over float32, same backend and threa
 TWO_OVER_ONE = 1.7      # 2 threads over 1 thread, same backend and dtype
 BACKENDS_WITHIN = 1.5   # the two compiled backends' samples/s, either way round
 COLD_START = 5.0        # seconds to the end of the first Numba epoch with an empty cache
-BACKENDS = ("numba", "cython")
+BACKENDS = ("numba", "cython")  # the order of the backend ratio (either way round)
 
 
-class Run:
-    """One compare.py JSON file: best samples/s by measurement, the GEMM peak."""
+def load(path):
+    """A compare.py run read back from its JSON: compare.Run's own lookups (find, best_compiled,
+    peak) over the saved measurements."""
+    with open(path) as f:
+        data = json.load(f)
+    run = compare.Run(argparse.Namespace(**data["options"]))
+    run.results = [(m["spec"], m["result"]) for m in data["measurements"]]
+    run.path = path
+    return run
 
-    def __init__(self, path):
-        with open(path) as f:
-            self.data = json.load(f)
-        self.path = path
-        self.peak = {}
-        for m in self.data["measurements"]:
-            if m["spec"]["kind"] == "gemm" and "error" not in m["result"]:
-                for dtype in ("float32", "float64"):
-                    self.peak[dtype] = max(self.peak.get(dtype, 0.0), m["result"][dtype]["gflops"])
 
-    def find(self, **where):
-        for m in self.data["measurements"]:
-            if all(m["spec"].get(k) == v for k, v in where.items()):
-                return m["result"]
-        return {}
-
-    def rate(self, **where):
-        """Best samples/s of a measurement (None when missing or failed)."""
-        result = self.find(**where)
-        times = result.get("seconds")
-        return result["samples"] / min(times) if times else None
-
-    def fastbp(self, workload, backend, dtype, threads):
-        return self.rate(kind="fastbp", workload=workload, backend=backend, dtype=dtype, threads=threads)
-
-    def better(self, workload, threads):
-        rates = [r for r in (self.fastbp(workload, b, "float32", threads) for b in BACKENDS) if r]
-        return max(rates, default=None)
-
-    def startup(self, backend, cache):
-        result = self.find(kind="startup", backend=backend, cache=cache)
-        return result.get("total")
+def fastbp(run, workload, backend, dtype, threads):
+    """Best samples/s of a fastbp measurement (None when missing or failed)."""
+    return compare.rate(run.find(kind="fastbp", workload=workload, backend=backend, dtype=dtype,
+                                 threads=threads))[0]
 
 
 def ratio(a, b):
@@ -87,15 +68,17 @@ def seconds(v):
 
 
 def report(runs):
-    top = max(max(r.data["options"]["threads"]) for r in runs)
+    top = max(max(r.args.threads) for r in runs)
     head = ["| target | median | each run | target | |", "|---|---|---|---|---|"]
     out = [f"Medians of {len(runs)} runs ({', '.join(r.path for r in runs)}); float32 with {top} threads "
            "unless said; *better* is the faster compiled backend of each run.", ""] + head
     for name, (share, over_jax) in TARGETS.items():
         w = workloads.get(name)
-        shares = [ratio(r.better(name, top), w.roofline(r.peak["float32"]) if "float32" in r.peak else None)
-                  for r in runs]
-        jax = [ratio(r.better(name, top), r.rate(kind="peer", workload=name, peer="jax")) for r in runs]
+        better = [r.best_compiled(name, "float32", top)[1] for r in runs]
+        peaks = [r.peak()["float32"] for r in runs]
+        shares = [ratio(b, w.roofline(p) if p else None) for b, p in zip(better, peaks)]
+        jax = [ratio(b, compare.rate(r.find(kind="peer", workload=name, peer="jax"))[0])
+               for b, r in zip(better, runs)]
         out.append(median_row(f"{name}: better / roofline", shares, share, pct))
         out.append(median_row(f"{name}: better / JAX", jax, over_jax, times))
     for name in TARGETS:
@@ -103,24 +86,25 @@ def report(runs):
             for threads in sorted({1, top}):
                 out.append(median_row(
                     f"{name} {backend} {threads}t: float64 / float32",
-                    [ratio(r.fastbp(name, backend, "float64", threads), r.fastbp(name, backend, "float32", threads))
+                    [ratio(fastbp(r, name, backend, "float64", threads), fastbp(r, name, backend, "float32", threads))
                      for r in runs], F64_OVER_F32, times))
             if top > 1:
                 for dtype in ("float32", "float64"):
                     out.append(median_row(
                         f"{name} {backend} {dtype}: {top}t / 1t",
-                        [ratio(r.fastbp(name, backend, dtype, top), r.fastbp(name, backend, dtype, 1)) for r in runs],
+                        [ratio(fastbp(r, name, backend, dtype, top), fastbp(r, name, backend, dtype, 1)) for r in runs],
                         TWO_OVER_ONE, times))
         for dtype in ("float32", "float64"):
             for threads in sorted({1, top}):
                 spread = []
                 for r in runs:
-                    a, b = (r.fastbp(name, backend, dtype, threads) for backend in BACKENDS)
+                    a, b = (fastbp(r, name, backend, dtype, threads) for backend in BACKENDS)
                     spread.append(max(a / b, b / a) if a and b else None)
                 out.append(median_row(f"{name} {dtype} {threads}t: faster / slower backend", spread,
                                       BACKENDS_WITHIN, times, at_least=False))
     out.append(median_row("first Numba epoch, empty cache (nielsen, from process start)",
-                          [r.startup("numba", "empty") for r in runs], COLD_START, seconds, at_least=False))
+                          [r.find(kind="startup", backend="numba", cache="empty").get("total") for r in runs],
+                          COLD_START, seconds, at_least=False))
     return "\n".join(out)
 
 
@@ -128,7 +112,7 @@ def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("runs", nargs="+", help="compare.py --json files")
     args = parser.parse_args(argv)
-    print(report([Run(path) for path in args.runs]))
+    print(report([load(path) for path in args.runs]))
 
 
 if __name__ == "__main__":
