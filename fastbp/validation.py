@@ -45,9 +45,7 @@ def features(X, n_features, dt, name="X"):
         return sparse_features(X, n_features, dt, name)
     X = _real_array(name, X)
     _shape(X, n_features, name)
-    X = np.ascontiguousarray(X, dtype=dt)
-    if not X.flags.writeable:  # the kernels take writeable arrays; a read-only X is copied
-        X = X.copy()
+    X = _kernel_array(X, dt)
     _finite(name, X)
     return X
 
@@ -92,7 +90,8 @@ def sparse_features(X, n_features, dt, name="X"):
 
 
 def _kernel_array(array, dt):
-    """A writeable C-contiguous 1-D copy of array in dtype dt, unless array is one already."""
+    """array as a C-contiguous array of dtype dt, copied only when it is not one, or is read-only
+    (the kernels take writeable arrays)."""
     array = np.ascontiguousarray(array, dtype=dt)
     return array if array.flags.writeable else array.copy()
 
@@ -151,9 +150,7 @@ def targets(y, n_samples, n_outputs, dt, name="y"):
         return Y
     if y.shape[1] != n_outputs:
         raise ValueError(f"{name} has {y.shape[1]} columns; the network has {n_outputs} outputs")
-    Y = np.ascontiguousarray(y, dtype=dt)
-    if not Y.flags.writeable:
-        Y = Y.copy()
+    Y = _kernel_array(y, dt)
     _finite(name, Y)
     return Y
 
