@@ -163,9 +163,7 @@ def update_parameters(opt, P, G, S, hyper, n_weights):
 
 def _matrix(X):
     """X as the products take it: a scipy CSR matrix over a sparse X's arrays (not densified)."""
-    if isinstance(X, CSR):
-        return scipy.sparse.csr_matrix((X.data, X.indices, X.indptr), shape=X.shape)
-    return X
+    return X.scipy() if isinstance(X, CSR) else X
 
 
 def train_batches(desc, params, grads, state, X, Y, order, batch_size, first, last, hyper, work,

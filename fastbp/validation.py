@@ -75,7 +75,7 @@ def sparse_features(X, n_features, dt, name="X"):
     indices and values are copied when their types differ (int32 indices, another float type),
     never expanded to a dense array."""
     if isinstance(X, codes.CSR):
-        X = _scipy_csr(X)
+        X = X.scipy()
     if X.dtype.kind not in "biuf":
         raise TypeError(f"{name} must hold real numbers, got dtype {X.dtype}")
     _shape(X, n_features, name)
@@ -94,11 +94,6 @@ def _kernel_array(array, dt):
     (the kernels take writeable arrays)."""
     array = np.ascontiguousarray(array, dtype=dt)
     return array if array.flags.writeable else array.copy()
-
-
-def _scipy_csr(X):
-    import scipy.sparse
-    return scipy.sparse.csr_matrix((X.data, X.indices, X.indptr), shape=X.shape)
 
 
 def dense_only(X, what, name="X"):

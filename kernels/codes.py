@@ -216,6 +216,11 @@ class CSR:
         if nnz and (self.indices.min() < 0 or self.indices.max() >= n_in):
             raise ValueError(f"sparse X's column indices must be in 0..{n_in - 1}")
 
+    def scipy(self):
+        """A scipy CSR matrix over the same arrays (nothing copied, never densified)."""
+        import scipy.sparse  # here: the compiled drivers never need it
+        return scipy.sparse.csr_matrix((self.data, self.indices, self.indptr), shape=self.shape)
+
     def rows_digest(self, rows, digest):
         """Feed rows `rows` (their columns and values) to a hashlib digest."""
         for s in rows:
