@@ -2,7 +2,7 @@
 Numba cache, and Numba's compilation of each function, in fresh processes of one or more installed
 fastbp versions, alternating; prints each run and the medians.
 
-    python bench/compile_times.py /work/venv/bin/python --runs 3                 # cold, nielsen
+    python bench/compile_times.py .venv/bin/python --runs 3                      # cold, nielsen
     python bench/compile_times.py OLD/bin/python NEW/bin/python --runs 3 --warm  # warm cache
 
 Each run is a fresh process with a fresh NUMBA_CACHE_DIR (--warm: one per Python, filled by a run
