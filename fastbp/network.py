@@ -79,9 +79,9 @@ class Network:
         self.seed, self.init = seed, init
         self._desc, _ = self._layout(1, codes.SGD)
         n_params = int(self._desc[codes.D_NPARAMS])
-        self.parameters = np.zeros(n_params, self.dtype)
-        self._grads = np.zeros(n_params, self.dtype)
-        self._state = np.zeros((2, n_params), self.dtype)
+        self.parameters = codes.zeros(n_params, self.dtype)
+        self._grads = codes.zeros(n_params, self.dtype)
+        self._state = codes.zeros((2, n_params), self.dtype)
         self._hyper = codes.hyperparameters(len(self.layer_sizes) - 1)
         self._optimizer = None
         self.weights, self.biases = codes.layer_views(self._desc, self.parameters)
@@ -107,8 +107,10 @@ class Network:
 
     def __setstate__(self, state):
         for name in ("parameters", "_grads", "_state", "_hyper"):  # e.g. read-only memory maps
-            if not state[name].flags.writeable:
-                state[name] = state[name].copy()
+            array = state[name]
+            if not array.flags.writeable or array.ctypes.data % codes.ALIGNMENT:  # or unaligned
+                state[name] = codes.zeros(array.shape, array.dtype)
+                state[name][...] = array
         self.__dict__.update(state)
         self._driver = backends.get(self.backend)
         self._lock = threading.Lock()
@@ -133,7 +135,7 @@ class Network:
         key = (capacity, optimizer, sparse)
         if key not in self._work:
             desc, size = self._layout(capacity, optimizer, gather=not sparse)
-            self._work = {key: (desc, np.zeros(size, self.dtype))}  # keep one: work can be large
+            self._work = {key: (desc, codes.zeros(size, self.dtype))}  # keep one: work can be large
         return self._work[key]
 
     def exclusive(self):
@@ -201,7 +203,7 @@ class Network:
             Y = self._Y(y, X.shape[0])
             weights = validation.sample_weight(sample_weight, X.shape[0])
             desc, work = self._buffers(min(X.shape[0], FORWARD_BLOCK), X=X)
-            grads = np.empty_like(self.parameters)
+            grads = codes.zeros(self.parameters.shape, self.dtype)
             extra = () if weights is None else (weights,)
             self._driver.gradients(desc, self.parameters, grads, X, Y, work, np.empty(X.shape[0]),
                                    self.threads, *extra)

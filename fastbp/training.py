@@ -181,7 +181,7 @@ class FullBatch:
     def __init__(self, net, X, Y, weights=None):
         self.net, self.X, self.Y, self.weights = net, X, Y, weights
         self.desc, self.work = net._buffers(min(X.shape[0], FORWARD_BLOCK), X=X)
-        self.grads = np.empty_like(net.parameters)
+        self.grads = codes.zeros(net.parameters.shape, net.dtype)
         self.costs = np.empty(X.shape[0])
         self.tuner = _ThreadTuner(net.threads, fixed=net.n_threads is not None)
 

@@ -29,6 +29,10 @@ SPINS = 4000             # spin-wait iterations (a few microseconds) before a wa
 BLAS_MIN_BATCH = 32
 BLAS_MIN_LAYER = 128 * 128
 BLAS_TILES = 2  # few, large tiles: each gemm call packs its operands again (measured: 2 > 4 > 8)
+# Whether layer 0's tiles read a copy of the batch's rows of X, gathered at a cache line, when X's
+# rows do not start at one (most numpy arrays start 16 bytes after one): the vector loads of the
+# forward and gradient tiles would otherwise straddle two lines.
+GATHER_UNALIGNED = 1
 
 
 def part_tiles(phase, n_in, n_out, m):
@@ -52,7 +56,7 @@ def use_blas(op, m, n_in, n_out):
     return m >= BLAS_MIN_BATCH and n_in * n_out >= BLAS_MIN_LAYER and min(n_in, n_out) >= 64
 
 
-def program(kind, desc, batch_size, n_samples=None, sparse=False):
+def program(kind, desc, batch_size, n_samples=None, sparse=False, misaligned=False):
     """The phases of one minibatch of `batch_size` samples for a driver call of this kind, with their
     tiles, as an int64 array of P_FIELDS columns.
 
@@ -64,9 +68,11 @@ def program(kind, desc, batch_size, n_samples=None, sparse=False):
     P_LAST_TILES for the last batch of a call over `n_samples` samples (default: a full batch), which
     is partial when batch_size does not divide n_samples. With a `sparse` X (or a work buffer with
     no gather room), layer 0 never uses BLAS: its tiles run over the nonzeros (or read X in place).
+    Otherwise, when X's rows are `misaligned` (codes.misaligned), layer 0 reads the gathered batch
+    (GATHER_UNALIGNED).
     """
     n_layers = int(desc[D_LAYERS])
-    layer0_blas = not sparse and desc[D_WORK] > desc[D_GATHER]
+    gather_room = not sparse and desc[D_WORK] > desc[D_GATHER]
     m = batch_size
     last = m if not n_samples else (n_samples - 1) % m + 1
     sample_tile = max(BLAS_MIN_BATCH // 2, -(-m // BLAS_TILES))
@@ -79,7 +85,7 @@ def program(kind, desc, batch_size, n_samples=None, sparse=False):
     phases = []
     for l in range(n_layers):
         n_in, n_out = layer(desc, l)[:2]
-        blas = use_blas(OP_FORWARD, m, n_in, n_out) and (l > 0 or layer0_blas)
+        blas = use_blas(OP_FORWARD, m, n_in, n_out) and (l > 0 or gather_room)
         phases.append([OP_FORWARD, l, rows_for(n_in, n_out, blas), sample_tile, 0, blas])
     phases.append([OP_OUTPUT, n_layers - 1, 0, 0, 0, 0])
     if kind != FORWARD:
@@ -93,11 +99,12 @@ def program(kind, desc, batch_size, n_samples=None, sparse=False):
         op = OP_UPDATE if kind == TRAIN else OP_GRADIENT
         for l in range(n_layers - 1, -1, -1):
             n_in, n_out = layer(desc, l)[:2]
-            blas = use_blas(op, m, n_in, n_out) and (l > 0 or layer0_blas)
+            blas = use_blas(op, m, n_in, n_out) and (l > 0 or gather_room)
             phases.append([op, l, rows_for(n_in, n_out, blas), 0, 0, blas])
-    gathered = any(p[5] and p[1] == 0 for p in phases)
-    if gathered:
-        phases.insert(0, [OP_GATHER, 0, 0, sample_tile, 0, 0])
+    gathered = any(p[5] and p[1] == 0 for p in phases) or (
+        gather_room and misaligned and GATHER_UNALIGNED)
+    if gathered:  # in two tiles: two threads copy
+        phases.insert(0, [OP_GATHER, 0, 0, -(-m // 2), 0, 0])
     table = np.zeros((len(phases), P_FIELDS), dtype=np.int64)
     step, previous = -1, None
     for i, (op, l, rows, samples, columns, blas) in enumerate(phases):

@@ -5,6 +5,7 @@ multiples of 4, odd sample counts, a single sample, a single unit.
 """
 import ast
 import inspect
+import pickle
 from pathlib import Path
 
 import numpy as np
@@ -236,6 +237,34 @@ def test_a_partial_last_batch_gives_the_same_results_for_any_thread_count(compil
         net.fit(X, y, epochs=2, batch_size=10, lr=0.1, momentum=0.9, dropout=0.2)
         results.append(net.parameters)
     assert all(np.array_equal(results[0], other) for other in results[1:])
+
+
+def test_rows_of_x_off_cache_lines_are_gathered_with_the_same_results(compiled, dtype):
+    """X's rows 16 bytes past a cache line (where numpy often puts them) are read through the
+    gathered, aligned copy of each batch: the same bits as an aligned X, for any thread count."""
+    X, y = problem([16, 12, 4], 53, seed=3, dtype=dtype)
+    aligned = codes.zeros(X.shape, dtype)
+    aligned[:] = X
+    offset = 16 // aligned.itemsize
+    misaligned = codes.zeros(X.size + offset, dtype)[offset:].reshape(X.shape)
+    misaligned[:] = X
+    assert misaligned.ctypes.data % codes.ALIGNMENT == 16
+    assert codes.misaligned(misaligned) and not codes.misaligned(aligned)
+    desc, _ = codes.describe([16, 12, 4], codes.TANH, codes.SOFTMAX, codes.CROSS_ENTROPY, codes.SGD, 10)
+    for misaligned_rows in (False, True):
+        program = planner.program(codes.TRAIN, desc, 10, 53, misaligned=misaligned_rows)
+        assert (program[0, codes.P_OP] == codes.OP_GATHER) == misaligned_rows
+        assert (program[:, codes.P_GATHERED] != 0).all() == misaligned_rows
+    results = []
+    for data, n_threads in [(aligned, 1), (misaligned, 1), (misaligned, 2), (misaligned, 3)]:
+        net = fastbp.Network([16, 12, 4], "tanh", loss="cross_entropy", dtype=dtype,
+                             backend=compiled, n_threads=n_threads, seed=0)
+        assert net.parameters.ctypes.data % codes.ALIGNMENT == 0
+        net.fit(data, y, epochs=2, batch_size=10, lr=0.1, momentum=0.9)
+        results.append(net.parameters)
+    assert all(np.array_equal(results[0], other) for other in results[1:])
+    copy = pickle.loads(pickle.dumps(net))
+    assert all(a.ctypes.data % codes.ALIGNMENT == 0 for a in (copy.parameters, copy._grads, copy._state))
 
 
 def test_the_build_fingerprint_covers_only_what_is_compiled_in(monkeypatch):
