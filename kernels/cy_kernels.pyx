@@ -281,9 +281,10 @@ cdef void _gradient_rows(const floating* D, const floating* A, const int64_t* ro
                          floating* gb, Py_ssize_t j0, Py_ssize_t j1) noexcept nogil:
     """OUT G[j] = scale * sum_s D[s, j] A[rows[s]] and gb[j] = scale * sum_s D[s, j], j in [j0, j1).
 
-    The outer products of the batch summed row by row: register tile of 2 rows of G by 4 samples, so
-    each row of G is written ceil(m / 4) times (the first group assigns; a last group of fewer than 4
-    samples repeats a sample with coefficient 0). Twin: nb_kernels._gradient_rows.
+    The outer products of the batch summed row by row: register tile of 2 rows of G by 5 samples
+    (a batch of 10 in two groups), so each row of G is written ceil(m / 5) times (the first group
+    assigns; a last group of fewer than 5 samples repeats a sample with coefficient 0).
+    Twin: nb_kernels._gradient_rows.
     """
     cdef Py_ssize_t i, j, s, k
     cdef bint pair
@@ -293,13 +294,15 @@ cdef void _gradient_rows(const floating* D, const floating* A, const int64_t* ro
     cdef const floating *a1
     cdef const floating *a2
     cdef const floating *a3
-    cdef floating p0, p1, p2, p3, q0, q1, q2, q3, x0, x1, x2, x3
-    for s in range(0, m, 4):
-        k = min(4, m - s)
+    cdef const floating *a4
+    cdef floating p0, p1, p2, p3, p4, q0, q1, q2, q3, q4, x0, x1, x2, x3, x4
+    for s in range(0, m, 5):
+        k = min(5, m - s)
         a0 = A + rows[s] * n_in
         a1 = (A + rows[s + 1] * n_in) if k > 1 else a0
         a2 = (A + rows[s + 2] * n_in) if k > 2 else a0
         a3 = (A + rows[s + 3] * n_in) if k > 3 else a0
+        a4 = (A + rows[s + 4] * n_in) if k > 4 else a0
         j = j0
         while j < j1:
             pair = j + 1 < j1
@@ -309,33 +312,37 @@ cdef void _gradient_rows(const floating* D, const floating* A, const int64_t* ro
             p1 = (scale * D[(s + 1) * n_out + j]) if k > 1 else 0
             p2 = (scale * D[(s + 2) * n_out + j]) if k > 2 else 0
             p3 = (scale * D[(s + 3) * n_out + j]) if k > 3 else 0
+            p4 = (scale * D[(s + 4) * n_out + j]) if k > 4 else 0
             if pair:
                 q0 = scale * D[s * n_out + j + 1]
                 q1 = (scale * D[(s + 1) * n_out + j + 1]) if k > 1 else 0
                 q2 = (scale * D[(s + 2) * n_out + j + 1]) if k > 2 else 0
                 q3 = (scale * D[(s + 3) * n_out + j + 1]) if k > 3 else 0
+                q4 = (scale * D[(s + 4) * n_out + j + 1]) if k > 4 else 0
                 if s == 0:
                     for i in range(n_in):
                         x0 = a0[i]
                         x1 = a1[i]
                         x2 = a2[i]
                         x3 = a3[i]
-                        g[i] = p0 * x0 + p1 * x1 + p2 * x2 + p3 * x3
-                        h[i] = q0 * x0 + q1 * x1 + q2 * x2 + q3 * x3
+                        x4 = a4[i]
+                        g[i] = p0 * x0 + p1 * x1 + p2 * x2 + p3 * x3 + p4 * x4
+                        h[i] = q0 * x0 + q1 * x1 + q2 * x2 + q3 * x3 + q4 * x4
                 else:
                     for i in range(n_in):
                         x0 = a0[i]
                         x1 = a1[i]
                         x2 = a2[i]
                         x3 = a3[i]
-                        g[i] += p0 * x0 + p1 * x1 + p2 * x2 + p3 * x3
-                        h[i] += q0 * x0 + q1 * x1 + q2 * x2 + q3 * x3
+                        x4 = a4[i]
+                        g[i] += p0 * x0 + p1 * x1 + p2 * x2 + p3 * x3 + p4 * x4
+                        h[i] += q0 * x0 + q1 * x1 + q2 * x2 + q3 * x3 + q4 * x4
             elif s == 0:
                 for i in range(n_in):
-                    g[i] = p0 * a0[i] + p1 * a1[i] + p2 * a2[i] + p3 * a3[i]
+                    g[i] = p0 * a0[i] + p1 * a1[i] + p2 * a2[i] + p3 * a3[i] + p4 * a4[i]
             else:
                 for i in range(n_in):
-                    g[i] += p0 * a0[i] + p1 * a1[i] + p2 * a2[i] + p3 * a3[i]
+                    g[i] += p0 * a0[i] + p1 * a1[i] + p2 * a2[i] + p3 * a3[i] + p4 * a4[i]
             j += 2
     _bias_rows(D, m, n_out, scale, gb, j0, j1)
 

@@ -314,19 +314,21 @@ def _derivative_block(A, act, E, s0, s1, i0, i1, rate, seed, key, layer):
 def _gradient_rows(D, A, rows, scale, G, gb, j0, j1):
     """OUT G[j] = scale * sum_s D[s, j] A[rows[s]] and gb[j] = scale * sum_s D[s, j], j in [j0, j1).
 
-    The outer products of the batch summed row by row: register tile of 2 rows of G by 4 samples, so
-    each row of G is written ceil(m / 4) times (the first group assigns; a last group of fewer than 4
-    samples repeats a sample with coefficient 0). Twin: cy_kernels._gradient_rows.
+    The outer products of the batch summed row by row: register tile of 2 rows of G by 5 samples
+    (a batch of 10 in two groups), so each row of G is written ceil(m / 5) times (the first group
+    assigns; a last group of fewer than 5 samples repeats a sample with coefficient 0).
+    Twin: cy_kernels._gradient_rows.
     """
     m = rows.shape[0]
     n = G.shape[1]
     zero = scale - scale
-    for s in range(0, m, 4):
-        k = min(4, m - s)
+    for s in range(0, m, 5):
+        k = min(5, m - s)
         a0 = A[rows[s]]
         a1 = A[rows[s + 1]] if k > 1 else a0
         a2 = A[rows[s + 2]] if k > 2 else a0
         a3 = A[rows[s + 3]] if k > 3 else a0
+        a4 = A[rows[s + 4]] if k > 4 else a0
         j = j0
         while j < j1:
             pair = j + 1 < j1
@@ -335,34 +337,38 @@ def _gradient_rows(D, A, rows, scale, G, gb, j0, j1):
             p1 = scale * D[s + 1, j] if k > 1 else zero
             p2 = scale * D[s + 2, j] if k > 2 else zero
             p3 = scale * D[s + 3, j] if k > 3 else zero
+            p4 = scale * D[s + 4, j] if k > 4 else zero
             if pair:
                 h = G[j + 1]
                 q0 = scale * D[s, j + 1]
                 q1 = scale * D[s + 1, j + 1] if k > 1 else zero
                 q2 = scale * D[s + 2, j + 1] if k > 2 else zero
                 q3 = scale * D[s + 3, j + 1] if k > 3 else zero
+                q4 = scale * D[s + 4, j + 1] if k > 4 else zero
                 if s == 0:
                     for i in range(n):
                         x0 = a0[i]
                         x1 = a1[i]
                         x2 = a2[i]
                         x3 = a3[i]
-                        g[i] = p0 * x0 + p1 * x1 + p2 * x2 + p3 * x3
-                        h[i] = q0 * x0 + q1 * x1 + q2 * x2 + q3 * x3
+                        x4 = a4[i]
+                        g[i] = p0 * x0 + p1 * x1 + p2 * x2 + p3 * x3 + p4 * x4
+                        h[i] = q0 * x0 + q1 * x1 + q2 * x2 + q3 * x3 + q4 * x4
                 else:
                     for i in range(n):
                         x0 = a0[i]
                         x1 = a1[i]
                         x2 = a2[i]
                         x3 = a3[i]
-                        g[i] += p0 * x0 + p1 * x1 + p2 * x2 + p3 * x3
-                        h[i] += q0 * x0 + q1 * x1 + q2 * x2 + q3 * x3
+                        x4 = a4[i]
+                        g[i] += p0 * x0 + p1 * x1 + p2 * x2 + p3 * x3 + p4 * x4
+                        h[i] += q0 * x0 + q1 * x1 + q2 * x2 + q3 * x3 + q4 * x4
             elif s == 0:
                 for i in range(n):
-                    g[i] = p0 * a0[i] + p1 * a1[i] + p2 * a2[i] + p3 * a3[i]
+                    g[i] = p0 * a0[i] + p1 * a1[i] + p2 * a2[i] + p3 * a3[i] + p4 * a4[i]
             else:
                 for i in range(n):
-                    g[i] += p0 * a0[i] + p1 * a1[i] + p2 * a2[i] + p3 * a3[i]
+                    g[i] += p0 * a0[i] + p1 * a1[i] + p2 * a2[i] + p3 * a3[i] + p4 * a4[i]
             j += 2
     _bias_rows(D, m, scale, gb, j0, j1)
 
