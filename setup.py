@@ -6,9 +6,9 @@ cy_codes.pxi, generated from kernels/codes.py: the kernels' integer codes (and t
 constants) have one source, and the build records their fingerprint (codes.source_hash).
 
 Compiler flags (one place): -O3, the fast-math subset that matches the Numba kernels'
-(reassociation, contraction, no signed zeros, reciprocals; never finite-math-only), register-pressure
-aware scheduling, an architecture (FASTBP_ARCH below), and OpenMP when the compiler supports it;
-without it the build is serial, with a warning.
+(reassociation, contraction, no signed zeros, reciprocals, no errno; never finite-math-only),
+register-pressure aware scheduling, an architecture (FASTBP_ARCH below), and OpenMP when the compiler
+supports it; without it the build is serial, with a warning.
 
 FASTBP_ARCH says which processors the build is for:
 
@@ -39,8 +39,10 @@ from setuptools.command.build_ext import build_ext
 HERE = Path(__file__).resolve().parent
 STAGE = Path("build") / "cython"
 MODULES = ("cy_kernels", "cy_train")
+# -fno-math-errno: sqrt need not set errno (LLVM's, in the Numba twin, never does); with errno, gcc
+# guards each sqrt with a branch to the libm call, which keeps the Adam and RMSprop loops scalar.
 FAST_MATH = ["-fassociative-math", "-fno-signed-zeros", "-fno-trapping-math", "-freciprocal-math",
-             "-ffp-contract=fast"]
+             "-ffp-contract=fast", "-fno-math-errno"]
 # Scheduling before register allocation, minding register pressure, and loop-aware register
 # allocation: without them gcc folds the loads of W into the multiply-adds of the register tiles,
 # loading each value twice (measured on one Zen 3 core: 42 vs 77 GFLOP/s without the first two; the

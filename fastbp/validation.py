@@ -31,8 +31,18 @@ def _real_array(name, values):
     return array
 
 
+def _all_finite(array):
+    """Whether every value of a float array is finite. First its sum, one pass and no temporary: NaN
+    and inf survive any sum (inf - inf is NaN), so a finite sum proves every value finite; only a
+    sum that is not (a non-finite value, or finite values so large that their sum overflows) costs
+    the exact test, np.isfinite of each value."""
+    with np.errstate(over="ignore", invalid="ignore"):  # the sum's overflow and inf - inf: not errors
+        total = np.sum(array)
+    return bool(np.isfinite(total)) or bool(np.isfinite(array).all())
+
+
 def _finite(name, array):
-    if array.dtype.kind == "f" and not np.isfinite(array).all():
+    if array.dtype.kind == "f" and not _all_finite(array):
         bad = np.argwhere(~np.isfinite(array))[0]
         where = ", ".join(str(i) for i in bad)
         raise ValueError(f"{name} must be finite; {name}[{where}] is {array[tuple(bad)]}")
@@ -82,7 +92,7 @@ def sparse_features(X, n_features, dt, name="X"):
     X = X.tocsr()
     indptr, indices, data = (_kernel_array(a, t) for a, t in ((X.indptr, np.int64),
                                                              (X.indices, np.int64), (X.data, dt)))
-    if data.dtype.kind == "f" and not np.isfinite(data).all():
+    if data.dtype.kind == "f" and not _all_finite(data):
         k = int(np.argmin(np.isfinite(data)))
         row = int(np.searchsorted(indptr, k, side="right")) - 1
         raise ValueError(f"{name} must be finite; {name}[{row}, {int(indices[k])}] is {data[k]}")

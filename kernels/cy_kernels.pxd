@@ -1,7 +1,7 @@
 # Declarations of the Cython kernels (cy_kernels.pyx) for cy_train.pyx, and the elementwise helpers,
 # inlined wherever they are used. Twin of the first part of nb_kernels.py.
 from cython cimport floating
-from libc.math cimport exp, fabs, log1p, tanh
+from libc.math cimport exp, fabs, log1p, sqrt, sqrtf, tanh
 from libc.stdint cimport int64_t, uint64_t
 
 include "cy_codes.pxi"
@@ -11,6 +11,16 @@ cdef inline bint _finite(double x) noexcept nogil:
     """x is neither NaN nor infinite, as a comparison (fast-math may fold isfinite away).
     Twin: nb_kernels._finite."""
     return fabs(x) <= 1.7976931348623157e308
+
+
+cdef inline floating _sqrt(floating x) noexcept nogil:
+    """The square root in x's own type: sqrtf for float (libc's sqrt would compute in double, and
+    the conversions keep gcc from vectorizing the loop). Numba's math.sqrt is already of its
+    argument's type, so this has no twin."""
+    if floating is float:
+        return sqrtf(x)
+    else:
+        return sqrt(x)
 
 
 cdef inline double _activate(int code, double z) noexcept nogil:

@@ -493,7 +493,7 @@ cdef floating _update_range(int opt, floating* P, const floating* G, floating* S
             m2 = b2 * S1[i] + one_m_b2 * g * g
             S0[i] = m1
             S1[i] = m2
-            P[i] -= <floating>(step_size * m1 / (sqrt(m2) * inv_sqrt_bc2 + eps))
+            P[i] -= step_size * m1 / (_sqrt(m2) * inv_sqrt_bc2 + eps)
             total += P[i]
     elif opt == RMSPROP:
         rho = c[C_RHO]
@@ -503,7 +503,7 @@ cdef floating _update_range(int opt, floating* P, const floating* G, floating* S
             g = G[i] + l2 * P[i]
             m2 = rho * S1[i] + one_m_rho * g * g
             S1[i] = m2
-            P[i] -= <floating>(lr * g / (sqrt(m2) + eps))
+            P[i] -= lr * g / (_sqrt(m2) + eps)
             total += P[i]
     return total
 

@@ -31,6 +31,10 @@ FASTMATH = {"reassoc", "contract", "nsz", "arcp", "afn"}
 jit = njit(fastmath=FASTMATH, cache=True, nogil=True)
 # For helpers called from one place: inlined into their caller (one compilation instead of two).
 jit_inline = njit(fastmath=FASTMATH, cache=True, nogil=True, inline="always")
+# For loops with a division: IEEE division (x/0 is inf or NaN), as the Cython twin's cdivision. Numba's
+# default error model tests every divisor for zero to raise ZeroDivisionError, a branch that keeps
+# LLVM from vectorizing the loop (the Adam and RMSprop updates: 2-3x slower).
+jit_ieee = njit(fastmath=FASTMATH, cache=True, nogil=True, error_model="numpy")
 
 
 # --------------------------------------------------------------------------- elementwise
@@ -463,7 +467,7 @@ def _row_squares(G, squares, j0, j1):
         squares[j] = total
 
 
-@jit
+@jit_ieee
 def _update_range(opt, P, G, S0, S1, c, l2, lo, hi):
     """IN/OUT P[lo:hi] and optimizer state S0, S1 take one step along g = G + l2 * P.
 

@@ -160,10 +160,10 @@ def test_weight_gradient(compiled, dtype, shape):
 OPTIMIZERS = [("sgd", 0.0, 0), ("sgd", 0.9, 0), ("sgd", 0.9, 1), ("adam", 0.0, 0), ("rmsprop", 0.0, 0)]
 
 
+@pytest.mark.parametrize("n,n_weights", [(11, 7), (1003, 517)])  # the vector loops and remainders
 @pytest.mark.parametrize("opt,momentum,nesterov", OPTIMIZERS)
-def test_update_parameters(compiled, dtype, opt, momentum, nesterov):
+def test_update_parameters(compiled, dtype, opt, momentum, nesterov, n, n_weights):
     rng = np.random.default_rng(4)
-    n, n_weights = 11, 7
     P = rng.standard_normal(n).astype(dtype)
     S = np.zeros((2, n), dtype)
     hyper = np.zeros(codes.H_SIZE)
@@ -186,6 +186,19 @@ def test_update_parameters_reports_non_finite(compiled):
     hyper[codes.H_LR] = 1.0
     assert not kernels(compiled).update_parameters(codes.SGD, P, np.array([0, np.inf, 0, 0.0]),
                                                    np.zeros((2, 4)), hyper, 4)
+
+
+@pytest.mark.parametrize("opt", ["adam", "rmsprop"])
+def test_update_parameters_divides_as_ieee(compiled, opt):
+    """A zero divisor (eps 1e-50 is 0 in float32, and the gradient is 0) makes NaN, reported as
+    non-finite by both twins, as C's division does: no ZeroDivisionError from Numba."""
+    P, S = np.ones(20, np.float32), np.zeros((2, 20), np.float32)
+    hyper = np.zeros(codes.H_SIZE)
+    hyper[[codes.H_LR, codes.H_BETA1, codes.H_BETA2, codes.H_EPS, codes.H_RHO]] = (0.01, 0.9, 0.999, 1e-50,
+                                                                                   0.99)
+    assert not kernels(compiled).update_parameters(codes.OPTIMIZERS[opt], P, np.zeros(20, np.float32), S,
+                                                   hyper, 20)
+    assert np.isnan(P).all()
 
 
 def test_drivers_refuse_buffers_that_do_not_fit(compiled):

@@ -6,9 +6,11 @@ import time
 
 import numpy as np
 import pytest
+import scipy.sparse
 from support import problem
 
 import fastbp
+from fastbp import validation
 from fastbp.network import TrainingDiverged
 
 SIZES = [4, 5, 3]
@@ -79,6 +81,48 @@ def test_bad_input_to_the_other_entry_points(method):
     args = (X_OK[:, :2],) if method in ("forward", "predict") else (X_OK[:, :2], Y_OK)
     with pytest.raises(ValueError, match="features per sample"):
         call(*args)
+
+
+NON_FINITE = [  # (value, (row, column)) pairs placed in a large X; the first is the one reported
+    [(np.nan, (0, 0))],
+    [(np.nan, (299, 6))],
+    [(-np.inf, (150, 3))],
+    [(np.inf, (10, 2)), (-np.inf, (200, 4))],  # they cancel into NaN in a sum
+    [(-np.inf, (10, 2)), (np.inf, (10, 3))],
+    [(np.nan, (250, 5)), ("max", None)],  # the other values so large that their sum overflows
+    [(np.inf, (7, 1)), ("-max", None)],
+]
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+@pytest.mark.parametrize("bad", NON_FINITE, ids=range(len(NON_FINITE)))
+def test_the_finiteness_check_misses_no_nan_or_inf(dtype, bad):
+    """X is checked with a sum first (NaN and inf propagate through it), then exactly: a NaN or inf
+    anywhere is reported at its first position, dense or sparse."""
+    X = np.random.default_rng(0).standard_normal((300, 7)).astype(dtype)
+    for value, at in bad:
+        if at is None:
+            X[:] = np.finfo(dtype).max * (-1 if value.startswith("-") else 1)
+    for value, at in bad:
+        if at is not None:
+            X[at] = value
+    row, column = bad[0][1]
+    message = rf"X must be finite; X\[{row}, {column}\] is {X[row, column]}"
+    with pytest.raises(ValueError, match=message):
+        validation.features(X, 7, np.dtype(dtype))
+    with pytest.raises(ValueError, match=message):
+        validation.features(scipy.sparse.csr_matrix(X), 7, np.dtype(dtype))
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+def test_finite_values_whose_sum_overflows_are_not_refused(dtype):
+    """The sum of huge finite values is inf (or NaN: inf - inf); only the exact test decides."""
+    huge = np.finfo(dtype).max
+    for X in (np.full((300, 7), huge, dtype), np.full((300, 7), -huge, dtype),
+              np.where(np.arange(2100).reshape(300, 7) % 3 == 0, huge, -huge).astype(dtype)):
+        with np.errstate(all="raise"):  # nor a warning about the sum's overflow
+            assert validation.features(X, 7, np.dtype(dtype)) is X
+            assert validation.features(scipy.sparse.csr_matrix(X), 7, np.dtype(dtype)).data.size == X.size
 
 
 def test_odd_layouts_and_dtypes_give_the_same_results(compiled):
