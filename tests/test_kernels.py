@@ -266,7 +266,8 @@ def test_a_partial_last_batch_gives_the_same_results_for_any_thread_count(compil
 
 def test_rows_of_x_off_cache_lines_are_gathered_with_the_same_results(compiled, dtype):
     """X's rows 16 bytes past a cache line (where numpy often puts them) are read through the
-    gathered, aligned copy of each batch: the same bits as an aligned X, for any thread count."""
+    gathered, aligned copy of each batch: the same bits as an aligned X, for any thread count (53
+    samples: a partial last batch)."""
     X, y = problem([16, 12, 4], 53, seed=3, dtype=dtype)
     aligned = codes.zeros(X.shape, dtype)
     aligned[:] = X
@@ -281,7 +282,8 @@ def test_rows_of_x_off_cache_lines_are_gathered_with_the_same_results(compiled, 
         assert (program[0, codes.P_OP] == codes.OP_GATHER) == misaligned_rows
         assert (program[:, codes.P_GATHERED] != 0).all() == misaligned_rows
     results = []
-    for data, n_threads in [(aligned, 1), (misaligned, 1), (misaligned, 2), (misaligned, 3)]:
+    for data, n_threads in [(aligned, 1), (misaligned, 1), (misaligned, 2), (misaligned, 3),
+                            (misaligned, 5)]:
         net = fastbp.Network([16, 12, 4], "tanh", loss="cross_entropy", dtype=dtype,
                              backend=compiled, n_threads=n_threads, seed=0)
         assert net.parameters.ctypes.data % codes.ALIGNMENT == 0
