@@ -223,7 +223,15 @@ class BuildExt(build_ext):
             ext.extra_compile_args = flags + list(ext.extra_compile_args or [])
             if variant:
                 ext.extra_link_args = link_flags + list(ext.extra_link_args or [])
+        # setuptools rebuilds a module only when its sources are newer than it: after a change of
+        # flags (here or in the environment: FASTBP_ARCH, the compiler) everything is rebuilt
+        stamp = STAGE / "flags"
+        flags = repr(sorted((ext.name, ext.extra_compile_args, ext.extra_link_args)
+                            for ext in self.extensions) + [getattr(self.compiler, "compiler_so", None)])
+        if not stamp.exists() or stamp.read_text() != flags:
+            self.force = True
         super().build_extensions()
+        stamp.write_text(flags)
         self._write_record([{"name": name, "package": package_of(subpackage), "flags": common + marches[name],
                              "requires": needs}
                             for name, subpackage, _, needs in variants() if name in marches])
