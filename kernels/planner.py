@@ -62,7 +62,8 @@ def program(kind, desc, batch_size, n_samples=None, sparse=False, misaligned=Fal
 
     Forward through every layer, then the output error; for TRAIN and GRADIENTS, the error terms of
     every layer but the first, top down, then every layer's gradient with its update (TRAIN) or
-    accumulation (GRADIENTS), all layers in one step: they are independent. Large layers use BLAS
+    accumulation (GRADIENTS), bottom up, all layers in one step: they are independent (a small top
+    layer's single tile then joins that parallel step rather than the serial one before it). Large layers use BLAS
     (layer 0 then reads the batch gathered first). Consecutive phases of one tile each are merged into
     one serial step (no waiting between them). P_TILES counts a row's tiles for a full batch,
     P_LAST_TILES for the last batch of a call over `n_samples` samples (default: a full batch), which
@@ -97,7 +98,7 @@ def program(kind, desc, batch_size, n_samples=None, sparse=False, misaligned=Fal
                 m, max(2, 2 * -(-MIN_TILE_WORK // (2 * columns * n_out))))
             phases.append([OP_BACKWARD, l, 0, samples, columns, blas])
         op = OP_UPDATE if kind == TRAIN else OP_GRADIENT
-        for l in range(n_layers - 1, -1, -1):
+        for l in range(n_layers):  # bottom up: the small top layers' tiles last, in a parallel step
             n_in, n_out = layer(desc, l)[:2]
             blas = use_blas(op, m, n_in, n_out) and (l > 0 or gather_room)
             phases.append([op, l, rows_for(n_in, n_out, blas), 0, 0, blas])
