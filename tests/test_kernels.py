@@ -290,6 +290,7 @@ def test_rows_of_x_off_cache_lines_are_gathered_with_the_same_results(compiled, 
         net.fit(data, y, epochs=2, batch_size=10, lr=0.1, momentum=0.9)
         results.append(net.parameters)
     assert all(np.array_equal(results[0], other) for other in results[1:])
+    assert np.array_equal(net.forward(misaligned), net.forward(aligned))  # predicting gathers too
     copy = pickle.loads(pickle.dumps(net))
     assert all(a.ctypes.data % codes.ALIGNMENT == 0 for a in (copy.parameters, copy._grads, copy._state))
 
