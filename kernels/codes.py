@@ -140,7 +140,10 @@ def describe(sizes, hidden, output, loss, optimizer, capacity, gather=True):
         w_off += n_in * n_out
         b_off += n_out
         work += 2 * capacity * n_out
-    gather_at = -(-work // 16) * 16  # at a cache line: 16 float32 or float64 values fill 1 or 2
+    # the gathered rows start at a cache line: a multiple of the float32 values in one (a whole
+    # number of lines for float64 too)
+    line = ALIGNMENT // 4
+    gather_at = -(-work // line) * line
     if gather:
         work = gather_at + capacity * sizes[0]
     desc[:D_HEADER] = (n_layers, hidden, output, loss, optimizer, capacity, n_weights + sum(sizes[1:]),

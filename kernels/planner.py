@@ -63,11 +63,11 @@ def program(kind, desc, batch_size, n_samples=None, sparse=False, misaligned=Fal
     Forward through every layer, then the output error; for TRAIN and GRADIENTS, the error terms of
     every layer but the first, top down, then every layer's gradient with its update (TRAIN) or
     accumulation (GRADIENTS), bottom up, all layers in one step: they are independent (a small top
-    layer's single tile then joins that parallel step rather than the serial one before it). Large layers use BLAS
-    (layer 0 then reads the batch gathered first). Consecutive phases of one tile each are merged into
-    one serial step (no waiting between them). P_TILES counts a row's tiles for a full batch,
-    P_LAST_TILES for the last batch of a call over `n_samples` samples (default: a full batch), which
-    is partial when batch_size does not divide n_samples. With a `sparse` X (or a work buffer with
+    layer's single tile then joins that parallel step rather than the serial one before it). Large
+    layers use BLAS (layer 0 then reads the batch gathered first). Consecutive phases of one tile
+    each are merged into one serial step (no waiting between them). P_TILES counts a row's tiles for
+    a full batch, P_LAST_TILES for the last batch of a call over `n_samples` samples (default: a full
+    batch), which is partial when batch_size does not divide n_samples. With a `sparse` X (or a work buffer with
     no gather room), layer 0 never uses BLAS: its tiles run over the nonzeros (or read X in place).
     Otherwise, when X's rows are `misaligned` (codes.misaligned), layer 0 reads the gathered batch
     (GATHER_UNALIGNED).
