@@ -88,9 +88,12 @@ OP_FORWARD, OP_OUTPUT, OP_BACKWARD, OP_UPDATE, OP_GRADIENT, OP_GATHER = range(6)
 # gather buffer (filled by an OP_GATHER phase) rather than from X through the permutation.
 # P_TILES: how many tiles the phase has for a full batch; P_LAST_TILES: for the call's last batch,
 # which may be partial (the workers count tiles only through these two).
+# P_AHEAD, on an OP_GATHER row: 0, or the step whose tiles the next batch's gather tiles join
+# (a serial step, where the other workers would wait); the gather step itself then runs at a call's
+# first batch only, and batch i's rows are gathered into half i % 2 of the room (gathered_slot).
 (P_OP, P_LAYER, P_STEP, P_SERIAL, P_ROWS, P_SAMPLES, P_COLUMNS, P_BLAS, P_GATHERED, P_TILES,
- P_LAST_TILES) = range(11)
-P_FIELDS = 11
+ P_LAST_TILES, P_AHEAD) = range(12)
+P_FIELDS = 12
 # The primitive kernels every compiled backend exports under these names (a test checks it).
 KERNELS = ("dense_forward", "activation_forward", "activation_backward", "output_error",
            "backward_error", "weight_gradient", "update_parameters")
@@ -123,8 +126,9 @@ def misaligned(X):
 def describe(sizes, hidden, output, loss, optimizer, capacity, gather=True):
     """Build the int64 descriptor of a network with layer ``sizes`` and a work buffer of ``capacity`` rows.
 
-    Returns ``(descriptor, work_size)``. Without ``gather`` the work buffer has no room for the
-    batch's rows of X (sparse input: ``capacity * n_0`` could be gigabytes), and the planner then
+    Returns ``(descriptor, work_size)``. The work buffer ends with room for two batches' rows of X,
+    gathered (the next batch's are gathered while the current one finishes: planner.program); without
+    ``gather`` it has none (sparse input: ``capacity * n_0`` could be gigabytes), and the planner then
     never gathers them.
     """
     sizes = [int(n) for n in sizes]
@@ -141,14 +145,19 @@ def describe(sizes, hidden, output, loss, optimizer, capacity, gather=True):
         b_off += n_out
         work += 2 * capacity * n_out
     # the gathered rows start at a cache line: a multiple of the float32 values in one (a whole
-    # number of lines for float64 too)
+    # number of lines for float64 too), in both halves of the room (gathered_slot)
     line = ALIGNMENT // 4
     gather_at = -(-work // line) * line
     if gather:
-        work = gather_at + capacity * sizes[0]
+        work = gather_at + 2 * (-(-capacity * sizes[0] // line) * line)
     desc[:D_HEADER] = (n_layers, hidden, output, loss, optimizer, capacity, n_weights + sum(sizes[1:]),
                        n_weights, work, gather_at)
     return desc, work
+
+
+def gathered_slot(desc):
+    """The size of each half of the work buffer's room for gathered rows (0 without room)."""
+    return (int(desc[D_WORK]) - int(desc[D_GATHER])) // 2
 
 
 def check_buffers(desc, params, X, Y=None, out=None, costs=None, work=None, hyper=None, order=None,

@@ -17,11 +17,11 @@ from libc.stdint cimport int64_t
 from fastbp.kernels cimport cy_kernels as K
 from fastbp.kernels.cy_kernels cimport (C_L2, C_SCALE, C_SIZE, COST_NOT_FINITE, D_CAPACITY,
                                         D_GATHER, D_HEADER, D_LAYERS, D_LOSS, D_NWEIGHTS,
-                                        D_OPTIMIZER, D_OUTPUT, DONE,
+                                        D_OPTIMIZER, D_OUTPUT, D_WORK, DONE,
                                         FORWARD, GRADIENTS, H_DROPOUT, H_KEY, H_SEED, H_STEP,
                                         IDENTITY, L_A, L_ACT, L_B, L_D,
                                         L_FIELDS, L_IN, L_OUT, L_W, OP_BACKWARD, OP_FORWARD,
-                                        OP_GATHER, OP_GRADIENT, OP_OUTPUT, OP_UPDATE, P_BLAS,
+                                        OP_GATHER, OP_GRADIENT, OP_OUTPUT, OP_UPDATE, P_AHEAD, P_BLAS,
                                         P_COLUMNS, P_FIELDS, P_GATHERED, P_LAST_TILES, P_LAYER,
                                         P_OP, P_ROWS, P_SAMPLES, P_SERIAL, P_STEP, P_TILES,
                                         PARAMS_NOT_FINITE, TRAIN, _finite)
@@ -154,12 +154,13 @@ cdef void _output(int kind, const int64_t* desc, const floating* Y, const int64_
 cdef void _tile(const int64_t* phase, Py_ssize_t t, int kind, const int64_t* desc,
                 floating* params, floating* grads, floating* S0, floating* S1, const floating* X,
                 const floating* Y, const int64_t* rows, Py_ssize_t m, Py_ssize_t first_row,
-                const int64_t* ident, floating* work, double* costs, Py_ssize_t n_costs,
-                floating* out, double* norms, double* squares, double* hyper, floating* c,
-                int64_t* status, int64_t batch, const double* weights, const int64_t* indptr,
-                const int64_t* indices, const floating* data) noexcept nogil:
+                const int64_t* ident, floating* work, floating* gathered, double* costs,
+                Py_ssize_t n_costs, floating* out, double* norms, double* squares, double* hyper,
+                floating* c, int64_t* status, int64_t batch, const double* weights,
+                const int64_t* indptr, const int64_t* indices, const floating* data) noexcept nogil:
     """Tile t of program row `phase` for the batch X[rows]; with a sparse X (indptr not NULL: a CSR
-    X of indptr, indices, data), layer 0 runs over its nonzeros. Twin: nb_train._tile."""
+    X of indptr, indices, data), layer 0 runs over its nonzeros. `gathered`: where the batch's rows
+    of X are gathered (by an OP_GATHER phase). Twin: nb_train._tile."""
     cdef Py_ssize_t rec, n_in, n_out, w, b, n_col, s0, s1, i0, j0, j1, i, j, s, samples, columns
     cdef Py_ssize_t l = phase[P_LAYER]
     cdef int op = phase[P_OP], act
@@ -169,7 +170,6 @@ cdef void _tile(const int64_t* phase, Py_ssize_t t, int kind, const int64_t* des
     cdef const int64_t* rows_in
     cdef floating* Z
     cdef floating* D
-    cdef floating* gathered
     cdef floating check, scale
     cdef double rate
     if op == OP_OUTPUT:
@@ -180,7 +180,6 @@ cdef void _tile(const int64_t* phase, Py_ssize_t t, int kind, const int64_t* des
     n_in = desc[rec + L_IN]
     n_out = desc[rec + L_OUT]
     if op == OP_GATHER:  # the batch's rows of X, side by side, for BLAS
-        gathered = work + desc[D_GATHER]
         s0 = t * phase[P_SAMPLES]
         for s in range(s0, min(s0 + phase[P_SAMPLES], m)):
             for i in range(n_in):
@@ -192,7 +191,7 @@ cdef void _tile(const int64_t* phase, Py_ssize_t t, int kind, const int64_t* des
         A_in = work + desc[rec - L_FIELDS + L_A]
         rows_in = ident
     elif phase[P_GATHERED] != 0:
-        A_in = work + desc[D_GATHER]
+        A_in = gathered
         rows_in = ident
     else:
         A_in = X
@@ -301,37 +300,60 @@ cdef void _worker(int kind, const int64_t* program, Py_ssize_t n_program, const 
     rows of W (in its core's cache) from batch to batch, then helps with the others'. counters[0]
     counts the finished tiles of the whole call. A worker claims only tiles of the step it is in, and
     a step is over when every tile before its end is finished. A row's tiles are counted in its
-    P_TILES column, or P_LAST_TILES for the partial last batch. Twin: nb_train._worker.
+    P_TILES column, or P_LAST_TILES for the partial last batch. With an ahead gather (program row 0's
+    P_AHEAD), the step P_AHEAD also has the next batch's gather tiles, after its own, and the gather
+    step runs at the call's first batch only; batch i's rows are gathered into half i % 2 of the
+    work buffer's room (codes.gathered_slot). Twin: nb_train._worker.
     """
     cdef Py_ssize_t i, j, p, q, r, u, v, lo, hi, start, m, n_tiles, parts, t, first_tile, last_tile
-    cdef Py_ssize_t tiles  # the program's column of tile counts for this batch
-    cdef Py_ssize_t base = 0, k = 0
+    cdef Py_ssize_t tiles, next_m, extra  # tiles: the program's column of tile counts for this batch
+    cdef Py_ssize_t base = 0, k = 0, host = program[P_AHEAD]
+    cdef Py_ssize_t slot = (desc[D_WORK] - desc[D_GATHER]) // 2 if host > 0 else 0
     cdef bint serial
     cdef const int64_t* rows
+    cdef floating* gathered
     for i in range(first, last):
         start = i * batch_size
         rows = order + start
         m = min(start + batch_size, n) - start
         tiles = P_TILES if m == batch_size else P_LAST_TILES
+        gathered = work + desc[D_GATHER] + (i % 2) * slot
         p = 0
         while p < n_program:
             q = p + 1
             while q < n_program and program[q * P_FIELDS + P_STEP] == program[p * P_FIELDS + P_STEP]:
                 q += 1
+            if p == 0 and host > 0 and i > first:  # gathered during the batch before
+                p = q
+                k += 1
+                continue
             serial = program[p * P_FIELDS + P_SERIAL] != 0
             n_tiles = 1
             if not serial:
                 n_tiles = 0
                 for r in range(p, q):
                     n_tiles += program[r * P_FIELDS + tiles]
+            extra = 0
+            next_m = min(start + 2 * batch_size, n) - start - batch_size
+            if host > 0 and program[p * P_FIELDS + P_STEP] == host and i + 1 < last:  # + next gather
+                extra = program[P_TILES if next_m == batch_size else P_LAST_TILES]
             for j in range(n_workers):  # its own share first, then the others'
                 v = (worker + j) % n_workers
-                lo = v * n_tiles // n_workers
-                hi = (v + 1) * n_tiles // n_workers
+                lo = v * (n_tiles + extra) // n_workers
+                hi = (v + 1) * (n_tiles + extra) // n_workers
                 while True:
                     t = lo + _atomic_add(claims + k * n_workers + v, 1)
                     if t >= hi:
                         break
+                    if t >= n_tiles:  # a tile of the next batch's gather (row 0)
+                        if status[0] == DONE:
+                            _tile(program, t - n_tiles, kind, desc, params, grads, S0, S1, X, Y,
+                                  rows + batch_size, next_m, start + batch_size, ident, work,
+                                  work + desc[D_GATHER] + ((i + 1) % 2) * slot, costs, n_costs,
+                                  out, norms, squares, hyper, c, status, i + 1, weights, indptr,
+                                  indices, data)
+                        _atomic_add(counters, 1)
+                        continue
                     for r in range(p, q):  # serial: every tile of every row, in order; else tile t
                         parts = program[r * P_FIELDS + tiles]
                         if not serial and t >= parts:
@@ -343,12 +365,13 @@ cdef void _worker(int kind, const int64_t* program, Py_ssize_t n_program, const 
                             if status[0] != DONE:  # a failed row stops the serial step
                                 break
                             _tile(program + r * P_FIELDS, u, kind, desc, params, grads, S0, S1, X,
-                                  Y, rows, m, start, ident, work, costs, n_costs, out, norms,
-                                  squares, hyper, c, status, i, weights, indptr, indices, data)
+                                  Y, rows, m, start, ident, work, gathered, costs, n_costs, out,
+                                  norms, squares, hyper, c, status, i, weights, indptr, indices,
+                                  data)
                         if not serial:
                             break
                     _atomic_add(counters, 1)
-            base += n_tiles
+            base += n_tiles + extra
             _wait(counters, base, spins)
             if _atomic_load(status) != DONE:
                 return

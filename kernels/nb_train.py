@@ -35,9 +35,10 @@ from numba.np.arrayobj import make_array, populate_array
 
 from . import codes, planner
 from .codes import (C_L2, C_SCALE, C_SIZE, COST_NOT_FINITE, D_CAPACITY, D_GATHER, D_HEADER,
-                    D_LAYERS, D_LOSS, D_NWEIGHTS, D_OPTIMIZER, D_OUTPUT, DONE, FORWARD, GRADIENTS,
+                    D_LAYERS, D_LOSS, D_NWEIGHTS, D_OPTIMIZER, D_OUTPUT, D_WORK, DONE, FORWARD, GRADIENTS,
                     H_DROPOUT, H_KEY, H_SEED, H_STEP, IDENTITY, L_A, L_ACT, L_B, L_D, L_FIELDS, L_IN,
-                    L_OUT, L_W, OP_BACKWARD, OP_FORWARD, OP_GATHER, OP_GRADIENT, OP_OUTPUT, P_BLAS,
+                    L_OUT, L_W, OP_BACKWARD, OP_FORWARD, OP_GATHER, OP_GRADIENT, OP_OUTPUT, P_AHEAD,
+                    P_BLAS,
                     P_COLUMNS, P_GATHERED, P_LAST_TILES, P_LAYER, P_OP, P_ROWS, P_SAMPLES, P_SERIAL,
                     P_STEP, P_TILES, PARAMS_NOT_FINITE, TRAIN)
 from .nb_kernels import (_backward_block, _bias_activate, _coefficients, _derivative_block,
@@ -262,10 +263,11 @@ def _output(kind, desc, Y, rows, first_row, work, costs, out, norms, squares, hy
 
 
 @jit_inline
-def _tile(phase, t, kind, desc, params, grads, state, X, Y, rows, first_row, ident, work, costs,
-          out, norms, squares, hyper, c, status, batch, weights, indptr, indices, data):
+def _tile(phase, t, kind, desc, params, grads, state, X, Y, rows, first_row, ident, work, gathered,
+          costs, out, norms, squares, hyper, c, status, batch, weights, indptr, indices, data):
     """Tile t of program row `phase` for the batch X[rows]; with a sparse X (indptr not empty: a CSR
-    X of indptr, indices, data), layer 0 runs over its nonzeros. Twin: cy_train._tile."""
+    X of indptr, indices, data), layer 0 runs over its nonzeros. `gathered`: the offset in work
+    where the batch's rows of X are gathered (by an OP_GATHER phase). Twin: cy_train._tile."""
     op = phase[P_OP]
     l = phase[P_LAYER]
     if op == OP_OUTPUT:
@@ -278,10 +280,10 @@ def _tile(phase, t, kind, desc, params, grads, state, X, Y, rows, first_row, ide
     n_out = desc[rec + L_OUT]
     if op == OP_GATHER:  # the batch's rows of X, side by side, for BLAS
         s0 = t * phase[P_SAMPLES]
-        gathered = _view(work, desc[D_GATHER], m, n_in)
+        G = _view(work, gathered, m, n_in)
         for s in range(s0, min(s0 + phase[P_SAMPLES], m)):
             x = X[rows[s]]
-            g = gathered[s]
+            g = G[s]
             for i in range(n_in):  # a loop: an array assignment compiles its error messages
                 g[i] = x[i]
         return
@@ -293,7 +295,7 @@ def _tile(phase, t, kind, desc, params, grads, state, X, Y, rows, first_row, ide
         A_in = _view(work, desc[rec - L_FIELDS + L_A], m, n_in)
         rows_in = _row(ident, 0, m)
     elif phase[P_GATHERED] != 0:
-        A_in = _view(work, desc[D_GATHER], m, n_in)
+        A_in = _view(work, gathered, m, n_in)
         rows_in = _row(ident, 0, m)
     else:
         A_in = X
@@ -327,7 +329,7 @@ def _tile(phase, t, kind, desc, params, grads, state, X, Y, rows, first_row, ide
         j0 = t * phase[P_ROWS]
         j1 = min(j0 + phase[P_ROWS], n_out)
         if blas:  # Z[:, j0:j1] = A_in W[j0:j1]^T (gemm writes the column block), then f(Z + b)
-            a_in = desc[rec - L_FIELDS + L_A] if l > 0 else desc[D_GATHER]
+            a_in = desc[rec - L_FIELDS + L_A] if l > 0 else gathered
             _gemm(_N, _T, m, j1 - j0, n_in, W.dtype.type(1), work, a_in, n_in, params,
                   w + j0 * n_in, n_in, work, desc[rec + L_A] + j0, n_out)
             _bias_activate(Z, bias, act, np.int64(0), m, j0, j1)
@@ -344,7 +346,7 @@ def _tile(phase, t, kind, desc, params, grads, state, X, Y, rows, first_row, ide
     gb = _row(grads, b, n_out)
     scale = c[C_SCALE]
     if blas:  # G[j0:j1] = scale D[:, j0:j1]^T A_in
-        a_in = desc[rec - L_FIELDS + L_A] if l > 0 else desc[D_GATHER]
+        a_in = desc[rec - L_FIELDS + L_A] if l > 0 else gathered
         _gemm(_T, _N, j1 - j0, n_in, m, scale, work, desc[rec + L_D] + j0, n_out, work, a_in, n_in,
               grads, w + j0 * n_in, n_in)
         for j in range(j0, j1):
@@ -390,36 +392,59 @@ def _worker(worker, n_workers, kind, program, desc, params, grads, state, X, Y, 
     rows of W (in its core's cache) from batch to batch, then helps with the others'. counters[0]
     counts the finished tiles of the whole call. A worker claims only tiles of the step it is in, and
     a step is over when every tile before its end is finished. A row's tiles are counted in its
-    P_TILES column, or P_LAST_TILES for the partial last batch. Twin: cy_train._worker.
+    P_TILES column, or P_LAST_TILES for the partial last batch. With an ahead gather (program row 0's
+    P_AHEAD), the step P_AHEAD also has the next batch's gather tiles, after its own, and the gather
+    step runs at the call's first batch only; batch i's rows are gathered into half i % 2 of the
+    work buffer's room (codes.gathered_slot). Twin: cy_train._worker.
     """
     n = order.shape[0]
     n_program = program.shape[0]
     base = 0
     k = 0
+    host = program[0, P_AHEAD]
+    slot = (desc[D_WORK] - desc[D_GATHER]) // 2 if host > 0 else 0
     for i in range(first, last):
         start = i * batch_size
         m = min(start + batch_size, n) - start
         rows = _row(order, start, m)
         tiles = P_TILES if m == batch_size else P_LAST_TILES
+        gathered = desc[D_GATHER] + (i % 2) * slot
+        next_m = min(start + 2 * batch_size, n) - start - batch_size
         p = 0
         while p < n_program:
             q = p + 1
             while q < n_program and program[q, P_STEP] == program[p, P_STEP]:
                 q += 1
+            if p == 0 and host > 0 and i > first:  # gathered during the batch before
+                p = q
+                k += 1
+                continue
             serial = program[p, P_SERIAL] != 0
             n_tiles = 1
             if not serial:
                 n_tiles = 0
                 for r in range(p, q):
                     n_tiles += program[r, tiles]
+            extra = 0
+            if host > 0 and program[p, P_STEP] == host and i + 1 < last:  # + the next gather
+                extra = program[0, P_TILES if next_m == batch_size else P_LAST_TILES]
             for j in range(n_workers):  # its own share first, then the others'
                 v = (worker + j) % n_workers
-                lo = v * n_tiles // n_workers
-                hi = (v + 1) * n_tiles // n_workers
+                lo = v * (n_tiles + extra) // n_workers
+                hi = (v + 1) * (n_tiles + extra) // n_workers
                 while True:
                     t = lo + _atomic_add(claims, k * n_workers + v, 1)
                     if t >= hi:
                         break
+                    if t >= n_tiles:  # a tile of the next batch's gather (row 0)
+                        if status[0] == DONE:
+                            _tile(program[0], t - n_tiles, kind, desc, params, grads, state, X, Y,
+                                  _row(order, start + batch_size, next_m), start + batch_size,
+                                  ident, work, desc[D_GATHER] + ((i + 1) % 2) * slot, costs, out,
+                                  norms, squares, hyper, c, status, i + 1, weights, indptr, indices,
+                                  data)
+                        _atomic_add(counters, 0, 1)
+                        continue
                     for r in range(p, q):  # serial: every tile of every row, in order; else tile t
                         parts = program[r, tiles]
                         if not serial and t >= parts:
@@ -431,12 +456,12 @@ def _worker(worker, n_workers, kind, program, desc, params, grads, state, X, Y, 
                             if status[0] != DONE:  # a failed row stops the serial step
                                 break
                             _tile(program[r], u, kind, desc, params, grads, state, X, Y, rows,
-                                  start, ident, work, costs, out, norms, squares, hyper, c, status,
-                                  i, weights, indptr, indices, data)
+                                  start, ident, work, gathered, costs, out, norms, squares, hyper, c,
+                                  status, i, weights, indptr, indices, data)
                         if not serial:
                             break
                     _atomic_add(counters, 0, 1)
-            base += n_tiles
+            base += n_tiles + extra
             _wait(counters, 0, base, spins)
             if _atomic_load(status, 0) != DONE:
                 return

@@ -13,8 +13,8 @@ import contextlib
 import numpy as np
 
 from .codes import (D_GATHER, D_LAYERS, D_WORK, FORWARD, OP_BACKWARD, OP_FORWARD, OP_GATHER, OP_GRADIENT, OP_OUTPUT,
-                    OP_UPDATE, P_BLAS, P_COLUMNS, P_FIELDS, P_GATHERED, P_LAST_TILES, P_LAYER, P_OP,
-                    P_ROWS, P_SAMPLES, P_SERIAL, P_STEP, P_TILES, TRAIN, layer)
+                    OP_UPDATE, P_AHEAD, P_BLAS, P_COLUMNS, P_FIELDS, P_GATHERED, P_LAST_TILES,
+                    P_LAYER, P_OP, P_ROWS, P_SAMPLES, P_SERIAL, P_STEP, P_TILES, TRAIN, layer)
 
 # Threads work on tiles whose size depends on the shapes only (never on the thread count, so neither
 # do the results). A tile is made big enough to be worth handing to another thread.
@@ -33,6 +33,10 @@ BLAS_TILES = 2  # few, large tiles: each gemm call packs its operands again (mea
 # rows do not start at one (most numpy arrays start 16 bytes after one): the vector loads of the
 # forward and gradient tiles would otherwise straddle two lines.
 GATHER_UNALIGNED = 1
+# Samples per gather tile. The gather of the next batch runs in the serial step (P_AHEAD), where
+# one worker computes the small top layers: small tiles let the others take all but that one's
+# share of the copying.
+GATHER_SAMPLES = 2
 
 
 def part_tiles(phase, n_in, n_out, m):
@@ -70,7 +74,8 @@ def program(kind, desc, batch_size, n_samples=None, sparse=False, misaligned=Fal
     batch), which is partial when batch_size does not divide n_samples. With a `sparse` X (or a work buffer with
     no gather room), layer 0 never uses BLAS: its tiles run over the nonzeros (or read X in place).
     Otherwise, when X's rows are `misaligned` (codes.misaligned), layer 0 reads the gathered batch
-    (GATHER_UNALIGNED).
+    (GATHER_UNALIGNED). The next batch's rows are gathered during the first serial step (P_AHEAD), by
+    the workers that would otherwise wait for it.
     """
     n_layers = int(desc[D_LAYERS])
     gather_room = not sparse and desc[D_WORK] > desc[D_GATHER]
@@ -104,8 +109,8 @@ def program(kind, desc, batch_size, n_samples=None, sparse=False, misaligned=Fal
             phases.append([op, l, rows_for(n_in, n_out, blas), 0, 0, blas])
     gathered = any(p[5] and p[1] == 0 for p in phases) or (
         gather_room and misaligned and GATHER_UNALIGNED)
-    if gathered:  # in two tiles: two threads copy
-        phases.insert(0, [OP_GATHER, 0, 0, -(-m // 2), 0, 0])
+    if gathered:  # a tile per GATHER_SAMPLES samples: the workers share the copying as they are free
+        phases.insert(0, [OP_GATHER, 0, 0, GATHER_SAMPLES, 0, 0])
     table = np.zeros((len(phases), P_FIELDS), dtype=np.int64)
     step, previous = -1, None
     for i, (op, l, rows, samples, columns, blas) in enumerate(phases):
@@ -115,7 +120,7 @@ def program(kind, desc, batch_size, n_samples=None, sparse=False, misaligned=Fal
         n_in, n_out = layer(desc, l)[:2]
         row[P_TILES] = part_tiles(row, n_in, n_out, m)
         row[P_LAST_TILES] = part_tiles(row, n_in, n_out, last)
-        single = row[P_TILES] == 1
+        single = row[P_TILES] == 1 and op != OP_GATHER  # the gather is a step of its own
         together = previous is not None and (
             (single and previous[P_SERIAL]) or (op == previous[P_OP] and op in (OP_UPDATE, OP_GRADIENT)
                                                 and not previous[P_SERIAL]))
@@ -124,6 +129,8 @@ def program(kind, desc, batch_size, n_samples=None, sparse=False, misaligned=Fal
         row[P_STEP] = step
         row[P_SERIAL] = single and (not together or previous[P_SERIAL])
         previous = row
+    if gathered:  # the next batch's gather joins the first serial step
+        table[0, P_AHEAD] = table[table[:, P_SERIAL] != 0][0, P_STEP]
     return table
 
 

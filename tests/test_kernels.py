@@ -295,6 +295,56 @@ def test_rows_of_x_off_cache_lines_are_gathered_with_the_same_results(compiled, 
     assert all(a.ctypes.data % codes.ALIGNMENT == 0 for a in (copy.parameters, copy._grads, copy._state))
 
 
+def test_the_next_batchs_rows_are_gathered_in_the_serial_step():
+    """The planner puts the gather of the next batch into the first serial step (P_AHEAD), where
+    the workers but one would wait, in tiles of GATHER_SAMPLES; the gather is a step of its own,
+    run at a call's first batch, even for a batch of one sample."""
+    desc, _ = codes.describe([416, 30, 10], codes.SIGMOID, codes.SIGMOID, codes.MSE, codes.SGD, 10)
+    assert codes.gathered_slot(desc) >= 10 * 416  # two batches of gathered rows
+    for batch in (10, 1):
+        program = planner.program(codes.TRAIN, desc, batch, 53, misaligned=True)
+        gather, host = program[0], program[program[:, codes.P_SERIAL] != 0][0]
+        assert gather[codes.P_OP] == codes.OP_GATHER and gather[codes.P_AHEAD] == host[codes.P_STEP] >= 1
+        assert gather[codes.P_TILES] == -(-batch // planner.GATHER_SAMPLES)
+        assert (program[:, codes.P_STEP] == gather[codes.P_STEP]).sum() == 1
+    assert (planner.program(codes.TRAIN, desc, 10, 53)[:, codes.P_AHEAD] == 0).all()  # aligned X
+
+
+def test_the_next_batchs_gather_gives_the_same_bits_for_any_thread_count_and_cut(compiled, dtype):
+    """Rows gathered a batch ahead, in the serial step (misaligned X): 1, 2, 3 and 5 threads, the
+    epoch in one driver call or three (each call gathers its first batch itself), and a last batch
+    of one sample give the same parameters, bit for bit, as X read in place (aligned)."""
+    X, y = problem([416, 30, 10], 51, seed=2, dtype=dtype)
+    aligned = codes.zeros(X.shape, dtype)
+    aligned[:] = X
+    offset = 16 // X.itemsize
+    misaligned = codes.zeros(X.size + offset, dtype)[offset:].reshape(X.shape)
+    misaligned[:] = X
+    net = fastbp.Network([416, 30, 10], "sigmoid", dtype=dtype, backend=compiled, seed=0)
+    Y = net._Y(y, 51)
+    order = np.random.default_rng(4).permutation(51)
+    hyper = codes.hyperparameters(2)
+    hyper[[codes.H_LR, codes.H_MOMENTUM]] = 0.5, 0.9
+    driver = backends.get(compiled)
+
+    def train(threads, cuts, data=misaligned):
+        params, h = net.parameters.copy(), hyper.copy()
+        state = np.zeros((2, params.shape[0]), params.dtype)
+        desc, work = net._buffers(10, codes.SGD)
+        grads, costs = np.zeros_like(params), np.zeros(51)
+        for first, last in zip(cuts[:-1], cuts[1:]):
+            done, status, _ = driver.train_batches(desc, params, grads, state, data, Y, order, 10,
+                                                   first, last, h, work, costs, threads)
+            assert (done, status) == (last - first, codes.DONE)
+        return params, costs
+
+    params, costs = train(1, [0, 6], aligned)
+    for threads in (1, 2, 3, 5):
+        for cuts in ([0, 6], [0, 2, 5, 6]):
+            again, again_costs = train(threads, cuts)
+            assert np.array_equal(again, params) and np.array_equal(again_costs, costs), (threads, cuts)
+
+
 def test_the_build_fingerprint_covers_only_what_is_compiled_in(monkeypatch):
     """A docstring or the planner never invalidates a Cython build; a code's value does."""
     before = codes.source_hash()
