@@ -264,16 +264,23 @@ def test_a_partial_last_batch_gives_the_same_results_for_any_thread_count(compil
     assert all(np.array_equal(results[0], other) for other in results[1:])
 
 
+def aligned_and_misaligned(X):
+    """Copies of X whose rows start at cache lines, and 16 bytes past them (as numpy often puts a
+    large array's)."""
+    aligned = codes.zeros(X.shape, X.dtype)
+    aligned[:] = X
+    offset = 16 // X.itemsize
+    misaligned = codes.zeros(X.size + offset, X.dtype)[offset:].reshape(X.shape)
+    misaligned[:] = X
+    return aligned, misaligned
+
+
 def test_rows_of_x_off_cache_lines_are_gathered_with_the_same_results(compiled, dtype):
     """X's rows 16 bytes past a cache line (where numpy often puts them) are read through the
     gathered, aligned copy of each batch: the same bits as an aligned X, for any thread count (53
     samples: a partial last batch)."""
     X, y = problem([16, 12, 4], 53, seed=3, dtype=dtype)
-    aligned = codes.zeros(X.shape, dtype)
-    aligned[:] = X
-    offset = 16 // aligned.itemsize
-    misaligned = codes.zeros(X.size + offset, dtype)[offset:].reshape(X.shape)
-    misaligned[:] = X
+    aligned, misaligned = aligned_and_misaligned(X)
     assert misaligned.ctypes.data % codes.ALIGNMENT == 16
     assert codes.misaligned(misaligned) and not codes.misaligned(aligned)
     desc, _ = codes.describe([16, 12, 4], codes.TANH, codes.SOFTMAX, codes.CROSS_ENTROPY, codes.SGD, 10)
@@ -315,11 +322,7 @@ def test_the_next_batchs_gather_gives_the_same_bits_for_any_thread_count_and_cut
     epoch in one driver call or three (each call gathers its first batch itself), and a last batch
     of one sample give the same parameters, bit for bit, as X read in place (aligned)."""
     X, y = problem([416, 30, 10], 51, seed=2, dtype=dtype)
-    aligned = codes.zeros(X.shape, dtype)
-    aligned[:] = X
-    offset = 16 // X.itemsize
-    misaligned = codes.zeros(X.size + offset, dtype)[offset:].reshape(X.shape)
-    misaligned[:] = X
+    aligned, misaligned = aligned_and_misaligned(X)
     net = fastbp.Network([416, 30, 10], "sigmoid", dtype=dtype, backend=compiled, seed=0)
     Y = net._Y(y, 51)
     order = np.random.default_rng(4).permutation(51)
