@@ -318,6 +318,7 @@ cdef void _worker(int kind, const int64_t* program, Py_ssize_t n_program, const 
         m = min(start + batch_size, n) - start
         tiles = P_TILES if m == batch_size else P_LAST_TILES
         gathered = work + desc[D_GATHER] + (i % 2) * slot
+        next_m = min(start + 2 * batch_size, n) - start - batch_size
         p = 0
         while p < n_program:
             q = p + 1
@@ -334,7 +335,6 @@ cdef void _worker(int kind, const int64_t* program, Py_ssize_t n_program, const 
                 for r in range(p, q):
                     n_tiles += program[r * P_FIELDS + tiles]
             extra = 0
-            next_m = min(start + 2 * batch_size, n) - start - batch_size
             if host > 0 and program[p * P_FIELDS + P_STEP] == host and i + 1 < last:  # + next gather
                 extra = program[P_TILES if next_m == batch_size else P_LAST_TILES]
             for j in range(n_workers):  # its own share first, then the others'
