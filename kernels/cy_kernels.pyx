@@ -15,7 +15,7 @@ Twin of ``nb_kernels.py``: the same functions under the same names and meaning. 
   documented in nb_kernels.py).
 """
 from cython cimport floating
-from libc.math cimport exp, log, pow, sqrt
+from libc.math cimport exp, fabs, log, log1p, pow, sqrt
 from libc.stdint cimport int64_t
 from scipy.linalg.cython_blas cimport dgemm, sgemm
 
@@ -572,7 +572,12 @@ cdef void _output_error(int act, int loss, floating* Z, const floating* Y, const
     cdef floating* z
     cdef floating* d
     cdef const floating* y
-    cdef double c, ysum, dot, g, zj, a
+    cdef double c, ysum, dot, g, zj, a, e
+    cdef bint activated = False
+    if floating is float:
+        if act == SIGMOID and loss != CROSS_ENTROPY:
+            _sigmoid_block(Z, k, m, 0, k)  # the forward tiles' float32 sigmoid, vectorized
+            activated = True
     for s in range(m):
         z = Z + s * k
         y = Y + rows[s] * k
@@ -596,10 +601,20 @@ cdef void _output_error(int act, int loss, floating* Z, const floating* Y, const
                     dot += z[j] * g
                 for j in range(k):
                     d[j] = <floating>(z[j] * (z[j] - y[j] - dot))
+        elif act == SIGMOID and loss == CROSS_ENTROPY:
+            for j in range(k):
+                # one exp for the sigmoid and both softplus terms of the cost:
+                # y sp(-z) + (1 - y) sp(z) = log1p(e^-|z|) + (1 - y) max(z, 0) + y max(-z, 0)
+                zj = z[j]
+                e = exp(-fabs(zj))
+                a = (1.0 if zj >= 0.0 else e) / (1.0 + e)
+                z[j] = <floating>a
+                c += log1p(e) + ((1.0 - y[j]) * zj if zj > 0.0 else -y[j] * zj)
+                d[j] = <floating>(a - y[j])
         else:
             for j in range(k):
                 zj = z[j]
-                a = _activate(act, zj)
+                a = zj if activated else _activate(act, zj)
                 z[j] = <floating>a
                 if loss == CROSS_ENTROPY:
                     c += y[j] * _softplus(-zj) + (1.0 - y[j]) * _softplus(zj)

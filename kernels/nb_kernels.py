@@ -683,6 +683,9 @@ def output_error(act, loss, Z, Y, rows, D, cost):
     Twin: cy_kernels.output_error.
     """
     k = Z.shape[1]
+    activated = act == SIGMOID and loss != CROSS_ENTROPY and Z.itemsize == 4
+    if activated:
+        _sigmoid_block(Z, Z.shape[0], 0, k)  # the forward tiles' float32 sigmoid, vectorized
     for s in range(Z.shape[0]):
         z = Z[s]
         y = Y[rows[s]]
@@ -706,10 +709,20 @@ def output_error(act, loss, Z, Y, rows, D, cost):
                     dot += z[j] * g
                 for j in range(k):
                     d[j] = z[j] * (z[j] - y[j] - dot)
+        elif act == SIGMOID and loss == CROSS_ENTROPY:
+            for j in range(k):
+                # one exp for the sigmoid and both softplus terms of the cost:
+                # y sp(-z) + (1 - y) sp(z) = log1p(e^-|z|) + (1 - y) max(z, 0) + y max(-z, 0)
+                zj = np.float64(z[j])
+                e = math.exp(-abs(zj))
+                a = (1.0 if zj >= 0.0 else e) / (1.0 + e)
+                z[j] = a
+                c += math.log1p(e) + ((1.0 - y[j]) * zj if zj > 0.0 else -y[j] * zj)
+                d[j] = a - y[j]
         else:
             for j in range(k):
                 zj = z[j]
-                a = _activate(act, zj)
+                a = np.float64(zj) if activated else _activate(act, zj)
                 z[j] = a
                 if loss == CROSS_ENTROPY:
                     c += y[j] * _softplus(-zj) + (1.0 - y[j]) * _softplus(zj)
