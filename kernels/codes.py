@@ -65,9 +65,11 @@ DONE, COST_NOT_FINITE, PARAMS_NOT_FINITE = range(3)
 H_SIZE = H_DROPOUT
 
 # The descriptor: a header, then one record per layer.
+# D_GATHER: where the room for gathered rows starts in the work buffer; D_SLOT: the size of each of
+# its two halves (0 without room).
 (D_LAYERS, D_HIDDEN, D_OUTPUT, D_LOSS, D_OPTIMIZER, D_CAPACITY, D_NPARAMS, D_NWEIGHTS,
- D_WORK, D_GATHER) = range(10)
-D_HEADER = 10
+ D_WORK, D_GATHER, D_SLOT) = range(11)
+D_HEADER = 11
 (L_IN, L_OUT, L_W, L_B, L_A, L_D, L_ACT) = range(7)
 L_FIELDS = 7
 
@@ -90,7 +92,7 @@ OP_FORWARD, OP_OUTPUT, OP_BACKWARD, OP_UPDATE, OP_GRADIENT, OP_GATHER = range(6)
 # which may be partial (the workers count tiles only through these two).
 # P_AHEAD, on an OP_GATHER row: 0, or the step whose tiles the next batch's gather tiles join
 # (a serial step, where the other workers would wait); the gather step itself then runs at a call's
-# first batch only, and batch i's rows are gathered into half i % 2 of the room (gathered_slot).
+# first batch only, and batch i's rows are gathered into half i % 2 of the room (D_SLOT).
 (P_OP, P_LAYER, P_STEP, P_SERIAL, P_ROWS, P_SAMPLES, P_COLUMNS, P_BLAS, P_GATHERED, P_TILES,
  P_LAST_TILES, P_AHEAD) = range(12)
 P_FIELDS = 12
@@ -145,19 +147,15 @@ def describe(sizes, hidden, output, loss, optimizer, capacity, gather=True):
         b_off += n_out
         work += 2 * capacity * n_out
     # the gathered rows start at a cache line: a multiple of the float32 values in one (a whole
-    # number of lines for float64 too), in both halves of the room (gathered_slot)
+    # number of lines for float64 too), in both halves of the room
     line = ALIGNMENT // 4
     gather_at = -(-work // line) * line
+    slot = -(-capacity * sizes[0] // line) * line if gather else 0
     if gather:
-        work = gather_at + 2 * (-(-capacity * sizes[0] // line) * line)
+        work = gather_at + 2 * slot
     desc[:D_HEADER] = (n_layers, hidden, output, loss, optimizer, capacity, n_weights + sum(sizes[1:]),
-                       n_weights, work, gather_at)
+                       n_weights, work, gather_at, slot)
     return desc, work
-
-
-def gathered_slot(desc):
-    """The size of each half of the work buffer's room for gathered rows (0 without room)."""
-    return (int(desc[D_WORK]) - int(desc[D_GATHER])) // 2
 
 
 def check_buffers(desc, params, X, Y=None, out=None, costs=None, work=None, hyper=None, order=None,

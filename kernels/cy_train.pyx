@@ -17,7 +17,7 @@ from libc.stdint cimport int64_t
 from fastbp.kernels cimport cy_kernels as K
 from fastbp.kernels.cy_kernels cimport (C_L2, C_SCALE, C_SIZE, COST_NOT_FINITE, D_CAPACITY,
                                         D_GATHER, D_HEADER, D_LAYERS, D_LOSS, D_NWEIGHTS,
-                                        D_OPTIMIZER, D_OUTPUT, D_WORK, DONE,
+                                        D_OPTIMIZER, D_OUTPUT, D_SLOT, DONE,
                                         FORWARD, GRADIENTS, H_DROPOUT, H_KEY, H_SEED, H_STEP,
                                         IDENTITY, L_A, L_ACT, L_B, L_D,
                                         L_FIELDS, L_IN, L_OUT, L_W, OP_BACKWARD, OP_FORWARD,
@@ -303,12 +303,12 @@ cdef void _worker(int kind, const int64_t* program, Py_ssize_t n_program, const 
     P_TILES column, or P_LAST_TILES for the partial last batch. With an ahead gather (program row 0's
     P_AHEAD), the step P_AHEAD also has the next batch's gather tiles, after its own, and the gather
     step runs at the call's first batch only; batch i's rows are gathered into half i % 2 of the
-    work buffer's room (codes.gathered_slot). Twin: nb_train._worker.
+    work buffer's room (each half D_SLOT long). Twin: nb_train._worker.
     """
     cdef Py_ssize_t i, j, p, q, r, u, v, lo, hi, start, m, n_tiles, parts, t, first_tile, last_tile
     cdef Py_ssize_t tiles, next_m, extra  # tiles: the program's column of tile counts for this batch
     cdef Py_ssize_t base = 0, k = 0, host = program[P_AHEAD]
-    cdef Py_ssize_t slot = (desc[D_WORK] - desc[D_GATHER]) // 2 if host > 0 else 0
+    cdef Py_ssize_t slot = desc[D_SLOT] if host > 0 else 0
     cdef bint serial
     cdef const int64_t* rows
     cdef floating* gathered

@@ -35,7 +35,7 @@ from numba.np.arrayobj import make_array, populate_array
 
 from . import codes, planner
 from .codes import (C_L2, C_SCALE, C_SIZE, COST_NOT_FINITE, D_CAPACITY, D_GATHER, D_HEADER,
-                    D_LAYERS, D_LOSS, D_NWEIGHTS, D_OPTIMIZER, D_OUTPUT, D_WORK, DONE, FORWARD,
+                    D_LAYERS, D_LOSS, D_NWEIGHTS, D_OPTIMIZER, D_OUTPUT, D_SLOT, DONE, FORWARD,
                     GRADIENTS, H_DROPOUT, H_KEY, H_SEED, H_STEP, IDENTITY, L_A, L_ACT, L_B, L_D,
                     L_FIELDS, L_IN, L_OUT, L_W, OP_BACKWARD, OP_FORWARD, OP_GATHER, OP_GRADIENT,
                     OP_OUTPUT, P_AHEAD, P_BLAS, P_COLUMNS, P_GATHERED, P_LAST_TILES, P_LAYER, P_OP,
@@ -394,14 +394,14 @@ def _worker(worker, n_workers, kind, program, desc, params, grads, state, X, Y, 
     P_TILES column, or P_LAST_TILES for the partial last batch. With an ahead gather (program row 0's
     P_AHEAD), the step P_AHEAD also has the next batch's gather tiles, after its own, and the gather
     step runs at the call's first batch only; batch i's rows are gathered into half i % 2 of the
-    work buffer's room (codes.gathered_slot). Twin: cy_train._worker.
+    work buffer's room (each half D_SLOT long). Twin: cy_train._worker.
     """
     n = order.shape[0]
     n_program = program.shape[0]
     base = 0
     k = 0
     host = program[0, P_AHEAD]
-    slot = (desc[D_WORK] - desc[D_GATHER]) // 2 if host > 0 else 0
+    slot = desc[D_SLOT] if host > 0 else 0
     for i in range(first, last):
         start = i * batch_size
         m = min(start + batch_size, n) - start

@@ -12,7 +12,7 @@ import contextlib
 
 import numpy as np
 
-from .codes import (D_GATHER, D_LAYERS, D_WORK, FORWARD, OP_BACKWARD, OP_FORWARD, OP_GATHER, OP_GRADIENT, OP_OUTPUT,
+from .codes import (D_LAYERS, D_SLOT, FORWARD, OP_BACKWARD, OP_FORWARD, OP_GATHER, OP_GRADIENT, OP_OUTPUT,
                     OP_UPDATE, P_AHEAD, P_BLAS, P_COLUMNS, P_FIELDS, P_GATHERED, P_LAST_TILES,
                     P_LAYER, P_OP, P_ROWS, P_SAMPLES, P_SERIAL, P_STEP, P_TILES, TRAIN, layer)
 
@@ -78,7 +78,7 @@ def program(kind, desc, batch_size, n_samples=None, sparse=False, misaligned=Fal
     the workers that would otherwise wait for it.
     """
     n_layers = int(desc[D_LAYERS])
-    gather_room = not sparse and desc[D_WORK] > desc[D_GATHER]
+    gather_room = not sparse and desc[D_SLOT] > 0
     m = batch_size
     last = m if not n_samples else (n_samples - 1) % m + 1
     sample_tile = max(BLAS_MIN_BATCH // 2, -(-m // BLAS_TILES))

@@ -307,7 +307,7 @@ def test_the_next_batchs_rows_are_gathered_in_the_serial_step():
     the workers but one would wait, in tiles of GATHER_SAMPLES; the gather is a step of its own,
     run at a call's first batch, even for a batch of one sample."""
     desc, _ = codes.describe([416, 30, 10], codes.SIGMOID, codes.SIGMOID, codes.MSE, codes.SGD, 10)
-    assert codes.gathered_slot(desc) >= 10 * 416  # two batches of gathered rows
+    assert desc[codes.D_SLOT] >= 10 * 416 and desc[codes.D_WORK] >= desc[codes.D_GATHER] + 2 * desc[codes.D_SLOT]
     for batch in (10, 1):
         program = planner.program(codes.TRAIN, desc, batch, 53, misaligned=True)
         gather, host = program[0], program[program[:, codes.P_SERIAL] != 0][0]
