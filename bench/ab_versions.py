@@ -6,9 +6,9 @@ spell of a shared machine hits both alike; prints each run and the medians.
         --threads 2 --runs 8
 
 Each process: a warm-up epoch (compilation or cache load), then the best of --epochs epochs of
-``Network.fit`` on the workload's random data (bench/workloads.py), float32. OPENBLAS_CORETYPE and
-OPENBLAS_L2_SIZE are removed and the thread variables set (benchenv), as compare.py does. Standard
-library only in this process.
+``Network.fit`` on the workload's random data (bench/workloads.py), in --dtype (float32 by default).
+OPENBLAS_CORETYPE and OPENBLAS_L2_SIZE are removed and the thread variables set (benchenv), as
+compare.py does. Standard library only in this process.
 """
 import argparse
 import os
@@ -26,8 +26,8 @@ import sys, time
 sys.path.insert(0, {here!r})
 import workloads
 w = workloads.get({workload!r})
-X, y = workloads.data(w, {n}, "float32")
-epoch = workloads.fastbp_epoch(w, X, y, {backend!r}, "float32", {threads})
+X, y = workloads.data(w, {n}, {dtype!r})
+epoch = workloads.fastbp_epoch(w, X, y, {backend!r}, {dtype!r}, {threads})
 epoch()
 times = []
 for _ in range({epochs}):
@@ -44,12 +44,13 @@ def main():
     p.add_argument("--workload", default="nielsen")
     p.add_argument("--backend", default="cython")
     p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--dtype", default="float32", choices=("float32", "float64"))
     p.add_argument("--n", type=int, default=4000, help="samples per epoch")
     p.add_argument("--epochs", type=int, default=5, help="timed epochs per process (the best counts)")
     p.add_argument("--runs", type=int, default=5, help="processes per version")
     a = p.parse_args()
     code = CHILD.format(here=HERE, workload=a.workload, n=a.n, backend=a.backend,
-                        threads=a.threads, epochs=a.epochs)
+                        threads=a.threads, epochs=a.epochs, dtype=a.dtype)
     env = benchenv.clean_env(a.threads)
     rates = {"old": [], "new": []}
     for run in range(a.runs):
@@ -60,7 +61,7 @@ def main():
         print(f"run {run + 1}: old {rates['old'][-1] / 1e3:.1f}k  new {rates['new'][-1] / 1e3:.1f}k",
               flush=True)
     old, new = (statistics.median(rates[name]) for name in ("old", "new"))
-    print(f"{a.workload} {a.backend} {a.threads}t, median of {a.runs}: old {old / 1e3:.1f}k, "
+    print(f"{a.workload} {a.backend} {a.dtype} {a.threads}t, median of {a.runs}: old {old / 1e3:.1f}k, "
           f"new {new / 1e3:.1f}k samples/s, new/old {new / old:.2f}")
 
 
