@@ -50,6 +50,11 @@ cdef extern from *:
     static void fbp_pause(void) { }
     #endif
     #endif
+    #if defined(__GNUC__) || defined(__clang__)
+    static void fbp_prefetch(const void *p) { __builtin_prefetch(p); }
+    #else
+    static void fbp_prefetch(const void *p) { (void)p; }
+    #endif
     #if defined(_WIN32)
     #include <windows.h>
     static void fbp_yield(void) { SwitchToThread(); }
@@ -77,6 +82,7 @@ cdef extern from *:
     void _pause "fbp_pause"() noexcept nogil
     void _yield "fbp_yield"() noexcept nogil
     double _ordered_sum "fbp_ordered_sum"(const double* x, int64_t n) noexcept nogil
+    void _prefetch "fbp_prefetch"(const void* p) noexcept nogil
     const int FBP_OPENMP
 
 OPENMP = bool(FBP_OPENMP)  # whether this build runs its workers on OpenMP threads
@@ -309,6 +315,8 @@ cdef void _worker(int kind, const int64_t* program, Py_ssize_t n_program, const 
     cdef Py_ssize_t tiles, next_m, extra  # tiles: the program's column of tile counts for this batch
     cdef Py_ssize_t base = 0, k = 0, host = program[P_AHEAD]
     cdef Py_ssize_t slot = desc[D_SLOT] if host > 0 else 0
+    cdef Py_ssize_t n_targets = desc[D_HEADER + L_FIELDS * (desc[D_LAYERS] - 1) + L_OUT]
+    cdef bint targets = kind != FORWARD or n_costs != 0  # the output phase reads Y[rows]
     cdef bint serial
     cdef const int64_t* rows
     cdef floating* gathered
@@ -319,6 +327,13 @@ cdef void _worker(int kind, const int64_t* program, Py_ssize_t n_program, const 
         tiles = P_TILES if m == batch_size else P_LAST_TILES
         gathered = work + desc[D_GATHER] + (i % 2) * slot
         next_m = min(start + 2 * batch_size, n) - start - batch_size
+        if targets:
+            # the output phase's scattered reads, a cache miss each in the serial step: started now
+            for j in range(m):
+                _prefetch(Y + rows[j] * n_targets)
+                _prefetch(Y + rows[j] * n_targets + n_targets - 1)  # a row may cross a cache line
+                if weights != NULL:
+                    _prefetch(weights + rows[j])
         p = 0
         while p < n_program:
             q = p + 1

@@ -94,6 +94,21 @@ def _pause(typingctx):
 
 
 @intrinsic
+def _prefetch(typingctx, array, i):
+    """Start loading array[i] into the caches (llvm.prefetch: a read, kept in every level); the
+    program does not wait for it, and an address outside the array does no harm."""
+    def codegen(context, builder, sig, args):
+        i8p = ir.IntType(8).as_pointer()
+        i32 = ir.IntType(32)
+        fnty = ir.FunctionType(ir.VoidType(), [i8p, i32, i32, i32])
+        fn = builder.module.declare_intrinsic("llvm.prefetch", [i8p], fnty)
+        address = builder.bitcast(_item_pointer(context, builder, sig, args), i8p)
+        builder.call(fn, [address, ir.Constant(i32, 0), ir.Constant(i32, 3), ir.Constant(i32, 1)])
+        return context.get_dummy_value()
+    return types.void(array, i), codegen
+
+
+@intrinsic
 def _yield(typingctx):
     """Give the CPU to another thread (POSIX sched_yield; Windows SwitchToThread)."""
     def codegen(context, builder, sig, args):
@@ -402,6 +417,8 @@ def _worker(worker, n_workers, kind, program, desc, params, grads, state, X, Y, 
     k = 0
     host = program[0, P_AHEAD]
     slot = desc[D_SLOT] if host > 0 else 0
+    n_targets = desc[D_HEADER + L_FIELDS * (desc[D_LAYERS] - 1) + L_OUT]
+    targets = kind != FORWARD or costs.shape[0] != 0  # the output phase reads Y[rows]
     for i in range(first, last):
         start = i * batch_size
         m = min(start + batch_size, n) - start
@@ -409,6 +426,14 @@ def _worker(worker, n_workers, kind, program, desc, params, grads, state, X, Y, 
         tiles = P_TILES if m == batch_size else P_LAST_TILES
         gathered = desc[D_GATHER] + (i % 2) * slot
         next_m = min(start + 2 * batch_size, n) - start - batch_size
+        if targets:
+            # the output phase's scattered reads, a cache miss each in the serial step: started now
+            for j in range(m):
+                y = Y[rows[j]]
+                _prefetch(y, 0)
+                _prefetch(y, n_targets - 1)  # a row may cross a cache line
+                if weights.shape[0] != 0:
+                    _prefetch(weights, rows[j])
         p = 0
         while p < n_program:
             q = p + 1
