@@ -19,7 +19,8 @@ Buffers the descriptor points into (all C-contiguous, one dtype, float32 or floa
             RMSprop: slot 1 holds the square average).
 ``work``    per layer ``l``: the activations ``A_l``, the error terms ``D_l``, each
             ``(capacity, n_l)`` (a batch of ``m <= capacity`` samples uses the first ``m`` rows);
-            then, at ``D_GATHER``, room for the batch's rows of X gathered ``(capacity, n_0)``.
+            then, at ``D_GATHER``, room for two batches' rows of X gathered, each half ``D_SLOT``
+            long (``capacity * n_0`` rounded up to cache lines).
 ``norms``   float64, ``(n_layers,)`` or empty (off): what ``train_batches`` adds up, when asked, of
             each minibatch's ``||G_l||_F`` (the Frobenius norm of layer l's mean weight gradient,
             without L2). The compiled drivers fold it from one squared norm per row of ``W_l`` (a

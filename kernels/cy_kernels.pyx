@@ -556,11 +556,14 @@ cdef void _coefficients(int opt, double* hyper, Py_ssize_t m, floating* c) noexc
 
 
 cdef void _activation_forward(int act, floating* Z, Py_ssize_t m, Py_ssize_t n) noexcept nogil:
-    """IN/OUT Z (m, n): pre-activations become activations. Twin: nb_kernels.activation_forward."""
+    """IN/OUT Z (m, n): pre-activations become activations; a float32 sigmoid is the forward tiles'
+    (as _output_error's, so predict and fit agree). Twin: nb_kernels.activation_forward."""
     cdef Py_ssize_t s
     if act == SOFTMAX:
         for s in range(m):
             _softmax_row(Z + s * n, n)
+    elif floating is float and act == SIGMOID:
+        _sigmoid_block(Z, n, m, 0, n)
     else:
         _bias_activate(Z, n, NULL, act, 0, m, 0, n)
 
@@ -603,11 +606,14 @@ cdef void _output_error(int act, int loss, floating* Z, const floating* Y, const
                     d[j] = <floating>(z[j] * (z[j] - y[j] - dot))
         elif act == SIGMOID and loss == CROSS_ENTROPY:
             for j in range(k):
-                # one exp for the sigmoid and both softplus terms of the cost:
+                # one exp for both softplus terms of the cost:
                 # y sp(-z) + (1 - y) sp(z) = log1p(e^-|z|) + (1 - y) max(z, 0) + y max(-z, 0)
                 zj = z[j]
                 e = exp(-fabs(zj))
-                a = (1.0 if zj >= 0.0 else e) / (1.0 + e)
+                if floating is float:  # the sigmoid of activation_forward, so predict and fit agree
+                    a = _sigmoid32(z[j])
+                else:
+                    a = _activate(SIGMOID, zj)
                 z[j] = <floating>a
                 c += log1p(e) + ((1.0 - y[j]) * zj if zj > 0.0 else -y[j] * zj)
                 d[j] = <floating>(a - y[j])

@@ -52,6 +52,8 @@ cdef extern from *:
     #endif
     #if defined(__GNUC__) || defined(__clang__)
     static void fbp_prefetch(const void *p) { __builtin_prefetch(p); }
+    #elif defined(_MSC_VER) && (defined(_M_X64) || defined(_M_IX86))
+    static void fbp_prefetch(const void *p) { _mm_prefetch((const char *)p, _MM_HINT_T0); }
     #else
     static void fbp_prefetch(const void *p) { (void)p; }
     #endif
@@ -331,7 +333,7 @@ cdef void _worker(int kind, const int64_t* program, Py_ssize_t n_program, const 
             # the output phase's scattered reads, a cache miss each in the serial step: started now
             for j in range(m):
                 _prefetch(Y + rows[j] * n_targets)
-                _prefetch(Y + rows[j] * n_targets + n_targets - 1)  # a row may cross a cache line
+                _prefetch(Y + rows[j] * n_targets + n_targets - 1)  # its lines, if it spans two
                 if weights != NULL:
                     _prefetch(weights + rows[j])
         p = 0

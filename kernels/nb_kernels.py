@@ -636,15 +636,18 @@ def dense_forward(W, b, A, rows, act, Z):
             _softmax_row(Z[s])
 
 
-@jit
+@jit_ieee
 def activation_forward(act, Z):
-    """IN/OUT Z (m, n): pre-activations become activations f(Z), in place (softmax per row).
+    """IN/OUT Z (m, n): pre-activations become activations f(Z), in place (softmax per row); a
+    float32 sigmoid is the forward tiles' (as output_error's, so predict and fit agree).
 
     Twin: cy_kernels.activation_forward.
     """
     if act == SOFTMAX:
         for s in range(Z.shape[0]):
             _softmax_row(Z[s])
+    elif act == SIGMOID and Z.itemsize == 4:
+        _sigmoid_block(Z, Z.shape[0], 0, Z.shape[1])
     else:
         _bias_activate(Z, np.zeros(Z.shape[1], Z.dtype), act, np.int64(0), Z.shape[0], np.int64(0),
                        Z.shape[1])
@@ -670,7 +673,7 @@ def activation_backward(act, A, D):
                 d[j] *= _derivative(act, a[j])
 
 
-@jit
+@jit_ieee
 def output_error(act, loss, Z, Y, rows, D, cost):
     """The output layer's error term and cost.
 
@@ -711,18 +714,21 @@ def output_error(act, loss, Z, Y, rows, D, cost):
                     d[j] = z[j] * (z[j] - y[j] - dot)
         elif act == SIGMOID and loss == CROSS_ENTROPY:
             for j in range(k):
-                # one exp for the sigmoid and both softplus terms of the cost:
+                # one exp for both softplus terms of the cost:
                 # y sp(-z) + (1 - y) sp(z) = log1p(e^-|z|) + (1 - y) max(z, 0) + y max(-z, 0)
                 zj = np.float64(z[j])
                 e = math.exp(-abs(zj))
-                a = (1.0 if zj >= 0.0 else e) / (1.0 + e)
+                if Z.itemsize == 4:  # the sigmoid of activation_forward, so predict and fit agree
+                    a = np.float64(_sigmoid32(z[j]))
+                else:
+                    a = _activate(SIGMOID, zj)
                 z[j] = a
                 c += math.log1p(e) + ((1.0 - y[j]) * zj if zj > 0.0 else -y[j] * zj)
                 d[j] = a - y[j]
         else:
             for j in range(k):
-                zj = z[j]
-                a = np.float64(zj) if activated else _activate(act, zj)
+                zj = np.float64(z[j])
+                a = zj if activated else _activate(act, zj)
                 z[j] = a
                 if loss == CROSS_ENTROPY:
                     c += y[j] * _softplus(-zj) + (1.0 - y[j]) * _softplus(zj)

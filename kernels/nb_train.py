@@ -431,7 +431,7 @@ def _worker(worker, n_workers, kind, program, desc, params, grads, state, X, Y, 
             for j in range(m):
                 y = Y[rows[j]]
                 _prefetch(y, 0)
-                _prefetch(y, n_targets - 1)  # a row may cross a cache line
+                _prefetch(y, n_targets - 1)  # its lines, if it spans two
                 if weights.shape[0] != 0:
                     _prefetch(weights, rows[j])
         p = 0

@@ -138,6 +138,18 @@ def test_output_error(compiled, dtype, act, loss):
     close(C, cost, dtype, factor=10)
 
 
+@pytest.mark.parametrize("loss", ["mse", "cross_entropy"])
+def test_output_error_activates_as_activation_forward(compiled, dtype, loss):
+    """Training's output activations (output_error) are, bit for bit, predict's (activation_forward)."""
+    rng = np.random.default_rng(4)
+    Z = (8 * rng.standard_normal((7, 10))).astype(dtype)
+    Y = rng.random((7, 10)).astype(dtype)
+    A, D, C = Z.copy(), np.empty_like(Z), np.empty(7)
+    kernels(compiled).activation_forward(codes.SIGMOID, A)
+    kernels(compiled).output_error(codes.SIGMOID, codes.LOSSES[loss], Z, Y, np.arange(7), D, C)
+    assert np.array_equal(Z, A)
+
+
 def test_output_error_saturated_units_give_finite_costs(compiled, dtype):
     """ln a is taken from z, so a sigmoid at z = +-100 costs a finite 100, not inf."""
     Z = np.array([[100.0, -100.0]], dtype)
@@ -307,7 +319,8 @@ def test_the_next_batchs_rows_are_gathered_in_the_serial_step():
     the workers but one would wait, in tiles of GATHER_SAMPLES; the gather is a step of its own,
     run at a call's first batch, even for a batch of one sample."""
     desc, _ = codes.describe([416, 30, 10], codes.SIGMOID, codes.SIGMOID, codes.MSE, codes.SGD, 10)
-    assert desc[codes.D_SLOT] >= 10 * 416 and desc[codes.D_WORK] >= desc[codes.D_GATHER] + 2 * desc[codes.D_SLOT]
+    slot = desc[codes.D_SLOT]  # two batches of gathered rows
+    assert slot >= 10 * 416 and desc[codes.D_WORK] >= desc[codes.D_GATHER] + 2 * slot
     for batch in (10, 1):
         program = planner.program(codes.TRAIN, desc, batch, 53, misaligned=True)
         gather, host = program[0], program[program[:, codes.P_SERIAL] != 0][0]
