@@ -82,7 +82,8 @@ def test_epoch(benchmark, datasets, workload, contender, dtype):
                                 dtype=dtype, threads=THREADS, samples=X.shape[0],
                                 flop_per_sample=w.flop_per_sample)
     benchmark.pedantic(epoch, rounds=ROUNDS, warmup_rounds=1, iterations=1)
-    benchmark.extra_info["samples_per_s_best"] = X.shape[0] / benchmark.stats.stats.min
+    if benchmark.stats is not None:  # None under --benchmark-disable: each case runs once, untimed
+        benchmark.extra_info["samples_per_s_best"] = X.shape[0] / benchmark.stats.stats.min
 
 
 # --------------------------------------------------------------------------- semantics (no timing)
