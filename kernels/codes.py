@@ -151,8 +151,9 @@ def describe(sizes, hidden, output, loss, optimizer, capacity, gather=True):
     # number of lines for float64 too), in both halves of the room
     line = ALIGNMENT // 4
     gather_at = -(-work // line) * line
-    slot = -(-capacity * sizes[0] // line) * line if gather else 0
+    slot = 0
     if gather:
+        slot = -(-capacity * sizes[0] // line) * line
         work = gather_at + 2 * slot
     desc[:D_HEADER] = (n_layers, hidden, output, loss, optimizer, capacity, n_weights + sum(sizes[1:]),
                        n_weights, work, gather_at, slot)
