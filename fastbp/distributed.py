@@ -212,7 +212,7 @@ def fit(net, X, y, comm=None, **arguments):
 def prepare(net, X, y, validation_data, sample_weight, arguments, comm=None):
     """The training loop's start over MPI: every rank's data and settings checked (a failure on one
     rank is raised on all), the ranks' settings compared. Returns (X, Y, weights or None, validation
-    triple or None, Settings, a function making the MPIStepper)."""
+    triple or None, Settings, a function making the MPIStepper, True: X's values were checked)."""
     c = comm if isinstance(comm, Comm) else Comm(comm)
 
     def check():
@@ -252,7 +252,7 @@ def prepare(net, X, y, validation_data, sample_weight, arguments, comm=None):
         settings.seed_drawn, settings.seed = True, c.bcast_obj(
             int(net.rng.integers(0, 2 ** 62)) if c.rank == 0 else None)
     threads = default_threads(c.comm, net.n_threads)
-    return X, Y, W, val, settings, lambda *args: MPIStepper(c, shard_sizes, threads, *args)
+    return X, Y, W, val, settings, lambda *args: MPIStepper(c, shard_sizes, threads, *args), True
 
 
 class MPIStepper(training.Stepper):

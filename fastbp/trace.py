@@ -186,7 +186,7 @@ def _sample(net, x, y):
     one = x.ndim == 1
     if one:
         if x.dtype.kind == "f":
-            validation._finite("x", x)  # named by its own index, not the batch's
+            validation.finite("x", x)  # named by its own index, not the batch's
         y = np.asarray(y)
         if y.ndim == 0 and n_out == 1:  # one output unit: the target value
             y = y.reshape(1, 1)

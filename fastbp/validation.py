@@ -41,22 +41,26 @@ def _all_finite(array):
     return bool(np.isfinite(total)) or bool(np.isfinite(array).all())
 
 
-def _finite(name, array):
+def finite(name, array):
+    """Raise ValueError naming the first NaN or infinity of a float array, if it holds one."""
     if array.dtype.kind == "f" and not _all_finite(array):
         bad = np.argwhere(~np.isfinite(array))[0]
         where = ", ".join(str(i) for i in bad)
         raise ValueError(f"{name} must be finite; {name}[{where}] is {array[tuple(bad)]}")
 
 
-def features(X, n_features, dt, name="X"):
+def features(X, n_features, dt, name="X", check_finite=True):
     """X as a C-contiguous (n, n_features) array of dtype dt (copied only when it must be); a
-    scipy.sparse X (any format) as a ``codes.CSR`` (see :func:`sparse_features`)."""
+    scipy.sparse X (any format) as a ``codes.CSR`` (see :func:`sparse_features`). A dense X's values
+    are checked to be finite unless check_finite is False (then the caller checks them: fit does,
+    by training, see ``training.start``)."""
     if is_sparse(X):
         return sparse_features(X, n_features, dt, name)
     X = _real_array(name, X)
     _shape(X, n_features, name)
     X = _kernel_array(X, dt)
-    _finite(name, X)
+    if check_finite:
+        finite(name, X)
     return X
 
 
@@ -123,7 +127,7 @@ def sample_weight(w, n_samples, name="sample_weight", positive_sum=True):
         raise ValueError(f"{name} must have one weight per sample ({n_samples},), got shape "
                          f"{w.shape}")
     w = np.array(w, dtype=np.float64, order="C")
-    _finite(name, w)
+    finite(name, w)
     if w.size and w.min() < 0:
         raise ValueError(f"{name} must be >= 0; {name}[{int(np.argmin(w))}] is {w.min()}")
     if positive_sum and not w.sum() > 0:
@@ -156,7 +160,7 @@ def targets(y, n_samples, n_outputs, dt, name="y"):
     if y.shape[1] != n_outputs:
         raise ValueError(f"{name} has {y.shape[1]} columns; the network has {n_outputs} outputs")
     Y = _kernel_array(y, dt)
-    _finite(name, Y)
+    finite(name, Y)
     return Y
 
 

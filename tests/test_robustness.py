@@ -83,6 +83,75 @@ def test_bad_input_to_the_other_entry_points(method):
         call(*args)
 
 
+SHAPES = [("sigmoid", "mse", "sigmoid"), ("relu", "cross_entropy", "softmax"),
+          ("tanh", "cross_entropy", "sigmoid"), ("sigmoid", "mse", "identity")]
+OPTIMIZERS = [dict(), dict(momentum=0.9), dict(momentum=0.9, nesterov=True), dict(optimizer="adam"),
+              dict(optimizer="rmsprop")]
+
+
+def _everything(net):
+    return (net.parameters.copy(), net._state.copy(), net._hyper.copy(), net._optimizer,
+            net.rng.bit_generator.state, net.history)
+
+
+def _same(a, b):
+    return all(np.array_equal(x, y) if isinstance(x, np.ndarray) else x == y for x, y in zip(a, b))
+
+
+@pytest.mark.parametrize("value", [np.nan, np.inf, -np.inf])
+@pytest.mark.parametrize("shape", SHAPES, ids=["-".join(s) for s in SHAPES])
+def test_fit_finds_a_non_finite_x_by_training_and_changes_nothing(backend, dtype, shape, value):
+    """fit checks a dense X's values during the first epoch (training.start): whatever the layers,
+    optimizer, dropout or the value's place (the first row, the last row of a partial minibatch, a
+    saturated sigmoid's input), the first NaN or infinity of X is reported, and the network is left
+    as fit found it, trained before or not."""
+    hidden, loss, output = shape
+    rng = np.random.default_rng(len(hidden) + len(output))
+    X, y = rng.random((53, 6)), rng.integers(0, 3, 53)
+    for k, options in enumerate(OPTIMIZERS):
+        for dropout in (0.0, 0.5):
+            net = fastbp.Network([6, 5, 3], activation=hidden, loss=loss, output_activation=output,
+                                 backend=backend, dtype=dtype, seed=k)
+            if k % 2:  # a network trained before, with another optimizer
+                net.fit(X, y, epochs=1, batch_size=8, lr=0.05)
+            for at in [(0, 0), (52, 5), tuple(rng.integers(0, (53, 6)))]:
+                bad = X.copy()
+                bad[at] = value
+                bad[at[0], (at[1] + 1) % 6] = 1e6 if value == np.inf else 0.0  # saturates sigmoid
+                before = _everything(net)
+                with pytest.raises(ValueError, match=rf"X must be finite; X\[{at[0]}, {at[1]}\] is"):
+                    net.fit(bad, y, epochs=2, batch_size=4, lr=0.1, dropout=dropout, **options)
+                assert _same(_everything(net), before), (options, dropout, at)
+
+
+def test_fit_checks_x_up_front_when_it_trains_no_epoch_or_weighs_samples(compiled):
+    """With epochs=0, fit trains nothing that could find a NaN; with sample weights, a minibatch of
+    zero weights takes no step (its NaN would reach nothing): fit checks X first then."""
+    X, y = problem(SIZES, 12, seed=0)
+    X[5, 1] = np.nan
+    net = fresh(compiled)
+    before = _everything(net)
+    with pytest.raises(ValueError, match=r"X\[5, 1\] is nan"):
+        net.fit(X, y, epochs=0)
+    weights = np.ones(12)
+    weights[4:8] = 0  # the NaN's minibatch (in order) weighs nothing
+    with pytest.raises(ValueError, match=r"X\[5, 1\] is nan"):
+        net.fit(X, y, epochs=1, batch_size=4, shuffle=False, sample_weight=weights)
+    assert _same(_everything(net), before)
+
+
+def test_a_finite_x_that_diverges_is_still_divergence(compiled):
+    """Finite values so large that the first layer's outputs overflow: TrainingDiverged, not a
+    complaint about X."""
+    X, y = problem(SIZES, 12, seed=0)
+    X[3] = np.finfo(np.float32).max
+    net = fresh(compiled, dtype="float32", activation="relu", loss="cross_entropy",
+                output_activation="softmax")
+    with pytest.raises(TrainingDiverged, match="became NaN or infinite at epoch 1"):
+        net.fit(X, y, epochs=3, batch_size=4, lr=0.1)
+    assert np.isfinite(net.parameters).all()
+
+
 NON_FINITE = [  # (value, (row, column)) pairs placed in a large X; the first is the one reported
     [(np.nan, (0, 0))],
     [(np.nan, (299, 6))],
