@@ -195,9 +195,10 @@ def check_buffers(desc, params, X, Y=None, out=None, costs=None, work=None, hype
         need("order", order, (n,), np.int64)
         if n and (order.min() < 0 or order.max() >= n):
             raise ValueError(f"order must index the rows of X (0..{n - 1})")
-    if costs is not None and costs.shape[0]:
+    # the output phase reads Y and writes costs: always when training (grads given), in a forward
+    # pass when asked for costs (not empty)
+    if grads is not None or (costs is not None and costs.shape[0]):
         need("costs", costs, (n,), np.float64)
-    if Y is not None and (costs is None or costs.shape[0]):
         need("Y", Y, (n, n_out))
     if out is not None:
         need("out", out, (n, n_out))

@@ -241,11 +241,16 @@ def test_drivers_refuse_buffers_that_do_not_fit(compiled):
                                ("order", np.arange(10) + 1, "order must index the rows of X"),
                                ("state", np.zeros((1, net.parameters.size)), "state has shape"),
                                ("costs", np.zeros(3), "costs has shape"),
+                               ("costs", np.zeros(0), "costs has shape"),  # training writes costs
                                ("Y", np.zeros((10, 3), np.float32), "Y must be a C-contiguous float64|dtype mismatch")]:
         with pytest.raises((ValueError, TypeError), match=message):
             driver.train_batches(**dict(args, **{name: bad}))
     with pytest.raises(ValueError, match="out has shape"):
         driver.forward(desc, net.parameters, X, Y[:0], np.zeros((9, 3)), np.zeros(0), work, 1)
+    with pytest.raises(ValueError, match="costs has shape"):
+        driver.gradients(desc, net.parameters, net._grads, X, Y, work, np.zeros(0), 1)
+    with pytest.raises(ValueError, match="Y has shape"):
+        driver.gradients(desc, net.parameters, net._grads, X, Y[:0], work, np.zeros(10), 1)
 
 
 def test_the_planner_counts_the_tiles_of_a_partial_last_batch():
