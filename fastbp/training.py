@@ -341,14 +341,16 @@ def start(net, X, y, validation_data, sample_weight, arguments):
     the stepper's class, whether X's values were checked); ``fastbp.distributed.prepare`` is its twin
     over MPI ranks.
 
-    A dense X's values are not checked here when every sample weighs the same: the first epoch
-    checks them, at no cost. A NaN or infinity in X always reaches layer 0's weight gradient (NaN
-    times anything, and infinity times 0, are NaN; infinity times anything else is infinite), so the
-    minibatch that holds it makes the parameters or the cost non-finite, which the driver reports;
-    fit then finds the value, puts the network back as it was and raises the ValueError this check
-    would have (:class:`_Unchecked`). The pass over X it saves costs up to a tenth of an epoch of a
-    small network. A batch whose weights sum to 0 takes no step, so with sample weights X is
-    checked here; so is a sparse X (its values are few)."""
+    A dense X's values are not checked here when no sample_weight is given: the first epoch checks
+    them without a pass of its own. A NaN or infinity in X always reaches layer 0's weight gradient
+    (NaN times anything, and infinity times 0, are NaN; infinity times anything else is infinite),
+    so the minibatch that holds it makes the parameters or the cost non-finite, and the driver
+    reports it. fit then finds the value, puts the network back as it was and raises the ValueError
+    this check would have raised (:class:`_Unchecked`). The pass it saves costs up to a tenth of an
+    epoch of a small network. X is checked here when that pass is cheaper than the snapshot that
+    putting the network back needs (X holds fewer values than 3 copies of the parameters); with
+    sample weights (a minibatch whose weights sum to 0 takes no step, and ReLU maps NaN to 0, so its
+    cost can stay finite); and for a sparse X (its values are few)."""
     if arguments["allreduce_every"] != 1:
         raise ValueError("allreduce_every needs comm (distributed training)")
     if arguments["shuffle"] == "global":
@@ -357,7 +359,8 @@ def start(net, X, y, validation_data, sample_weight, arguments):
     if arguments["seed"] is not None:
         raise ValueError("seed (the shuffling's) needs comm; a network's shuffles come from its "
                          "own seed")
-    checked = sample_weight is not None or validation.is_sparse(X)
+    checked = (sample_weight is not None or validation.is_sparse(X)
+               or np.size(X) < 3 * net.parameters.size)
     X, Y, weights, val = data(net, X, y, validation_data, sample_weight, check_x=checked)
     settings = Settings(net, **arguments)
     settings.watch(has_validation=val is not None)
@@ -385,14 +388,15 @@ def fit(net, X, y, validation_data=None, sample_weight=None, verbose=False, call
         stepper = make(net, X, Y, settings, weights)
         history = net.history = History(loss=[])
         stepper.begin(history)
-        loop = _Loop(net, stepper, settings, history)
-        loop.unchecked = unchecked
+        loop = _Loop(net, stepper, settings, history, unchecked)
         try:
-            if checkpoint is not None:
-                checkpoint.start(loop, fingerprint, verbose)
-            _epochs(loop, val, verbose, callback, progress, checkpoint)
-            if loop.unchecked is not None:  # no epoch trained (epochs=0, or resumed when done)
-                loop.unchecked.check()
+            try:
+                if checkpoint is not None:
+                    checkpoint.start(loop, fingerprint, verbose)
+                _epochs(loop, val, verbose, callback, progress, checkpoint)
+            finally:  # no whole epoch trained (epochs=0, resumed when done, Ctrl-C, an error):
+                if loop.unchecked is not None:  # X's error, if it has one, comes first
+                    loop.unchecked.check()
         except _NonFiniteX as bad:
             unchecked.restore()
             raise bad.error from None
@@ -416,7 +420,7 @@ class _Unchecked:
     def __init__(self, net, X):
         self.net, self.X = net, X
         self.saved = (net.parameters.copy(), net._state.copy(), net._hyper.copy(), net._optimizer,
-                      net.rng.bit_generator.state, net.history, net._tuner)
+                      net.rng.bit_generator.state, net.history)
 
     def check(self):
         """Raise _NonFiniteX if X holds a NaN or infinity."""
@@ -427,16 +431,18 @@ class _Unchecked:
 
     def restore(self):
         net = self.net
-        parameters, state, net._hyper, net._optimizer, rng, net.history, net._tuner = self.saved
+        parameters, state, net._hyper, net._optimizer, rng, net.history = self.saved
         net.parameters[:], net._state[:] = parameters, state
         net.rng.bit_generator.state = rng
 
 
 class _Loop:
-    """The state of the epoch loop besides the network's buffers: what a checkpoint holds."""
+    """The state of the epoch loop besides the network's buffers: what a checkpoint holds (but
+    `unchecked`: an X whose values no whole epoch has seen yet, or None)."""
 
-    def __init__(self, net, stepper, settings, history):
+    def __init__(self, net, stepper, settings, history, unchecked=None):
         self.net, self.stepper, self.settings, self.history = net, stepper, settings, history
+        self.unchecked = unchecked
         self.stopper = _EarlyStopping(settings.monitor, settings.patience, settings.min_delta) \
             if settings.early_stopping else None
         self.schedule = settings.schedule
@@ -458,7 +464,7 @@ def _epochs(loop, val, verbose, callback, progress, checkpoint):
             for epoch in range(first, settings.epochs + 1):
                 started = time.perf_counter()
                 stepper.hyper[codes.H_LR] = schedule.lr(epoch - 1, settings.lr)
-                _run_epoch(stepper, epoch, history, bar, interrupt, loop.unchecked)
+                _run_epoch(stepper, epoch, history, bar, interrupt)
                 loop.unchecked = None  # a whole epoch trained: X's values are finite (see start)
                 values = _measure(net, stepper, settings, val)
                 values["seconds"] = time.perf_counter() - started
@@ -485,11 +491,10 @@ def _epochs(loop, val, verbose, callback, progress, checkpoint):
             stopper.finish(net, history)
 
 
-def _run_epoch(stepper, epoch, history, bar, interrupt, unchecked=None):
+def _run_epoch(stepper, epoch, history, bar, interrupt):
     """One epoch, in chunks; a chunk that makes the parameters NaN or infinite is undone and replayed
-    up to its last finite step, unless X (`unchecked`: not yet checked) holds a NaN or infinity. A
-    Ctrl-C stops the epoch after a chunk (``history.interrupted`` says how many of its minibatches
-    were trained) unless the epoch is done: then it is recorded first."""
+    up to its last finite step. A Ctrl-C stops the epoch after a chunk (``history.interrupted`` says
+    how many of its minibatches were trained) unless the epoch is done: then it is recorded first."""
     order = stepper.order(epoch)
     stepper.start_epoch()
     n = stepper.n_units
@@ -500,8 +505,6 @@ def _run_epoch(stepper, epoch, history, bar, interrupt, unchecked=None):
         saved = stepper.parameters.copy(), stepper.state.copy(), stepper.hyper.copy()
         started = time.perf_counter()
         status, batch = stepper.run(order, first, last)
-        if status != codes.DONE and unchecked is not None:
-            unchecked.check()
         if status == codes.PARAMS_NOT_FINITE:  # back to the last finite step
             stepper.parameters[:], stepper.state[:], stepper.hyper[:] = saved
             stepper.run(order, first, batch)

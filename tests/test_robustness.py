@@ -124,19 +124,65 @@ def test_fit_finds_a_non_finite_x_by_training_and_changes_nothing(backend, dtype
                 assert _same(_everything(net), before), (options, dropout, at)
 
 
+@pytest.mark.parametrize("sizes,batch", [([128, 128, 3], 32), ([6, 3], 4)], ids=["blas", "no-hidden"])
+@pytest.mark.parametrize("value", [np.nan, np.inf, -np.inf])
+def test_fit_finds_a_non_finite_x_through_blas_and_without_hidden_layers(backend, sizes, batch, value):
+    """Layer 0's gradient by BLAS (a large layer and batch), or with no hidden layer at all."""
+    rng = np.random.default_rng(3)
+    X, y = rng.random((4 * batch + 3, sizes[0])), rng.integers(0, 3, 4 * batch + 3)
+    X[-1, 7 % sizes[0]] = value
+    net = fastbp.Network(sizes, activation="relu", loss="cross_entropy", output_activation="softmax",
+                         backend=backend, seed=0)
+    before = _everything(net)
+    with pytest.raises(ValueError, match=rf"X\[{X.shape[0] - 1}, {7 % sizes[0]}\] is"):
+        net.fit(X, y, epochs=1, batch_size=batch, momentum=0.9)
+    assert _same(_everything(net), before)
+
+
+def _relu_net(backend):
+    return fresh(backend, activation="relu", loss="cross_entropy", output_activation="softmax")
+
+
 def test_fit_checks_x_up_front_when_it_trains_no_epoch_or_weighs_samples(compiled):
-    """With epochs=0, fit trains nothing that could find a NaN; with sample weights, a minibatch of
-    zero weights takes no step (its NaN would reach nothing): fit checks X first then."""
-    X, y = problem(SIZES, 12, seed=0)
+    """With epochs=0, fit trains nothing that could find a NaN. With sample weights, a minibatch of
+    zero weights takes no step, and ReLU maps the NaN's unit to 0 (a finite cost): fit checks X
+    first then."""
+    X, y = problem(SIZES, 200, seed=0)
     X[5, 1] = np.nan
-    net = fresh(compiled)
+    net = _relu_net(compiled)
     before = _everything(net)
     with pytest.raises(ValueError, match=r"X\[5, 1\] is nan"):
         net.fit(X, y, epochs=0)
-    weights = np.ones(12)
+    weights = np.ones(200)
     weights[4:8] = 0  # the NaN's minibatch (in order) weighs nothing
     with pytest.raises(ValueError, match=r"X\[5, 1\] is nan"):
         net.fit(X, y, epochs=1, batch_size=4, shuffle=False, sample_weight=weights)
+    assert _same(_everything(net), before)
+
+
+def test_a_first_epoch_cut_short_still_reports_a_non_finite_x(tmp_path, monkeypatch):
+    """Ctrl-C before the epoch reaches the NaN, or a checkpoint that fit refuses: the NaN is
+    reported (as it was when X was checked first) and the network is left as it was."""
+    from fastbp import training
+    X, y = problem(SIZES, 200, seed=0)
+    net = _relu_net("numpy")
+    path = tmp_path / "run.ckpt"
+    net.fit(X[:100], y[:100], epochs=1, batch_size=4, checkpoint=path)  # another X's checkpoint
+    X[199, 2] = np.inf
+    before = _everything(net)
+    with pytest.raises(ValueError, match=r"X\[199, 2\] is inf"):
+        net.fit(X, y, epochs=2, batch_size=4, checkpoint=path)
+    assert _same(_everything(net), before)
+    monkeypatch.setattr(training.LocalStepper, "first_chunk", lambda self: 2)
+    monkeypatch.setattr(training.LocalStepper, "next_chunk", lambda self, chunk, elapsed: 2)
+    run = training.LocalStepper.run
+
+    def interrupted(self, order, first, last):
+        signal.raise_signal(signal.SIGINT)  # held until the chunk is done
+        return run(self, order, first, last)
+    monkeypatch.setattr(training.LocalStepper, "run", interrupted)
+    with pytest.raises(ValueError, match=r"X\[199, 2\] is inf"):
+        net.fit(X, y, epochs=2, batch_size=4, shuffle=False)
     assert _same(_everything(net), before)
 
 
