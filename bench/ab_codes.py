@@ -1,16 +1,21 @@
 """Same-run A/B of a tiling constant of kernels/planner.py: epochs with each value, interleaved.
 
     python bench/ab_codes.py BLAS_TILES 2,4 [--workloads mid,wide] [--backends numba,cython]
-                             [--threads 1,2] [--reps 7]
+                             [--threads 1,2] [--dtype float32] [--reps 7]
+    python bench/ab_codes.py "FORWARD_MIN_BATCH[8]" 128,32 --workloads mid --dtype float64
 
 The drivers read the planner's constants (BLAS_TILES, MIN_TILE_WORK, TILE_ROWS, TILE_COLUMNS, SPINS,
-...) when they build a minibatch's program, at every call, so one process can switch between values from
-one epoch to the next: each repetition runs one epoch per value, in turn, and the report gives the
-median (and best) samples/s of each. On a noisy machine this is a fairer comparison than two runs of
-compare.py. The compiled kernels do not change; results stay the same whatever the tiling.
+an entry of FORWARD_MIN_BATCH, ...) when they build a minibatch's program, at every call, so one
+process can switch between values from one epoch to the next: each repetition runs one epoch per
+value, in turn. The report gives the median (and best) samples/s of each value and, for each value
+after the first, the median (and quartiles) over the repetitions of its speed-up against the first
+in the same repetition: on a noisy machine these paired ratios are the stable answer (the medians of
+two compare.py runs, or of alternating processes, move by 15-25%). The compiled kernels do not
+change; results stay the same whatever the tiling.
 """
 import argparse
 import os
+import re
 import statistics
 import sys
 import time
@@ -25,7 +30,8 @@ import workloads  # noqa: E402
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("name", help="a constant of fastbp.kernels.planner, e.g. BLAS_TILES")
+    parser.add_argument("name", help="a constant of fastbp.kernels.planner, e.g. BLAS_TILES, or an "
+                                     "entry of a dict of them, e.g. FORWARD_MIN_BATCH[8]")
     parser.add_argument("values", help="comma-separated integer values, e.g. 2,4")
     parser.add_argument("--workloads", default="mid,wide")
     parser.add_argument("--backends", default="numba,cython")
@@ -34,10 +40,12 @@ def main():
     parser.add_argument("--reps", type=int, default=7)
     args = parser.parse_args()
     from fastbp.kernels import planner
-    if not isinstance(getattr(planner, args.name, None), int):
+    entry = re.fullmatch(r"(\w+)\[(\d+)\]", args.name)
+    owner, key = (getattr(planner, entry[1], None), int(entry[2])) if entry else (vars(planner), args.name)
+    if not isinstance(owner, dict) or not isinstance(owner.get(key), int):
         parser.error(f"planner.{args.name} is not an integer constant")
     values = [int(v) for v in args.values.split(",")]
-    original = getattr(planner, args.name)
+    original = owner[key]
     print(f"planner.{args.name}: {', '.join(map(str, values))} (now {original}); median (best) "
           f"samples/s of {args.reps} epochs each, interleaved")
     for name in args.workloads.split(","):
@@ -48,15 +56,21 @@ def main():
                 epoch = workloads.fastbp_epoch(workload, X, y, backend, args.dtype, threads)
                 epoch()  # compiles, warms the caches
                 rates = {value: [] for value in values}
-                for _ in range(args.reps):
-                    for value in values:
-                        setattr(planner, args.name, value)
-                        started = time.perf_counter()
-                        epoch()
-                        rates[value].append(len(X) / (time.perf_counter() - started))
-                setattr(planner, args.name, original)
+                try:
+                    for _ in range(args.reps):
+                        for value in values:
+                            owner[key] = value
+                            started = time.perf_counter()
+                            epoch()
+                            rates[value].append(len(X) / (time.perf_counter() - started))
+                finally:
+                    owner[key] = original
                 cells = "  ".join(f"{value}: {statistics.median(r) / 1e3:.1f}k ({max(r) / 1e3:.1f}k)"
                                   for value, r in rates.items())
+                first = rates[values[0]]
+                for value in values[1:]:  # paired: each repetition's ratio to the first value
+                    q1, q2, q3 = statistics.quantiles([a / b for a, b in zip(rates[value], first)], n=4)
+                    cells += f"  {value}/{values[0]}: {q2:.3f} ({q1:.3f}-{q3:.3f})"
                 print(f"{name:9s} {backend:7s} {threads}t  {cells}", flush=True)
 
 
