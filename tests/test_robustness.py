@@ -143,12 +143,18 @@ def _relu_net(backend):
     return fresh(backend, activation="relu", loss="cross_entropy", output_activation="softmax")
 
 
-def test_fit_checks_x_up_front_when_it_trains_no_epoch_or_weighs_samples(compiled):
+def test_fit_checks_x_up_front_when_it_trains_no_epoch_or_weighs_samples(compiled, monkeypatch):
     """With epochs=0, fit trains nothing that could find a NaN. With sample weights, a minibatch of
-    zero weights takes no step, and ReLU maps the NaN's unit to 0 (a finite cost): fit checks X
-    first then."""
+    zero weights takes no step, and ReLU maps the NaN's unit to 0 (a finite cost). For a network
+    large against its input, or an X smaller than the parameters' snapshot, the pass over X is the
+    cheaper. In all these fit checks X before any minibatch."""
+    from fastbp import training
     X, y = problem(SIZES, 200, seed=0)
     X[5, 1] = np.nan
+    trained = []
+    run = training.LocalStepper.run
+    monkeypatch.setattr(training.LocalStepper, "run",
+                        lambda self, *args: trained.append(args) or run(self, *args))
     net = _relu_net(compiled)
     before = _everything(net)
     with pytest.raises(ValueError, match=r"X\[5, 1\] is nan"):
@@ -157,7 +163,16 @@ def test_fit_checks_x_up_front_when_it_trains_no_epoch_or_weighs_samples(compile
     weights[4:8] = 0  # the NaN's minibatch (in order) weighs nothing
     with pytest.raises(ValueError, match=r"X\[5, 1\] is nan"):
         net.fit(X, y, epochs=1, batch_size=4, shuffle=False, sample_weight=weights)
-    assert _same(_everything(net), before)
+    with pytest.raises(ValueError, match=r"X\[5, 1\] is nan"):
+        net.fit(X[:10], y[:10], epochs=1, batch_size=4)  # 40 values, 3 x 43 in the snapshot
+    assert _same(_everything(net), before) and not trained
+    wide = fastbp.Network([4, 1100, 3], backend=compiled, seed=0)  # 1,100 weights per input and more
+    with pytest.raises(ValueError, match=r"X\[5, 1\] is nan"):
+        wide.fit(X, y, epochs=1, batch_size=4)
+    assert not trained
+    with pytest.raises(ValueError, match=r"X\[5, 1\] is nan"):
+        net.fit(X, y, epochs=1, batch_size=4)  # checked by training
+    assert trained
 
 
 def test_a_first_epoch_cut_short_still_reports_a_non_finite_x(tmp_path, monkeypatch):
