@@ -24,6 +24,8 @@ How scikit-learn's conventions map onto the Network's:
 - The regressor's cost is ``1/2 ||a - y||^2`` per sample for both; scikit-learn *reports* it divided
   by the number of outputs (its ``squared_error`` averages over outputs), and so does ``loss_curve_``.
 """
+import functools
+import inspect
 import numbers
 import warnings
 
@@ -50,7 +52,7 @@ except ImportError:  # pragma: no cover - older scikit-learn
     def _validate_data(estimator, *args, **kwargs):
         return estimator._validate_data(*args, **kwargs)
 
-from . import backends, lbfgs, validation
+from . import backends, lbfgs, training, validation
 from .network import Network, TrainingDiverged
 
 __all__ = ["MLPClassifier", "MLPRegressor"]
@@ -88,6 +90,9 @@ def _stochastic_solver(estimator):
 # --------------------------------------------------------------------------- the estimators
 
 SPARSE_FORMATS = ("csr", "csc", "coo")  # what scikit-learn's validation passes on (others: CSR)
+# Network.fit's arguments and their defaults: the epochs call training.fit itself, over their rows
+FIT_DEFAULTS = {name: p.default for name, p in inspect.signature(Network.fit).parameters.items()
+                if p.default is not p.empty and name != "comm"}
 
 
 def _network_input(X, dt):
@@ -359,13 +364,10 @@ class _BaseMLP(BaseEstimator):
                 warnings.warn("Got `batch_size` less than 1 or larger than sample size. It is "
                               "going to be clipped", stacklevel=3)
             batch_size = int(np.clip(self.batch_size, 1, n_samples))
-        sample_idx = np.arange(n_samples, dtype=int)
-        sparse = validation.is_sparse(X_train)
-        if self.shuffle:  # each epoch's samples in order, gathered into buffers reused each epoch
-            X_epoch = None if sparse else np.empty_like(X_train)
-            y_epoch = np.empty_like(y_train)
-        else:
-            X_epoch, y_epoch = X_train, y_train
+        sample_idx = np.arange(n_samples, dtype=np.int64)
+        # the network's forms, once: the epochs visit their rows in sample_idx's order (never copied)
+        X_train = validation.features(X_train, net.layer_sizes[0], dt, check_finite=False)
+        Y_train = validation.targets(y_train, n_samples, net.layer_sizes[-1], dt)
         w_epoch = w_train
         n_batches = -(-n_samples // batch_size)
         penalty = 0.5 * self.alpha * n_batches / n_samples  # times sum(W**2): the loss's L2 term
@@ -376,15 +378,11 @@ class _BaseMLP(BaseEstimator):
             for _ in range(self.max_iter):
                 if self.shuffle:
                     sample_idx = _shuffle(sample_idx, random_state=rng)
-                    if sparse:  # the rows' nonzeros, in the epoch's order (a new CSR)
-                        X_epoch = X_train[sample_idx]
-                    else:
-                        np.take(X_train, sample_idx, axis=0, out=X_epoch)
-                    np.take(y_train, sample_idx, axis=0, out=y_epoch)
                     if w_train is not None:
                         w_epoch = w_train[sample_idx]
                 squares = net.squared_weights()
-                cost, per_weight = self._train_epoch(X_epoch, y_epoch, w_epoch, batch_size)
+                cost, per_weight = self._train_epoch(X_train, Y_train, w_train, w_epoch, sample_idx,
+                                                     batch_size)
                 if per_weight is not None:  # sum over batches of (rows / weight sum), over n
                     penalty = 0.5 * self.alpha * per_weight / n_samples
                 squares = 0.5 * (squares + net.squared_weights())
@@ -457,9 +455,10 @@ class _BaseMLP(BaseEstimator):
                         "    https://scikit-learn.org/stable/modules/preprocessing.html")
             warnings.warn(message, ConvergenceWarning, stacklevel=4)
 
-    def _train_epoch(self, X, Y, weights, batch_size):
-        """One epoch over X in order, in minibatches: (the mean over the samples of their batch's
-        mean cost, before updates; with weights, the sum over batches of rows / weight sum, else None).
+    def _train_epoch(self, X, Y, sample_weight, weights, order, batch_size):
+        """One epoch over the rows X[order], in minibatches: (the mean over the samples of their
+        batch's mean cost, before updates; with weights, the sum over batches of rows / weight sum,
+        else None). sample_weight is indexed like X's rows, weights (or None) like order.
 
         The full batches train with ``l2 = alpha / batch_size``; a last, smaller batch of ``m``
         samples is trained by a second call with ``l2 = alpha / m``, as scikit-learn penalizes it.
@@ -467,15 +466,19 @@ class _BaseMLP(BaseEstimator):
         batch: consecutive batches of the same size and weight sum are trained by one call; a batch
         whose weights sum to 0 is skipped (scikit-learn's update would be NaN there) and adds 0.
         """
-        net, n = self.network_, X.shape[0]
-        arguments = dict(epochs=1, lr=self._lr, shuffle=False, **self._optimizer_arguments())
+        net, n = self.network_, order.shape[0]
+        arguments = dict(FIT_DEFAULTS, epochs=1, lr=self._lr, shuffle=False,
+                         **self._optimizer_arguments())
+
+        def fit(start, stop, **these):  # the rows order[start:stop], X's values already checked
+            rows = functools.partial(training.start, rows=order[start:stop])
+            return training.fit(net, X, Y, begin=rows, **dict(arguments, **these))
         n_full = n - n % batch_size
         total = 0.0
         if weights is None:
             for start, stop, size in ((0, n_full, batch_size), (n_full, n, n - n_full)):
                 if stop > start:
-                    history = net.fit(X[start:stop], Y[start:stop], batch_size=size,
-                                      l2=self.alpha / size, **arguments)
+                    history = fit(start, stop, batch_size=size, l2=self.alpha / size)
                     total += history["loss"][0] * (stop - start)
             return total / n, None
         starts = np.arange(0, n, batch_size)
@@ -489,9 +492,8 @@ class _BaseMLP(BaseEstimator):
                 j += 1
             start, stop = starts[i], starts[j - 1] + sizes[j - 1]
             if sums[i] > 0:
-                history = net.fit(X[start:stop], Y[start:stop], batch_size=int(sizes[i]),
-                                  l2=self.alpha / sums[i], sample_weight=weights[start:stop],
-                                  **arguments)
+                history = fit(start, stop, batch_size=int(sizes[i]), l2=self.alpha / sums[i],
+                              sample_weight=sample_weight)
                 total += history["loss"][0] * (stop - start)
                 per_weight += (j - i) * sizes[i] / sums[i]
             i = j

@@ -9,6 +9,7 @@
   stopping, the callback, the progress bar and the per-epoch line, Ctrl-C (answered between chunks)
   and the roll back to the last finite step when training diverges.
 """
+import functools
 import os
 import signal
 import threading
@@ -277,9 +278,10 @@ class LocalStepper(Stepper):
     """One process: the driver's ``train_batches`` over a range of minibatches, on the thread count
     the tuner picks (results never depend on it)."""
 
-    def __init__(self, net, X, Y, settings, weights=None):
+    def __init__(self, net, X, Y, settings, weights=None, rows=None):
         super().__init__(net, X, Y, settings, weights)
-        n = X.shape[0]
+        self.rows = rows  # the rows of X an epoch visits, in this order (None: all, shuffled or not)
+        n = X.shape[0] if rows is None else rows.shape[0]
         self.n_units = -(-n // settings.batch_size)
         self.desc, self.work = self.workspace(min(settings.batch_size, n))
         self.costs = np.zeros(n)
@@ -290,6 +292,8 @@ class LocalStepper(Stepper):
         self.tuner = net._tuner
 
     def order(self, epoch):
+        if self.rows is not None:
+            return self.rows
         n = self.X.shape[0]
         return self.net.rng.permutation(n) if self.settings.shuffle else np.arange(n)
 
@@ -337,10 +341,12 @@ class LocalStepper(Stepper):
 
 # --------------------------------------------------------------------------- the loop
 
-def start(net, X, y, validation_data, sample_weight, arguments):
+def start(net, X, y, validation_data, sample_weight, arguments, rows=None):
     """The loop's start in one process: (X, Y, weights or None, validation triple or None, Settings,
     the stepper's class, whether X's values were checked); ``fastbp.distributed.prepare`` is its twin
-    over MPI ranks.
+    over MPI ranks. With `rows` (int64), each epoch visits X[rows], in that order, and X's values
+    are not checked: the caller has (the estimators, whose scikit-learn validation did, train on
+    their own shuffles of an X they never copy).
 
     A dense X's values are not checked here when no sample_weight is given: the first epoch checks
     them without a pass of its own. A NaN or infinity in X always reaches layer 0's weight gradient
@@ -366,9 +372,12 @@ def start(net, X, y, validation_data, sample_weight, arguments):
     n_params = net.parameters.size
     checked = (sample_weight is not None or validation.is_sparse(X) or np.size(X) < 3 * n_params
                or n_params > SMALL_NETWORK * net.layer_sizes[0])
-    X, Y, weights, val = data(net, X, y, validation_data, sample_weight, check_x=checked)
+    X, Y, weights, val = data(net, X, y, validation_data, sample_weight,
+                              check_x=checked and rows is None)
     settings = Settings(net, **arguments)
     settings.watch(has_validation=val is not None)
+    if rows is not None:
+        return X, Y, weights, val, settings, functools.partial(LocalStepper, rows=rows), True
     return X, Y, weights, val, settings, LocalStepper, checked
 
 

@@ -191,14 +191,16 @@ def check_buffers(desc, params, X, Y=None, out=None, costs=None, work=None, hype
         need("work", work, (int(desc[D_WORK]),))
     if hyper is not None:
         need("hyper", hyper, (H_SIZE + n_layers,), np.float64)
+    visits = n  # rows visited: all of X, or those of order (any of them, in its order)
     if order is not None:
-        need("order", order, (n,), np.int64)
-        if n and (order.min() < 0 or order.max() >= n):
+        visits = order.shape[0] if getattr(order, "ndim", 0) == 1 else -1
+        need("order", order, (visits,), np.int64)
+        if visits and (order.min() < 0 or order.max() >= n):
             raise ValueError(f"order must index the rows of X (0..{n - 1})")
-    # the output phase reads Y and writes costs: always when training (grads given), in a forward
-    # pass when asked for costs (not empty)
+    # the output phase reads Y and writes costs (indexed like order): always when training (grads
+    # given), in a forward pass when asked for costs (not empty)
     if grads is not None or (costs is not None and costs.shape[0]):
-        need("costs", costs, (n,), np.float64)
+        need("costs", costs, (visits,), np.float64)
         need("Y", Y, (n, n_out))
     if out is not None:
         need("out", out, (n, n_out))

@@ -598,9 +598,10 @@ def train_batches(desc, params, grads, state, X, Y, order, batch_size, first, la
                 costs, n_threads, norms=None, weights=None):
     """Minibatch training over batches first..last-1 of the epoch that visits X in `order`.
 
-    Batch i is X[order[i*batch_size : (i+1)*batch_size]] (the last may be partial). IN/OUT params,
-    state, hyper (the step counter advances), work; OUT grads (the last batch's mean gradient without
-    L2), costs (n,): each sample's cost before its batch's update, indexed like order. IN/OUT norms:
+    Batch i is X[order[i*batch_size : (i+1)*batch_size]] (the last may be partial); order (k,) lists
+    the rows to visit, all of X's or some. IN/OUT params, state, hyper (the step counter advances),
+    work; OUT grads (the last batch's mean gradient without L2), costs (k,): each sample's cost
+    before its batch's update, indexed like order. IN/OUT norms:
     None or empty (off), or float64 (n_layers,): norms[l] += ||G_l||_F, the Frobenius norm of the
     batch's mean gradient of W_l (without L2), for each batch trained (on a failure, those before the
     failing batch), added in batch order. IN weights: None or empty (unweighted), or float64 (n,), the

@@ -10,10 +10,11 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import scipy.sparse
 from support import close, problem
 
 import fastbp
-from fastbp import backends, reference
+from fastbp import backends, reference, validation
 from fastbp.kernels import codes, planner
 
 SHAPES = [(1, 3, 1), (2, 5, 4), (7, 9, 6), (10, 33, 13), (16, 64, 30)]  # (samples, n_in, n_out)
@@ -364,6 +365,43 @@ def test_the_next_batchs_gather_gives_the_same_bits_for_any_thread_count_and_cut
         for cuts in ([0, 6], [0, 2, 5, 6]):
             again, again_costs = train(threads, cuts)
             assert np.array_equal(again, params) and np.array_equal(again_costs, costs), (threads, cuts)
+
+
+@pytest.mark.parametrize("sparse", [False, True], ids=["dense", "sparse"])
+def test_an_order_of_some_rows_trains_as_a_copy_of_them(compiled, dtype, sparse):
+    """train_batches' order may list some of X's rows (the estimators' epochs visit their own order
+    of X without copying it): the same bits as those rows copied out, with costs and sample weights
+    indexed as the driver says (costs like order, weights like X's rows), for 1 and 3 threads."""
+    X, y = problem([40, 12, 4], 60, seed=3, dtype=dtype)
+    net = fastbp.Network([40, 12, 4], "tanh", loss="cross_entropy", dtype=dtype, backend=compiled,
+                         seed=0)
+    Y, weights = net._Y(y, 60), np.random.default_rng(5).random(60)
+    rows = np.random.default_rng(6).permutation(60)[:27]  # 27 rows: a partial last batch of 7
+    hyper = codes.hyperparameters(2)
+    hyper[[codes.H_LR, codes.H_MOMENTUM]] = 0.3, 0.9
+    driver = backends.get(compiled)
+
+    def train(data, targets, w, order, threads):
+        params, h = net.parameters.copy(), hyper.copy()
+        state = np.zeros((2, params.shape[0]), params.dtype)
+        desc, work = net._buffers(10, codes.SGD, X=data)
+        costs = np.zeros(order.shape[0])
+        outcome = driver.train_batches(desc, params, np.zeros_like(params), state, data, targets,
+                                       order, 10, 0, 3, h, work, costs, threads, None, w)
+        assert outcome[:2] == (3, codes.DONE)
+        return params, costs
+
+    def features(A):
+        return validation.features(scipy.sparse.csr_matrix(A) if sparse else A, 40, net.dtype)
+    copied = train(features(X[rows]), Y[rows], weights[rows], np.arange(27), 1)
+    for threads in (1, 3):
+        some = train(features(X), Y, weights, rows, threads)
+        assert all(np.array_equal(a, b) for a, b in zip(some, copied)), threads
+    with pytest.raises(ValueError, match="costs has shape"):
+        driver.train_batches(*net._buffers(10, codes.SGD)[:1], net.parameters.copy(),
+                             np.zeros_like(net.parameters), np.zeros((2, net.parameters.size),
+                                                                     net.dtype), X, Y, rows, 10, 0,
+                             3, hyper.copy(), net._buffers(10, codes.SGD)[1], np.zeros(60), 1)
 
 
 def test_the_build_fingerprint_covers_only_what_is_compiled_in(monkeypatch):
