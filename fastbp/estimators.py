@@ -90,14 +90,15 @@ def _stochastic_solver(estimator):
 # --------------------------------------------------------------------------- the estimators
 
 SPARSE_FORMATS = ("csr", "csc", "coo")  # what scikit-learn's validation passes on (others: CSR)
-# Network.fit's arguments and their defaults: the epochs call training.fit itself, over their rows
+# Network.fit's arguments and their defaults (all it does is pass them on to training.fit, which
+# the unweighted epochs call themselves, over their order of the rows: see _train_epoch)
 FIT_DEFAULTS = {name: p.default for name, p in inspect.signature(Network.fit).parameters.items()
                 if p.default is not p.empty and name != "comm"}
 
 
 def _network_input(X, dt):
     """X as the network takes it without a copy per call: a C-contiguous array of dtype dt, or a
-    scipy CSR matrix of dtype dt (rows can be sliced and shuffled; never densified)."""
+    scipy CSR matrix of dtype dt (rows can be taken in any order; never densified)."""
     if validation.is_sparse(X):
         X = X.tocsr()
         return X if X.dtype == dt else X.astype(dt)
@@ -365,10 +366,10 @@ class _BaseMLP(BaseEstimator):
                               "going to be clipped", stacklevel=3)
             batch_size = int(np.clip(self.batch_size, 1, n_samples))
         sample_idx = np.arange(n_samples, dtype=np.int64)
-        # the network's forms, once: the epochs visit their rows in sample_idx's order (never copied)
-        X_train = validation.features(X_train, net.layer_sizes[0], dt, check_finite=False)
-        Y_train = validation.targets(y_train, n_samples, net.layer_sizes[-1], dt)
-        w_epoch = w_train
+        if w_train is None:  # the network's forms, once, checked (a float64 X cast to float32 can
+            # overflow): the epochs visit the rows in sample_idx's order, never copying X
+            X_train = validation.features(X_train, net.layer_sizes[0], dt)
+            y_train = validation.targets(y_train, n_samples, net.layer_sizes[-1], dt)
         n_batches = -(-n_samples // batch_size)
         penalty = 0.5 * self.alpha * n_batches / n_samples  # times sum(W**2): the loss's L2 term
         scale = 1.0 / self.n_outputs_ if self._averages_outputs else 1.0
@@ -378,11 +379,13 @@ class _BaseMLP(BaseEstimator):
             for _ in range(self.max_iter):
                 if self.shuffle:
                     sample_idx = _shuffle(sample_idx, random_state=rng)
-                    if w_train is not None:
-                        w_epoch = w_train[sample_idx]
                 squares = net.squared_weights()
-                cost, per_weight = self._train_epoch(X_train, Y_train, w_train, w_epoch, sample_idx,
-                                                     batch_size)
+                if w_train is None:
+                    cost, per_weight = self._train_epoch(X_train, y_train, None, batch_size,
+                                                         sample_idx)
+                else:  # a call per group of batches (below): on a copy of the epoch's rows
+                    epoch = [a[sample_idx] if self.shuffle else a for a in (X_train, y_train, w_train)]
+                    cost, per_weight = self._train_epoch(*epoch, batch_size)
                 if per_weight is not None:  # sum over batches of (rows / weight sum), over n
                     penalty = 0.5 * self.alpha * per_weight / n_samples
                 squares = 0.5 * (squares + net.squared_weights())
@@ -455,24 +458,29 @@ class _BaseMLP(BaseEstimator):
                         "    https://scikit-learn.org/stable/modules/preprocessing.html")
             warnings.warn(message, ConvergenceWarning, stacklevel=4)
 
-    def _train_epoch(self, X, Y, sample_weight, weights, order, batch_size):
-        """One epoch over the rows X[order], in minibatches: (the mean over the samples of their
-        batch's mean cost, before updates; with weights, the sum over batches of rows / weight sum,
-        else None). sample_weight is indexed like X's rows, weights (or None) like order.
+    def _train_epoch(self, X, Y, weights, batch_size, order=None):
+        """One epoch over X in order, or over the rows X[order] (without weights), in minibatches:
+        (the mean over the samples of their batch's mean cost, before updates; with weights, the
+        sum over batches of rows / weight sum, else None).
 
         The full batches train with ``l2 = alpha / batch_size``; a last, smaller batch of ``m``
         samples is trained by a second call with ``l2 = alpha / m``, as scikit-learn penalizes it.
         With weights, each batch's gradient is its weighted mean and ``l2 = alpha / sum(w)`` of the
         batch: consecutive batches of the same size and weight sum are trained by one call; a batch
         whose weights sum to 0 is skipped (scikit-learn's update would be NaN there) and adds 0.
+        With order, X is never copied: the driver visits the rows in that order (X and Y in the
+        network's forms, checked); a call then costs a pass over Y, which the two calls of an
+        unweighted epoch can afford and the call per batch of a weighted one could not.
         """
-        net, n = self.network_, order.shape[0]
-        arguments = dict(FIT_DEFAULTS, epochs=1, lr=self._lr, shuffle=False,
-                         **self._optimizer_arguments())
+        net = self.network_
+        n = X.shape[0] if order is None else order.shape[0]
+        arguments = dict(epochs=1, lr=self._lr, shuffle=False, **self._optimizer_arguments())
 
-        def fit(start, stop, **these):  # the rows order[start:stop], X's values already checked
+        def fit(start, stop, **these):
+            if order is None:
+                return net.fit(X[start:stop], Y[start:stop], **arguments, **these)
             rows = functools.partial(training.start, rows=order[start:stop])
-            return training.fit(net, X, Y, begin=rows, **dict(arguments, **these))
+            return training.fit(net, X, Y, begin=rows, **dict(FIT_DEFAULTS, **arguments, **these))
         n_full = n - n % batch_size
         total = 0.0
         if weights is None:
@@ -493,7 +501,7 @@ class _BaseMLP(BaseEstimator):
             start, stop = starts[i], starts[j - 1] + sizes[j - 1]
             if sums[i] > 0:
                 history = fit(start, stop, batch_size=int(sizes[i]), l2=self.alpha / sums[i],
-                              sample_weight=sample_weight)
+                              sample_weight=weights[start:stop])
                 total += history["loss"][0] * (stop - start)
                 per_weight += (j - i) * sizes[i] / sums[i]
             i = j

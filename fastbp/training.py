@@ -345,8 +345,9 @@ def start(net, X, y, validation_data, sample_weight, arguments, rows=None):
     """The loop's start in one process: (X, Y, weights or None, validation triple or None, Settings,
     the stepper's class, whether X's values were checked); ``fastbp.distributed.prepare`` is its twin
     over MPI ranks. With `rows` (int64), each epoch visits X[rows], in that order, and X's values
-    are not checked: the caller has (the estimators, whose scikit-learn validation did, train on
-    their own shuffles of an X they never copy).
+    are not checked: the caller has (the estimators train unweighted epochs on their own shuffles
+    of an X they checked once and never copy). It takes no shuffle and no metrics (they would
+    visit all of X).
 
     A dense X's values are not checked here when no sample_weight is given: the first epoch checks
     them without a pass of its own. A NaN or infinity in X always reaches layer 0's weight gradient
@@ -369,6 +370,8 @@ def start(net, X, y, validation_data, sample_weight, arguments, rows=None):
     if arguments["seed"] is not None:
         raise ValueError("seed (the shuffling's) needs comm; a network's shuffles come from its "
                          "own seed")
+    if rows is not None and (arguments["shuffle"] or arguments["metrics"]):
+        raise ValueError("rows= takes shuffle=False and no metrics")
     n_params = net.parameters.size
     checked = (sample_weight is not None or validation.is_sparse(X) or np.size(X) < 3 * n_params
                or n_params > SMALL_NETWORK * net.layer_sizes[0])

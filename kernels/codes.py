@@ -161,9 +161,10 @@ def describe(sizes, hidden, output, loss, optimizer, capacity, gather=True):
 
 
 def check_buffers(desc, params, X, Y=None, out=None, costs=None, work=None, hyper=None, order=None,
-                  grads=None, state=None, norms=None, weights=None):
+                  grads=None, state=None, norms=None, weights=None, batches=None):
     """Refuse buffers that do not fit the descriptor, before a compiled driver reads or writes them
-    (the kernels do not check bounds). Raises ValueError naming the buffer."""
+    (the kernels do not check bounds), and `batches` (batch_size, first, last) that order does not
+    hold. Raises ValueError naming the buffer."""
     n_params, n_layers = int(desc[D_NPARAMS]), int(desc[D_LAYERS])
     n_in, n_out = int(desc[D_HEADER + L_IN]), int(desc[D_HEADER + L_FIELDS * (n_layers - 1) + L_OUT])
     dtype = params.dtype
@@ -197,6 +198,11 @@ def check_buffers(desc, params, X, Y=None, out=None, costs=None, work=None, hype
         need("order", order, (visits,), np.int64)
         if visits and (order.min() < 0 or order.max() >= n):
             raise ValueError(f"order must index the rows of X (0..{n - 1})")
+    if batches is not None:
+        size, first, last = batches
+        if not (size >= 1 and 0 <= first <= last <= -(-visits // size)):
+            raise ValueError(f"batches {first}..{last - 1} of {size} samples: order has "
+                             f"{-(-visits // max(size, 1))} batches of that size")
     # the output phase reads Y and writes costs (indexed like order): always when training (grads
     # given), in a forward pass when asked for costs (not empty)
     if grads is not None or (costs is not None and costs.shape[0]):

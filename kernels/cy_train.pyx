@@ -480,7 +480,8 @@ def train_batches(const int64_t[::1] desc, floating[::1] params, floating[::1] g
     weights = np.zeros(0) if weights is None else weights
     codes.check_buffers(np.asarray(desc), np.asarray(params), X, np.asarray(Y), None,
                         np.asarray(costs), np.asarray(work), np.asarray(hyper), np.asarray(order),
-                        np.asarray(grads), np.asarray(state), norms, weights)
+                        np.asarray(grads), np.asarray(state), norms, weights,
+                        (batch_size, first, last))
     cdef double[::1] sums = norms
     cdef const double[::1] sample_weights = weights
     status = _launch(TRAIN, n_threads, desc, params, grads, state, X, Y, order, batch_size, first,

@@ -612,7 +612,7 @@ def train_batches(desc, params, grads, state, X, Y, order, batch_size, first, la
     norms = np.zeros(0) if norms is None else norms
     weights = np.zeros(0) if weights is None else weights
     codes.check_buffers(desc, params, X, Y, None, costs, work, hyper, order, grads, state, norms,
-                        weights)
+                        weights, (batch_size, first, last))
     status = _launch(TRAIN, n_threads, desc, params, grads, state, X, Y, order, batch_size, first,
                      last, hyper, work, costs, params[:0].reshape(0, 1), norms, 0.0, weights)
     return codes.outcome(status, first, last)

@@ -543,3 +543,19 @@ def test_class_weight_refusals(small):
         MLPClassifier(class_weight={0: 2.0}, max_iter=1, backend="numba").fit(X, multilabel)
     with pytest.raises(ValueError):
         MLPClassifier(max_iter=1, backend="numba").fit(X, y, sample_weight=-np.ones(len(y)))
+
+
+@pytest.mark.filterwarnings("ignore:overflow encountered in cast:RuntimeWarning")  # numpy's cast
+@pytest.mark.parametrize("weighted", [False, True])
+@pytest.mark.parametrize("solver", ["sgd", "adam"])
+def test_a_float64_x_that_overflows_float32_is_refused(compiled, solver, weighted):
+    """scikit-learn checks X in float64; cast to a float32 network, 1e39 becomes inf, and the fit
+    says so (it does not report a divergence)."""
+    rng = np.random.default_rng(0)
+    X, y = rng.random((40, 4)), rng.integers(0, 2, 40)
+    X[8, 2] = 1e39
+    clf = MLPClassifier(hidden_layer_sizes=(5,), solver=solver, dtype="float32", backend=compiled,
+                        max_iter=2, random_state=0)
+    with pytest.raises(ValueError, match=r"X must be finite; X\[\d+, 2\] is inf"):
+        clf.fit(X, y, sample_weight=np.ones(40) if weighted else None)
+

@@ -248,6 +248,12 @@ def test_drivers_refuse_buffers_that_do_not_fit(compiled):
             driver.train_batches(**dict(args, **{name: bad}))
     with pytest.raises(ValueError, match="out has shape"):
         driver.forward(desc, net.parameters, X, Y[:0], np.zeros((9, 3)), np.zeros(0), work, 1)
+    for first, last, order in [(0, 3, np.arange(10)), (2, 1, np.arange(10)), (0, 1, np.arange(0))]:
+        with pytest.raises(ValueError, match="batches"):  # 2 batches of 8 in 10 rows; 0 in none
+            driver.train_batches(**dict(args, first=first, last=last, order=order,
+                                        costs=np.zeros(order.shape[0])))
+    with pytest.raises(ValueError, match="batches"):
+        driver.train_batches(**dict(args, batch_size=0))
     with pytest.raises(ValueError, match="costs has shape"):
         driver.gradients(desc, net.parameters, net._grads, X, Y, work, np.zeros(0), 1)
     with pytest.raises(ValueError, match="Y has shape"):
