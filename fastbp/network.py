@@ -286,7 +286,10 @@ class Network:
 
         Raises TrainingDiverged if the cost or a parameter becomes NaN or infinite; the network then
         holds the parameters of the last finite step. On KeyboardInterrupt the network holds the
-        parameters after the last completed minibatch and ``history`` the completed epochs.
+        parameters after the last completed minibatch and ``history`` the completed epochs. Bad
+        input raises ValueError or TypeError and changes nothing; a small network finds a NaN or
+        infinity in a large dense X in its first epoch (no extra pass over X), then puts itself
+        back as it was and raises the same ValueError (``training.start`` says when).
         """
         arguments = dict(locals())  # every argument, by name: the loop's one list of them
         del arguments["self"], arguments["comm"]
