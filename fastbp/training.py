@@ -407,27 +407,16 @@ def fit(net, X, y, validation_data=None, sample_weight=None, verbose=False, call
         stepper.begin(history)
         loop = _Loop(net, stepper, settings, history, unchecked)
         try:
-            try:
-                if checkpoint is not None:
-                    checkpoint.start(loop, fingerprint, verbose)
-                _epochs(loop, val, verbose, callback, progress, checkpoint)
-            finally:  # no whole epoch trained (epochs=0, resumed when done, Ctrl-C, an error):
-                if loop.unchecked is not None:  # X's error, if it has one, comes first
-                    loop.unchecked.check()
-        except _NonFiniteX as bad:
-            unchecked.restore()
-            raise bad.error from None
+            if checkpoint is not None:
+                checkpoint.start(loop, fingerprint, verbose)
+            _epochs(loop, val, verbose, callback, progress, checkpoint)
         finally:
             stepper.finish()
+            # no whole epoch trained (epochs=0, resumed when done, Ctrl-C, an error): X's error, if
+            # it has one, comes first
+            if loop.unchecked is not None:
+                loop.unchecked.check()
     return history
-
-
-class _NonFiniteX(Exception):
-    """X holds a NaN or infinity that fit found while training (the ValueError is `error`)."""
-
-    def __init__(self, error):
-        super().__init__(error)
-        self.error = error
 
 
 class _Unchecked:
@@ -440,17 +429,16 @@ class _Unchecked:
                       net.rng.bit_generator.state, net.history)
 
     def check(self):
-        """Raise _NonFiniteX if X holds a NaN or infinity."""
+        """If X holds a NaN or infinity: put the network back and raise the ValueError naming it
+        (after early stopping's restore, which the epoch loop ends with)."""
         try:
             validation.finite("X", self.X)
         except ValueError as error:
-            raise _NonFiniteX(error) from None
-
-    def restore(self):
-        net = self.net
-        parameters, state, net._hyper, net._optimizer, rng, net.history = self.saved
-        net.parameters[:], net._state[:] = parameters, state
-        net.rng.bit_generator.state = rng
+            net = self.net
+            parameters, state, net._hyper, net._optimizer, rng, net.history = self.saved
+            net.parameters[:], net._state[:] = parameters, state
+            net.rng.bit_generator.state = rng
+            raise error from None
 
 
 class _Loop:

@@ -61,7 +61,7 @@ def part_tiles(phase, n_in, n_out, m):
 def use_blas(op, m, n_in, n_out, itemsize=4):
     """Whether a phase of this shape, on values of `itemsize` bytes, calls BLAS rather than the
     hand-written tiles."""
-    if op == OP_FORWARD and m < FORWARD_MIN_BATCH.get(itemsize, 4 * BLAS_MIN_BATCH):
+    if op == OP_FORWARD and m < FORWARD_MIN_BATCH[itemsize]:
         return False
     return m >= BLAS_MIN_BATCH and n_in * n_out >= BLAS_MIN_LAYER and min(n_in, n_out) >= 64
 
