@@ -49,6 +49,7 @@ ALL_WORKLOADS = ("nielsen", "nielsen2", "mid", "wide")
 MEMORY_TARGET_MB = 100
 QUIET = 0.15  # --quiet-wait: the CPUs count as quiet below this busy fraction
 NOISY = 0.10  # a measurement during which other processes took more of the CPUs is marked †
+SLOW_LINK = 2.0  # a measurement whose CPU-to-CPU round trip exceeded this times the run's fastest: ‡
 
 
 # =========================================================================== in the child process
@@ -77,6 +78,30 @@ def _timed(reps, budget, *epochs):
     return results
 
 
+def _link(threads):
+    """The CPU 0 <-> CPU 1 round trip in ns now (bench/corelatency.py), for a measurement on more
+    than one thread; None otherwise or where it cannot be measured."""
+    if threads < 2:
+        return None
+    import corelatency
+    try:
+        return corelatency.round_trip()
+    except Exception:  # a diagnostic: never the reason a measurement fails
+        return None
+
+
+def _timed_with_links(threads, reps, budget, *epochs):
+    """_timed, with the CPU-to-CPU round trip measured before and after (each result's
+    round_trip_ns, when measurable)."""
+    before = _link(threads)
+    results = _timed(reps, budget, *epochs)
+    after = _link(threads)
+    if before is not None and after is not None:
+        for result in results:
+            result["round_trip_ns"] = [before, after]
+    return results
+
+
 def measure_gemm(spec):
     import numpy as np
     from threadpoolctl import threadpool_info
@@ -100,6 +125,9 @@ def measure_gemm(spec):
     result["blas"] = [{k: info.get(k) for k in ("internal_api", "version", "architecture",
                                                 "num_threads", "threading_layer")}
                       for info in threadpool_info() if info.get("user_api") == "blas"]
+    link = _link(spec.get("threads", 1))
+    if link is not None:
+        result["round_trip_ns"] = [link]
     return result
 
 
@@ -138,14 +166,15 @@ def measure_fastbp(spec):
             driver = _driver_epoch(epoch.network, w, X, y)
         except Exception as error:  # the private buffers changed: not a failure of the run
             driver = f"{type(error).__name__}: {error}"
+    timed = (spec["threads"], spec["reps"], spec["budget"])
     if callable(driver):  # fit and the driver alone, interleaved
         try:
-            result, result["driver"] = _timed(spec["reps"], spec["budget"], epoch, driver)
+            result, result["driver"] = _timed_with_links(*timed, epoch, driver)
         except Exception as error:
-            result = _timed(spec["reps"], spec["budget"], epoch)[0]
+            result = _timed_with_links(*timed, epoch)[0]
             result["driver"] = {"error": f"{type(error).__name__}: {error}"}
     else:
-        result = _timed(spec["reps"], spec["budget"], epoch)[0]
+        result = _timed_with_links(*timed, epoch)[0]
         if driver is not None:
             result["driver"] = {"error": driver}
     losses = epoch.network.history["loss"]
@@ -161,7 +190,7 @@ def measure_peer(spec):
     w = workloads.get(spec["workload"])
     X, y = workloads.data(w, spec["n"], spec["dtype"])
     epoch = peers.build(spec["peer"], w, X, y, spec["threads"], spec["dtype"])
-    result = _timed(spec["reps"], spec["budget"], epoch)[0]
+    result = _timed_with_links(spec["threads"], spec["reps"], spec["budget"], epoch)[0]
     result["samples"] = epoch.samples
     note = peers.PEERS[spec["peer"]].note
     if note and spec["workload"] in note:
@@ -302,11 +331,18 @@ def fmt_cell(result):
         return "error"
     if not result:
         return "–"
-    return fmt_rate(rate(result)[0]) + ("†" if result.get("others", 0) > NOISY else "")
+    return (fmt_rate(rate(result)[0]) + ("†" if result.get("others", 0) > NOISY else "")
+            + ("‡" if result.get("slow_link") else ""))
 
 
 def fmt_others(result, before="", after=""):
     return "–" if result.get("others") is None else f"{before}{100 * result['others']:.0f}%{after}"
+
+
+def fmt_trips(result):
+    trips = result.get("round_trip_ns")
+    return " / ".join(f"{ns:.0f}" for ns in trips) + ("‡" if result.get("slow_link") else "") \
+        if trips else "–"
 
 
 def fmt_mb(value):
@@ -477,7 +513,8 @@ class Run:
     def execute(self):
         a = self.args
         top = max(a.threads)
-        gemm = {"kind": "gemm", "n": a.gemm_n, "reps": 3, "dtypes": ["float32", "float64"]}
+        gemm = {"kind": "gemm", "n": a.gemm_n, "reps": 3, "dtypes": ["float32", "float64"],
+                "threads": a.peer_threads}
         if "gemm" not in a.skip:
             self.measure(dict(gemm, round="start"), a.peer_threads, f"GEMM peak n={a.gemm_n}")
         for workload in a.workloads:
@@ -540,6 +577,7 @@ class Run:
         for name, result in rounds:
             if "error" in result:
                 out += ["", f"GEMM peak ({name}) failed: {result['error']}"]
+        out += self.links()
 
         if "fastbp" not in a.skip or "peers" not in a.skip:
             out += self.headline(workloads, peak, top)
@@ -551,6 +589,26 @@ class Run:
             out += self.memory()
         out += self.raw()
         return "\n".join(out)
+
+    def links(self):
+        """The CPU-to-CPU round trips of the run (bench/corelatency.py); marks each measurement
+        whose round trip exceeded SLOW_LINK x the run's fastest (slow_link: ‡ in the tables)."""
+        measured = [(result, result["round_trip_ns"]) for _, result in self.results
+                    if result.get("round_trip_ns")]
+        if not measured:
+            return []
+        every = [ns for _, trips in measured for ns in trips]
+        fastest = min(every)
+        for result, trips in measured:
+            result["slow_link"] = max(trips) > SLOW_LINK * fastest
+        slow = sum(result["slow_link"] for result, _ in measured)
+        return ["", "## CPU-to-CPU round trip", "",
+                f"CPU 0 ↔ CPU 1, before and after each measurement on more than one thread (and with "
+                f"each GEMM peak): fastest {fastest:.0f} ns, median {statistics.median(every):.0f} ns, "
+                f"slowest {max(every):.0f} ns. {slow} of {len(measured)} measurements had a round trip "
+                f"above {SLOW_LINK:g}× the fastest, marked ‡: on a virtual machine the two vCPUs can "
+                "sit on cores that share no cache for a while, and the waits between fastbp's threads "
+                "then cost several times more (bench/corelatency.py)."]
 
     def peak(self):
         """The GEMM peak (GFLOP/s) of each dtype: the best of the run's rounds (None without one)."""
@@ -597,7 +655,9 @@ class Run:
             out.append("| " + " | ".join(row) + " |")
         out += ["", "roofline = GEMM peak / FLOP per sample; *better* = the faster compiled fastbp "
                     "backend; ratios > 1 mean fastbp is faster; † other processes took more than "
-                    f"{100 * NOISY:.0f}% of the CPUs during that measurement (see *others* below)."]
+                    f"{100 * NOISY:.0f}% of the CPUs during that measurement (see *others* below); "
+                    f"‡ the CPU-to-CPU round trip exceeded {SLOW_LINK:g}× the run's fastest during "
+                    "that measurement (see above)."]
         if "sklearn" in peers:
             out.append("\\* sklearn on nielsen: sigmoid output with binary cross-entropy (it has no "
                        "mse classifier); every other peer and workload has exactly fastbp's semantics.")
@@ -667,7 +727,7 @@ class Run:
         if "driver" not in a.skip and "float32" in a.dtypes:
             notes.append("driver only: the backend's train_batches called directly with the network's "
                          "buffers (no input validation, no one-hot encoding, no chunking)")
-        notes.append("† as above")
+        notes.append("† and ‡ as above")
         out += ["", "; ".join(notes) + "."]
         return out
 
@@ -720,8 +780,8 @@ class Run:
             return []
         out = ["", "## Every measurement", "",
                "| what | workload | dtype | threads | samples | warm-up s | epochs | best s | "
-               "best samples/s | median samples/s | CPU/wall | others | note |",
-               "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+               "best samples/s | median samples/s | CPU/wall | others | round trip ns | note |",
+               "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
         for spec, result in self.results:
             if spec["kind"] not in ("fastbp", "peer"):
                 continue
@@ -729,28 +789,29 @@ class Run:
             base = f"| {what} | {spec['workload']} | {spec['dtype']} | {spec['threads']} |"
             if "seconds" not in result:
                 msg = result.get("skipped") or result.get("error", "")
-                out.append(f"{base} | | | | | | | | {msg} |")
+                out.append(f"{base} | | | | | | | | | {msg} |")
                 continue
             best, median = rate(result)
             out.append(f"{base} {result['samples']:,} | {result['warmup']:.2f} | "
                        f"{len(result['seconds'])} | {min(result['seconds']):.3f} | "
                        f"{fmt_rate(best)} | {fmt_rate(median)} | {result['cpu_per_wall']:.2f} | "
-                       f"{fmt_others(result)} | {result.get('note', '')} |")
+                       f"{fmt_others(result)} | {fmt_trips(result)} | {result.get('note', '')} |")
             driver = result.get("driver", {})
             if "seconds" in driver:
                 best, median = rate(result, "driver")
                 out.append(f"| ↳ driver only | {spec['workload']} | {spec['dtype']} | {spec['threads']} "
                            f"| {result['samples']:,} | {driver['warmup']:.2f} | {len(driver['seconds'])} | "
                            f"{min(driver['seconds']):.3f} | "
-                           f"{fmt_rate(best)} | {fmt_rate(median)} | {driver['cpu_per_wall']:.2f} | | |")
+                           f"{fmt_rate(best)} | {fmt_rate(median)} | {driver['cpu_per_wall']:.2f} | | | |")
             elif "error" in driver:
                 out.append(f"| ↳ driver only | {spec['workload']} | {spec['dtype']} | {spec['threads']} "
-                           f"| | | | | | | | | {driver['error']} |")
+                           f"| | | | | | | | | | {driver['error']} |")
         out += ["", "epochs: timed epochs after the warm-up (fewer than asked when they exceeded "
                     f"--budget {self.args.budget:g} s); CPU/wall: the process's CPU time over the wall "
                     "time of the timed epochs (threads busy on average, waiting spins included); others: the share "
                     "of the machine's CPU time that other processes used while the measurement's "
-                    "process ran (above ~10%, its numbers are disturbed)."]
+                    "process ran (above ~10%, its numbers are disturbed); round trip: CPU 0 ↔ CPU 1 "
+                    "before / after the timed epochs (measurements on more than one thread)."]
         return out
 
 
