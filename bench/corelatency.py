@@ -4,10 +4,10 @@ worker threads costs (a step's end, a claimed tile, data one core wrote and the 
     python bench/corelatency.py            # CPUs 0 and 1, median of 5 measurements of 100,000 trips
 
 On a virtual machine this is not a property of the processor: the same 2-vCPU machine here measured
-50-57 ns for minutes, then 356-361 ns for minutes (its vCPUs placed on cores that share no cache),
-and back. In the slow spells nielsen's 2-thread epoch ran at half its speed (370 k against 740 k
-samples/s, Cython, float32) while the 1-thread epoch kept its 485 k, on either CPU. compare.py
-measures this before and after each multi-thread measurement and marks the ones made in such a spell.
+50-65 ns for minutes, then 340-361 ns for minutes (presumably its vCPUs placed on cores that share no
+cache), and back. In the slow spells every 2-thread epoch lost speed (nielsen 740 k -> 370 k samples/s,
+mid 144 k -> 91 k; Cython, float32) while 1-thread epochs kept theirs. compare.py measures this before
+and after each multi-thread measurement and marks the ones made in such a spell.
 
 Two threads, each pinned to one CPU (Linux: os.sched_setaffinity on the calling thread), pass a
 counter back and forth through one int64 with the atomics of fastbp's Numba drivers (Numba compiles
