@@ -3,6 +3,7 @@
     python bench/compare.py                 # the full run (5 minutes on 2 idle cores, up to ~20 busy)
     python bench/compare.py --quick         # a smoke run (1-3 minutes)
     python bench/compare.py --workloads nielsen,mid --peers jax,torch --json out.json
+    python bench/compare.py --report out.json   # a saved run's report again, with today's rules
 
 Run it as a script path from the repository root (not with -m): then the repository root is not on
 sys.path and the *installed* fastbp is measured. Every measurement runs in its own fresh process (this
@@ -21,7 +22,10 @@ the measurement's thread count. What is measured:
   compilation or cache load, one epoch; generating the data is not counted): numba with an empty
   cache (a fresh NUMBA_CACHE_DIR), numba again with that cache filled, cython;
 * peak memory (ru_maxrss) of fitting wide on 60,000 float32 samples, against X's size: the target is
-  peak RSS - RSS before X <= X's size + 100 MB.
+  peak RSS - RSS before X <= X's size + 100 MB;
+* the CPU-to-CPU round trip (bench/corelatency.py) with each GEMM peak and before and after the timed
+  epochs of every measurement on more than one thread: a virtual machine's vCPUs move between cores
+  that share a cache and cores that do not, and fastbp's threads feel it (marked ‡ in the report).
 
 Progress goes to stderr, the report to stdout; ``--json PATH`` saves every number.
 """
@@ -49,7 +53,10 @@ ALL_WORKLOADS = ("nielsen", "nielsen2", "mid", "wide")
 MEMORY_TARGET_MB = 100
 QUIET = 0.15  # --quiet-wait: the CPUs count as quiet below this busy fraction
 NOISY = 0.10  # a measurement during which other processes took more of the CPUs is marked †
-SLOW_LINK = 2.0  # a measurement whose CPU-to-CPU round trip exceeded this times the run's fastest: ‡
+# ‡: a measurement during which the CPU-to-CPU round trip was more than this factor away from the
+# run's median, either way (slower: the cores share no cache; faster: they may be one core's two
+# hardware threads)
+ODD_LINK = 2.0
 
 
 # =========================================================================== in the child process
@@ -332,7 +339,7 @@ def fmt_cell(result):
     if not result:
         return "–"
     return (fmt_rate(rate(result)[0]) + ("†" if result.get("others", 0) > NOISY else "")
-            + ("‡" if result.get("slow_link") else ""))
+            + ("‡" if result.get("odd_link") else ""))
 
 
 def fmt_others(result, before="", after=""):
@@ -341,7 +348,7 @@ def fmt_others(result, before="", after=""):
 
 def fmt_trips(result):
     trips = result.get("round_trip_ns")
-    return " / ".join(f"{ns:.0f}" for ns in trips) + ("‡" if result.get("slow_link") else "") \
+    return " / ".join(f"{ns:.0f}" for ns in trips) + ("‡" if result.get("odd_link") else "") \
         if trips else "–"
 
 
@@ -591,24 +598,26 @@ class Run:
         return "\n".join(out)
 
     def links(self):
-        """The CPU-to-CPU round trips of the run (bench/corelatency.py); marks each measurement
-        whose round trip exceeded SLOW_LINK x the run's fastest (slow_link: ‡ in the tables)."""
+        """The CPU-to-CPU round trips of the run (bench/corelatency.py); marks each measurement with
+        a round trip more than ODD_LINK x away from the run's median (odd_link: ‡ in the tables)."""
         measured = [(result, result["round_trip_ns"]) for _, result in self.results
                     if result.get("round_trip_ns")]
         if not measured:
             return []
         every = [ns for _, trips in measured for ns in trips]
-        fastest = min(every)
+        typical = statistics.median(every)
         for result, trips in measured:
-            result["slow_link"] = max(trips) > SLOW_LINK * fastest
-        slow = sum(result["slow_link"] for result, _ in measured)
+            result["odd_link"] = any(not typical / ODD_LINK <= ns <= ODD_LINK * typical
+                                     for ns in trips)
+        odd = sum(result["odd_link"] for result, _ in measured)
         return ["", "## CPU-to-CPU round trip", "",
                 f"CPU 0 ↔ CPU 1, before and after each measurement on more than one thread (and with "
-                f"each GEMM peak): fastest {fastest:.0f} ns, median {statistics.median(every):.0f} ns, "
-                f"slowest {max(every):.0f} ns. {slow} of {len(measured)} measurements had a round trip "
-                f"above {SLOW_LINK:g}× the fastest, marked ‡: on a virtual machine the two vCPUs can "
-                "sit on cores that share no cache for a while, and the waits between fastbp's threads "
-                "then cost several times more (bench/corelatency.py)."]
+                f"each GEMM peak): median {typical:.0f} ns, fastest {min(every):.0f} ns, slowest "
+                f"{max(every):.0f} ns. {odd} of {len(measured)} measurements had a round trip more "
+                f"than {ODD_LINK:g}× away from the median, marked ‡: on a virtual machine the two vCPUs "
+                "can sit for a while on cores that share no cache (slower: the waits between fastbp's "
+                "threads and the data they pass cost more) or on one core's two hardware threads "
+                "(faster, but the threads then share one core's arithmetic); see bench/README.md."]
 
     def peak(self):
         """The GEMM peak (GFLOP/s) of each dtype: the best of the run's rounds (None without one)."""
@@ -656,8 +665,8 @@ class Run:
         out += ["", "roofline = GEMM peak / FLOP per sample; *better* = the faster compiled fastbp "
                     "backend; ratios > 1 mean fastbp is faster; † other processes took more than "
                     f"{100 * NOISY:.0f}% of the CPUs during that measurement (see *others* below); "
-                    f"‡ the CPU-to-CPU round trip exceeded {SLOW_LINK:g}× the run's fastest during "
-                    "that measurement (see above)."]
+                    f"‡ the CPU-to-CPU round trip was more than {ODD_LINK:g}× away from the run's "
+                    "median during that measurement (see above)."]
         if "sklearn" in peers:
             out.append("\\* sklearn on nielsen: sigmoid output with binary cross-entropy (it has no "
                        "mse classifier); every other peer and workload has exactly fastbp's semantics.")
@@ -819,16 +828,58 @@ def a_compiled(backends):
     return [b for b in backends if b in ("numba", "cython")]
 
 
+def header_text(command, started, elapsed, load, others, versions_, args):
+    """The report's heading: the command, when and where it ran, the versions, the method."""
+    a = args
+    return "\n".join([
+        "# fastbp benchmark report", "",
+        "```", f"$ {command}", "```", "",
+        f"- when: {time.strftime('%Y-%m-%d %H:%M:%S', time.localtime(started))}, "
+        f"{elapsed / 60:.1f} minutes; working directory {a.cwd}; python {a.python}",
+        f"- machine: {a.machine}; load average (1 min) {load[0]:.2f} at the start, "
+        f"{load[1]:.2f} at the end" + (
+            "" if others is None else f"; other processes used {100 * max(others, 0):.0f}% of the "
+            f"machine's CPU time during the run" + (" (busy: expect noisy numbers)" if others > 0.1
+                                                    else "")),
+        "- versions: " + ", ".join(f"{k} {val}" for k, val in versions_.items()),
+        f"- each measurement in its own process with {', '.join(benchenv.BLAS_VARIABLES)} unset and "
+        f"OMP/OpenBLAS/MKL thread variables set to its thread count; {a.n:,} samples per epoch "
+        f"(wide: {a.wide_n:,}), random X uniform in [0, 1), labels 0..9; a warm-up epoch, then "
+        f"best (and median) of {a.reps} epochs (fewer once they exceed {a.budget:g} s)",
+    ])
+
+
+def rerender(path):
+    """The report of a saved run (--json), printed again with this version's rules (‡, ...)."""
+    with open(path) as f:
+        data = json.load(f)
+    options = dict(data["options"])
+    options.setdefault("cwd", "?")
+    options.setdefault("python", "?")
+    options.setdefault("machine", data.get("machine", "?"))
+    run = Run(argparse.Namespace(**options))
+    run.results = [(m["spec"], m["result"]) for m in data["measurements"]]
+    header = header_text(data["command"], data["started"], data["seconds"], data["load_average"],
+                         data.get("others_cpu"), data.get("versions", {}), run.args)
+    return run.report(header)
+
+
 def main(argv=None):
     argv = sys.argv[1:] if argv is None else argv
     if argv[:1] == ["--measure"]:
         child(argv[1])
+        return 0
+    if argv[:1] == ["--report"]:
+        print(rerender(argv[1]))
         return 0
     args = parse(argv)
     import signal
     signal.signal(signal.SIGTERM, lambda *_: sys.exit("terminated"))  # subprocess.run kills the child
     started, load_start, busy_start, own_start = time.time(), os.getloadavg(), cpu_busy(), own_cpu()
     command = shlex.join(["python"] + [sys.argv[0]] + argv)
+    args.cwd, args.python = os.getcwd(), sys.executable
+    args.machine = (f"{cpu_model()}, {os.cpu_count()} CPUs ({benchenv.cpus()} usable), "
+                    f"{platform.system()} {platform.release()}")
     run = Run(args)
     run.log(f"$ {command}")
     run.execute()
@@ -837,30 +888,13 @@ def main(argv=None):
     if busy_start is not None:
         others = ((cpu_busy() - busy_start) - (own_cpu() - own_start)) / (elapsed * benchenv.cpus())
     v = versions()
-    a = args
-    header = "\n".join([
-        "# fastbp benchmark report", "",
-        "```", f"$ {command}", "```", "",
-        f"- when: {time.strftime('%Y-%m-%d %H:%M:%S', time.localtime(started))}, "
-        f"{elapsed / 60:.1f} minutes; working directory {os.getcwd()}; python {sys.executable}",
-        f"- machine: {cpu_model()}, {os.cpu_count()} CPUs ({benchenv.cpus()} usable), "
-        f"{platform.system()} {platform.release()}; load average (1 min) {load_start[0]:.2f} at the start, "
-        f"{os.getloadavg()[0]:.2f} at the end" + (
-            "" if others is None else f"; other processes used {100 * max(others, 0):.0f}% of the "
-            f"machine's CPU time during the run" + (" (busy: expect noisy numbers)" if others > 0.1
-                                                    else "")),
-        "- versions: " + ", ".join(f"{k} {val}" for k, val in v.items()),
-        f"- each measurement in its own process with {', '.join(benchenv.BLAS_VARIABLES)} unset and "
-        f"OMP/OpenBLAS/MKL thread variables set to its thread count; {a.n:,} samples per epoch "
-        f"(wide: {a.wide_n:,}), random X uniform in [0, 1), labels 0..9; a warm-up epoch, then "
-        f"best (and median) of {a.reps} epochs (fewer once they exceed {a.budget:g} s)",
-    ])
-    report = run.report(header)
+    load = [load_start[0], os.getloadavg()[0]]
+    report = run.report(header_text(command, started, elapsed, load, others, v, args))
     print(report, flush=True)
     if args.json:
         with open(args.json, "w") as f:
             json.dump({"command": command, "started": started, "seconds": elapsed,
-                       "load_average": [load_start[0], os.getloadavg()[0]], "others_cpu": others,
+                       "load_average": load, "others_cpu": others,
                        "versions": v,
                        "machine": cpu_model(), "options": {k: sorted(v_) if isinstance(v_, set) else v_
                                                             for k, v_ in vars(args).items()},

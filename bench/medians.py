@@ -106,24 +106,25 @@ def report(runs):
                           [r.find(kind="startup", backend="numba", cache="empty").get("total") for r in runs],
                           COLD_START, seconds, at_least=False))
     out += ["", "CPU-to-CPU round trip of each run (compare.py's ‡: a measurement on more than one "
-                "thread made while it exceeded the run's fastest by compare.SLOW_LINK):", ""]
+                "thread made while it was more than compare.ODD_LINK times away from the run's "
+                "median):", ""]
     for r in runs:
         out.append(f"- {r.path}: {link_summary(r)}")
     return "\n".join(out)
 
 
 def link_summary(run):
-    """The fastest and slowest round trip of a run and how many measurements were marked ‡."""
-    run.links()  # marks the slow ones
+    """The median, fastest and slowest round trip of a run and the measurements marked ‡."""
+    run.links()  # marks the odd ones
     measured = [result for _, result in run.results if result.get("round_trip_ns")]
     if not measured:
         return "not measured (a run from before compare.py measured it)"
     every = [ns for result in measured for ns in result["round_trip_ns"]]
-    slow = [f"{spec['workload']} {spec.get('backend', spec.get('peer', ''))} {spec.get('dtype', '')} "
+    odd = [f"{spec['workload']} {spec.get('backend', spec.get('peer', ''))} {spec.get('dtype', '')} "
             f"{spec.get('threads', '')}t".replace("  ", " ")
-            for spec, result in run.results if result.get("slow_link") and spec["kind"] != "gemm"]
-    return (f"{min(every):.0f}-{max(every):.0f} ns; {len(slow)} of {len(measured)} measurements ‡"
-            + (f" ({', '.join(slow)})" if slow else ""))
+           for spec, result in run.results if result.get("odd_link") and spec["kind"] != "gemm"]
+    return (f"median {statistics.median(every):.0f} ns ({min(every):.0f}-{max(every):.0f}); "
+            f"{len(odd)} of {len(measured)} measurements ‡" + (f" ({', '.join(odd)})" if odd else ""))
 
 
 def main(argv=None):
