@@ -43,16 +43,27 @@ def ratio(a, b):
     return a / b if a is not None and b else None
 
 
-def median_row(label, values, target, fmt, at_least=True):
-    """A markdown row: the median, each run's value, the target and whether the median meets it."""
+def median_row(label, values, target, fmt, at_least=True, marks=None):
+    """A markdown row: the median, each run's value (‡ where a measurement behind it was made while
+    the CPUs' round trip was odd, `marks`), the median of the unmarked values, the target and
+    whether the median (of all) meets it."""
+    marks = marks or [False] * len(values)
     known = [v for v in values if v is not None]
+    sign = '≥' if at_least else '≤'
     if not known:
-        return f"| {label} | – | {' / '.join('–' for _ in values)} | {fmt(target)} | – |"
+        return f"| {label} | – | {' / '.join('–' for _ in values)} | – | {sign} {fmt(target)} | – |"
     mid = statistics.median(known)
     met = mid >= target if at_least else mid <= target
-    runs = " / ".join("–" if v is None else fmt(v) for v in values)
-    return f"| {label} | **{fmt(mid)}** | {runs} | {'≥' if at_least else '≤'} {fmt(target)} | " \
+    runs = " / ".join("–" if v is None else fmt(v) + ("‡" if m else "") for v, m in zip(values, marks))
+    clean = [v for v, m in zip(values, marks) if v is not None and not m]
+    clean_mid = fmt(statistics.median(clean)) if clean else "–"
+    return f"| {label} | **{fmt(mid)}** | {runs} | {clean_mid} | {sign} {fmt(target)} | " \
            f"{'met' if met else 'missed'} |"
+
+
+def odd(run, **where):
+    """Whether the measurement was marked ‡ by compare.Run.links (an odd CPU round trip)."""
+    return bool(where) and bool(run.find(**where).get("odd_link"))
 
 
 def pct(v):
@@ -69,31 +80,45 @@ def seconds(v):
 
 def report(runs):
     top = max(max(r.args.threads) for r in runs)
-    head = ["| target | median | each run | target | |", "|---|---|---|---|---|"]
+    head = ["| target | median | each run | median without ‡ | target | |",
+            "|---|---|---|---|---|---|"]
     out = [f"Medians of {len(runs)} runs ({', '.join(r.path for r in runs)}); float32 with {top} threads "
-           "unless said; *better* is the faster compiled backend of each run.", ""] + head
+           "unless said; *better* is the faster compiled backend of each run; ‡ a run's value that "
+           "rests on a measurement made while the CPUs' round trip was odd (see below); met / missed "
+           "is the median of all runs'.", ""] + head
+    for r in runs:
+        r.links()  # marks the measurements with an odd round trip
+
+    def fb(name, backend, dtype, threads):  # where= of a fastbp measurement
+        return dict(kind="fastbp", workload=name, backend=backend, dtype=dtype, threads=threads)
+
     for name, (share, over_jax) in TARGETS.items():
         w = workloads.get(name)
-        better = [r.best_compiled(name, "float32", top)[1] for r in runs]
+        found = [r.best_compiled(name, "float32", top) for r in runs]
+        better = [b for _, b in found]
+        marked = [bk is not None and odd(r, **fb(name, bk, "float32", top)) for (bk, _), r in zip(found, runs)]
         peaks = [r.peak()["float32"] for r in runs]
         shares = [ratio(b, w.roofline(p) if p else None) for b, p in zip(better, peaks)]
         jax = [ratio(b, compare.rate(r.find(kind="peer", workload=name, peer="jax"))[0])
                for b, r in zip(better, runs)]
-        out.append(median_row(f"{name}: better / roofline", shares, share, pct))
-        out.append(median_row(f"{name}: better / JAX", jax, over_jax, times))
+        out.append(median_row(f"{name}: better / roofline", shares, share, pct, marks=marked))
+        out.append(median_row(f"{name}: better / JAX", jax, over_jax, times, marks=[
+            m or odd(r, kind="peer", workload=name, peer="jax") for m, r in zip(marked, runs)]))
     for name in TARGETS:
         for backend in BACKENDS:
             for threads in sorted({1, top}):
                 out.append(median_row(
                     f"{name} {backend} {threads}t: float64 / float32",
                     [ratio(fastbp(r, name, backend, "float64", threads), fastbp(r, name, backend, "float32", threads))
-                     for r in runs], F64_OVER_F32, times))
+                     for r in runs], F64_OVER_F32, times,
+                    marks=[odd(r, **fb(name, backend, "float64", threads))
+                           or odd(r, **fb(name, backend, "float32", threads)) for r in runs]))
             if top > 1:
                 for dtype in ("float32", "float64"):
                     out.append(median_row(
                         f"{name} {backend} {dtype}: {top}t / 1t",
                         [ratio(fastbp(r, name, backend, dtype, top), fastbp(r, name, backend, dtype, 1)) for r in runs],
-                        TWO_OVER_ONE, times))
+                        TWO_OVER_ONE, times, marks=[odd(r, **fb(name, backend, dtype, top)) for r in runs]))
         for dtype in ("float32", "float64"):
             for threads in sorted({1, top}):
                 spread = []
@@ -101,7 +126,9 @@ def report(runs):
                     a, b = (fastbp(r, name, backend, dtype, threads) for backend in BACKENDS)
                     spread.append(max(a / b, b / a) if a and b else None)
                 out.append(median_row(f"{name} {dtype} {threads}t: faster / slower backend", spread,
-                                      BACKENDS_WITHIN, times, at_least=False))
+                                      BACKENDS_WITHIN, times, at_least=False,
+                                      marks=[any(odd(r, **fb(name, bk, dtype, threads)) for bk in BACKENDS)
+                                             for r in runs]))
     out.append(median_row("first Numba epoch, empty cache (nielsen, from process start)",
                           [r.find(kind="startup", backend="numba", cache="empty").get("total") for r in runs],
                           COLD_START, seconds, at_least=False))
