@@ -266,7 +266,8 @@ def child(spec_text):
             result = measure_startup(spec, entered)
         else:
             result = {"gemm": measure_gemm, "fastbp": measure_fastbp, "peer": measure_peer,
-                      "memory": measure_memory}[spec["kind"]](spec)
+                      "memory": measure_memory,
+                      "link": lambda spec: {"ns": _link(2)}}[spec["kind"]](spec)
     except Exception as error:
         if type(error).__name__ in ("PeerUnavailable", "BackendUnavailable"):
             result = {"skipped": str(error)}
@@ -425,6 +426,10 @@ def parse(argv):
     p.add_argument("--quiet-wait", type=float, default=0, metavar="SECONDS",
                    help="before each measurement wait up to this long for the CPUs to be less than "
                         f"{100 * QUIET:.0f}%% busy (default 0: no waiting); for shared machines")
+    p.add_argument("--link-below", type=float, default=0, metavar="NS",
+                   help="before each measurement on more than one thread wait (up to --quiet-wait "
+                        "seconds, at least 10 minutes when that is 0) until the CPU-to-CPU round trip "
+                        "is below NS nanoseconds (bench/corelatency.py; default 0: no waiting)")
     p.add_argument("--timeout", type=float, default=600, help="seconds per measurement process")
     p.add_argument("--json", metavar="PATH", help="also save every number as JSON")
     args = p.parse_args(argv)
@@ -464,28 +469,48 @@ class Run:
     def log(self, message):
         print(message, file=sys.stderr, flush=True)
 
-    def wait_quiet(self):
-        """Wait (up to --quiet-wait seconds) until other processes leave the CPUs mostly idle."""
-        deadline = time.time() + self.args.quiet_wait
+    def wait_for(self, seconds, read, good, describe, pause):
+        """Read a condition of the machine (read(): a value, or None when it cannot be read) until
+        good(value) or `seconds` have passed, `pause` seconds apart; says on stderr that it waits."""
+        deadline = time.time() + seconds
         waited = False
         while True:
-            b0 = cpu_busy()
-            if b0 is None:
-                return
-            time.sleep(1.0)
-            busy = (cpu_busy() - b0) / benchenv.cpus()
-            if busy < QUIET or time.time() >= deadline:
+            value = read()
+            if value is None or good(value) or time.time() >= deadline:
                 if waited:
-                    self.log(f"      ... CPUs {100 * busy:.0f}% busy, going on")
+                    self.log(f"      ... {describe(value)}, going on")
                 return
             if not waited:
-                self.log(f"      waiting for a quieter machine (CPUs {100 * busy:.0f}% busy by others)")
+                self.log(f"      waiting: {describe(value)}")
                 waited = True
+            time.sleep(pause)
+
+    def wait_quiet(self):
+        """Wait (up to --quiet-wait seconds) until other processes leave the CPUs mostly idle."""
+        def busy():  # the share of the CPUs busy during a second
+            b0 = cpu_busy()
+            if b0 is None:
+                return None
+            time.sleep(1.0)
+            return (cpu_busy() - b0) / benchenv.cpus()
+        self.wait_for(self.args.quiet_wait, busy, lambda b: b < QUIET,
+                      lambda b: f"CPUs {100 * (b or 0):.0f}% busy", 0)
+
+    def wait_link(self):
+        """Wait until the CPU-to-CPU round trip is below --link-below ns (a virtual machine's vCPUs
+        move between cores that share a cache and cores that do not), up to --quiet-wait seconds
+        (10 minutes when that is 0); a fresh process measures it every few seconds."""
+        self.wait_for(self.args.quiet_wait or 600,
+                      lambda: run_child({"kind": "link"}, 2, self.args.timeout).get("ns"),
+                      lambda ns: ns < self.args.link_below,
+                      lambda ns: f"CPU-to-CPU round trip {'?' if ns is None else f'{ns:.0f}'} ns", 5)
 
     def measure(self, spec, threads, label, **env_extra):
         self.count += 1
         if self.args.quiet_wait > 0:
             self.wait_quiet()
+        if self.args.link_below > 0 and threads > 1:
+            self.wait_link()
         busy0, own0 = cpu_busy(), own_cpu()
         started = time.perf_counter()
         result = run_child(spec, threads, self.args.timeout, **env_extra)
