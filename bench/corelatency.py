@@ -15,7 +15,6 @@ the loop once; it runs without the GIL).
 """
 import os
 import statistics
-import sys
 import threading
 import time
 
@@ -76,7 +75,11 @@ def round_trip(cpus=(0, 1), trips=TRIPS, repeats=5):
 
 
 if __name__ == "__main__":
-    sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-    ns = round_trip()
+    import argparse
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--trips", type=int, default=TRIPS, help=f"round trips per measurement ({TRIPS:,})")
+    parser.add_argument("--repeats", type=int, default=5, help="measurements, the median counts (5)")
+    args = parser.parse_args()
+    ns = round_trip(trips=args.trips, repeats=args.repeats)
     print("not measurable here (needs Linux and two CPUs)" if ns is None else
           f"CPU 0 <-> CPU 1 round trip: {ns:.0f} ns")
