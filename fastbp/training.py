@@ -24,6 +24,7 @@ from .kernels import codes, optimizers
 
 FORWARD_BLOCK = 256   # samples per block when predicting or evaluating
 CHUNK_SECONDS = 0.2   # wall time aimed at per call into the backend while training
+EXPLORE_SHARE = 4     # the thread tuner's tries of another count get this fraction of a chunk
 SMALL_NETWORK = 1024  # weights per input, at most, for fit to check X as it trains (see start)
 
 Evaluation = namedtuple("Evaluation", "loss accuracy")
@@ -243,6 +244,11 @@ class Stepper:
         """Steps in the next chunk, after one of `chunk` steps took `elapsed` seconds."""
         return chunk
 
+    def trying(self):
+        """Whether the next chunk tries a thread count other than the fastest (it is then cut to
+        1 / EXPLORE_SHARE: the try is likely slower)."""
+        return False
+
     def data_fingerprint(self):
         return checkpoints.data_fingerprint(self.X, self.Y, self.weights)
 
@@ -302,6 +308,9 @@ class LocalStepper(Stepper):
 
     def next_chunk(self, chunk, elapsed):
         return int(np.clip(chunk * CHUNK_SECONDS / max(elapsed, 1e-6), 1, 1 << 20))
+
+    def trying(self):
+        return self.tuner.explores(self.tuner.chunks + 1)
 
     def start_epoch(self):
         self.costs[:] = 0
@@ -507,6 +516,8 @@ def _run_epoch(stepper, epoch, history, bar, interrupt):
     first = 0
     while first < n:
         last = min(first + chunk, n)
+        if stepper.trying():
+            last = first + max(1, (last - first) // EXPLORE_SHARE)
         saved = stepper.parameters.copy(), stepper.state.copy(), stepper.hyper.copy()
         started = time.perf_counter()
         status, batch = stepper.run(order, first, last)
@@ -524,7 +535,7 @@ def _run_epoch(stepper, epoch, history, bar, interrupt):
             raise KeyboardInterrupt
         if bar is not None:
             bar.update(last - first)
-        chunk = stepper.next_chunk(chunk, time.perf_counter() - started)
+        chunk = stepper.next_chunk(last - first, time.perf_counter() - started)
         first = last
 
 
@@ -720,34 +731,50 @@ def _epoch_done(net, epoch, epochs, values, monitor, schedule, stopper, callback
 
 class _ThreadTuner:
     """Picks the thread count of each chunk of minibatches when n_threads is None: results do not
-    depend on it, so it can follow the machine. It keeps a smoothed rate (minibatches per second) for
-    each candidate (every CPU, half of them, one), uses the best, and now and then tries another: on
-    a busy machine, threads that wait for each other at every step can be slower than fewer."""
+    depend on it, so it can follow the machine. Each candidate (every CPU, half of them, one) is
+    measured in MEASURED chunks first, in turn; then the fastest is used and another is tried now and
+    then: on a busy machine, threads that wait for each other at every step can be slower than fewer.
+
+    A candidate's rate is the best of its last RECENT chunks. A chunk only ever runs slower than its
+    thread count allows (the cold caches of a first epoch, another process, a spell in which the
+    CPUs share no cache), so a single slow chunk must not condemn a count for good: with a smoothed
+    mean, one first-epoch chunk at 2 threads measured at 28 k batches/s (76 k later) kept nielsen on
+    1 thread for a whole fit (483 k against 773 k samples/s). A count that stays slow loses within
+    RECENT chunks."""
 
     EXPLORE = 12  # chunks between two tries of another count
+    MEASURED = 2  # chunks each count is measured in before the fastest is chosen
+    RECENT = 3    # a count's rate: the best of its last RECENT chunks
 
     def __init__(self, most, fixed):
         self.most = most
         self.options = [most] if fixed else sorted({most, max(1, most // 2), 1}, reverse=True)
-        self.rates = {}
+        self.rates = {n: [] for n in self.options}
         self.chunks = 0
+
+    def rate(self, threads):
+        return max(self.rates[threads], default=0.0)
 
     def pick(self):
         self.chunks += 1
-        untried = [n for n in self.options if n not in self.rates]
-        if untried:
-            return untried[0]
-        best = max(self.options, key=self.rates.get)
-        if len(self.options) > 1 and self.chunks % self.EXPLORE == 0:
+        fewest = min(self.options, key=lambda n: len(self.rates[n]))
+        if len(self.rates[fewest]) < self.MEASURED:
+            return fewest
+        best = max(self.options, key=self.rate)
+        if self.explores(self.chunks):
             others = [n for n in self.options if n != best]
             return others[(self.chunks // self.EXPLORE) % len(others)]
         return best
 
+    def explores(self, chunk):
+        """Whether chunk number `chunk` (counted from 1) tries a count other than the fastest."""
+        return len(self.options) > 1 and chunk % self.EXPLORE == 0 and all(
+            len(rates) >= self.MEASURED for rates in self.rates.values())
+
     def record(self, threads, rate):
         if self.chunks == 1:  # the first call may include compiling and page faults: not a rate
             return
-        old = self.rates.get(threads)
-        self.rates[threads] = rate if old is None else 0.6 * old + 0.4 * rate
+        self.rates[threads] = (self.rates[threads] + [rate])[-self.RECENT:]
 
 
 def _progress_bar(progress, total, unit):

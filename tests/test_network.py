@@ -198,6 +198,46 @@ def test_the_thread_tuner_follows_the_faster_count():
     assert _ThreadTuner(4, fixed=True).options == [4]
 
 
+def test_the_thread_tuner_is_not_fooled_by_one_slow_chunk():
+    """A first epoch's cold chunk at 2 threads must not keep a fit on 1 thread (it once did: a
+    smoothed mean of 28 k and later 76 k batches/s stayed below 1 thread's 49 k for a whole fit)."""
+    from fastbp.training import _ThreadTuner
+    tuner = _ThreadTuner(2, fixed=False)
+    speed = {2: 300.0, 1: 150.0}
+    picks = []
+    for chunk in range(1, 12):
+        n = tuner.pick()
+        picks.append(n)
+        tuner.record(n, speed[n] / 4 if chunk == 2 else speed[n])  # chunk 2: cold caches
+    assert picks[:5] == [2, 2, 1, 2, 1]  # each count measured twice, in turn (chunk 1 not timed)
+    assert picks[5:] == [2] * 6  # then the faster, until the next try of another count
+
+
+def test_a_chunk_that_tries_another_thread_count_is_short(monkeypatch):
+    """The tuner's tries run a quarter of a chunk, and chunking changes no result."""
+    from fastbp import training
+    X, y = problem([20, 16, 3], 400)
+    net = fastbp.Network([20, 16, 3], seed=0, n_threads=None)
+    if net.threads < 2:
+        pytest.skip("one CPU: nothing to try")
+    monkeypatch.setattr(training._ThreadTuner, "EXPLORE", 3)
+    calls = []
+    real_run = training.LocalStepper.run
+
+    def run(self, order, first, last):
+        trying = self.tuner.explores(self.tuner.chunks + 1)  # what pick() is about to decide
+        calls.append((last - first, trying))
+        return real_run(self, order, first, last)
+
+    monkeypatch.setattr(training.LocalStepper, "run", run)
+    net.fit(X, y, batch_size=1, epochs=12, lr=0.1)
+    tries = [size for size, trying in calls if trying]
+    assert tries and max(tries) <= 400 // training.EXPLORE_SHARE
+    fixed = fastbp.Network([20, 16, 3], seed=0, n_threads=2)
+    fixed.fit(X, y, batch_size=1, epochs=12, lr=0.1)
+    assert np.array_equal(net.parameters, fixed.parameters)
+
+
 def test_load_defaults_to_auto_and_blames_a_bad_backend_not_the_file(tmp_path):
     path = tmp_path / "model.npz"
     fastbp.Network([3, 4, 2], seed=0).save(path)
