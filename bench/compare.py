@@ -622,14 +622,18 @@ class Run:
         out += self.raw()
         return "\n".join(out)
 
+    def round_trips(self):
+        """Every CPU-to-CPU round trip (ns) the run measured (bench/corelatency.py)."""
+        return [ns for _, result in self.results for ns in result.get("round_trip_ns") or ()]
+
     def links(self):
-        """The CPU-to-CPU round trips of the run (bench/corelatency.py); marks each measurement with
-        a round trip more than ODD_LINK x away from the run's median (odd_link: ‡ in the tables)."""
+        """The report's section on the run's round trips; marks each measurement with a round trip
+        more than ODD_LINK x away from the run's median (odd_link: ‡ in the tables)."""
         measured = [(result, result["round_trip_ns"]) for _, result in self.results
                     if result.get("round_trip_ns")]
         if not measured:
             return []
-        every = [ns for _, trips in measured for ns in trips]
+        every = self.round_trips()
         typical = statistics.median(every)
         for result, trips in measured:
             result["odd_link"] = any(not typical / ODD_LINK <= ns <= ODD_LINK * typical
@@ -860,7 +864,8 @@ def header_text(command, started, elapsed, load, others, versions_, args):
         "# fastbp benchmark report", "",
         "```", f"$ {command}", "```", "",
         f"- when: {time.strftime('%Y-%m-%d %H:%M:%S', time.localtime(started))}, "
-        f"{elapsed / 60:.1f} minutes; working directory {a.cwd}; python {a.python}",
+        f"{elapsed / 60:.1f} minutes" + (f"; working directory {a.cwd}; python {a.python}"
+                                          if a.cwd else ""),
         f"- machine: {a.machine}; load average (1 min) {load[0]:.2f} at the start, "
         f"{load[1]:.2f} at the end" + (
             "" if others is None else f"; other processes used {100 * max(others, 0):.0f}% of the "
@@ -874,16 +879,23 @@ def header_text(command, started, elapsed, load, others, versions_, args):
     ])
 
 
-def rerender(path):
-    """The report of a saved run (--json), printed again with this version's rules (‡, ...)."""
+def load_run(path):
+    """(a Run over the measurements of a saved run (--json), its JSON): the report's lookups and
+    rules work on it as on a run just made."""
     with open(path) as f:
         data = json.load(f)
     options = dict(data["options"])
-    options.setdefault("cwd", "?")
-    options.setdefault("python", "?")
+    options.setdefault("cwd", None)  # not recorded (or left out of a published run)
+    options.setdefault("python", None)
     options.setdefault("machine", data.get("machine", "?"))
     run = Run(argparse.Namespace(**options))
     run.results = [(m["spec"], m["result"]) for m in data["measurements"]]
+    return run, data
+
+
+def rerender(path):
+    """The report of a saved run (--json), printed again with this version's rules (‡, ...)."""
+    run, data = load_run(path)
     header = header_text(data["command"], data["started"], data["seconds"], data["load_average"],
                          data.get("others_cpu"), data.get("versions", {}), run.args)
     return run.report(header)

@@ -7,7 +7,6 @@ Every ratio is taken within one run (its own GEMM peak, its own JAX), then the m
 printed, with the value of each run beside it and whether the median meets the target. Prints markdown.
 """
 import argparse
-import json
 import statistics
 
 import compare
@@ -25,10 +24,7 @@ BACKENDS = ("numba", "cython")  # the order of the backend ratio (either way rou
 def load(path):
     """A compare.py run read back from its JSON: compare.Run's own lookups (find, best_compiled,
     peak) over the saved measurements."""
-    with open(path) as f:
-        data = json.load(f)
-    run = compare.Run(argparse.Namespace(**data["options"]))
-    run.results = [(m["spec"], m["result"]) for m in data["measurements"]]
+    run = compare.load_run(path)[0]
     run.path = path
     return run
 
@@ -141,12 +137,12 @@ def report(runs):
 
 
 def link_summary(run):
-    """The median, fastest and slowest round trip of a run and the measurements marked ‡."""
-    run.links()  # marks the odd ones
-    measured = [result for _, result in run.results if result.get("round_trip_ns")]
-    if not measured:
+    """The median, fastest and slowest round trip of a run and the measurements marked ‡ (by
+    run.links(), which report() called)."""
+    every = run.round_trips()
+    if not every:
         return "not measured (a run from before compare.py measured it)"
-    every = [ns for result in measured for ns in result["round_trip_ns"]]
+    measured = [result for _, result in run.results if result.get("round_trip_ns")]
     odd = [f"{spec['workload']} {spec.get('backend', spec.get('peer', ''))} {spec.get('dtype', '')} "
             f"{spec.get('threads', '')}t".replace("  ", " ")
            for spec, result in run.results if result.get("odd_link") and spec["kind"] != "gemm"]

@@ -5,6 +5,7 @@ runs as its README says, in a fresh process from the repository root."""
 import json
 import os
 import re
+import statistics
 import subprocess
 import sys
 from pathlib import Path
@@ -29,9 +30,7 @@ def test_report_of_a_saved_run_marks_the_odd_round_trips():
              if m["result"].get("round_trip_ns")]
     report = run("bench/compare.py", "--report", RUNS[0])
     assert report.startswith("# fastbp benchmark report")
-    every = sorted(ns for pair in trips for ns in pair)
-    median = every[len(every) // 2] if len(every) % 2 else (every[len(every) // 2 - 1]
-                                                            + every[len(every) // 2]) / 2
+    median = statistics.median(ns for pair in trips for ns in pair)
     odd = sum(any(not median / 2 <= ns <= 2 * median for ns in pair) for pair in trips)
     assert f"{odd} of {len(trips)} measurements had a round trip" in report
     rows = [line for line in report.splitlines() if line.startswith("| fastbp ")]
