@@ -2,10 +2,10 @@
 
     python bench/ab_codes.py BLAS_TILES 2,4 [--workloads mid,wide] [--backends numba,cython]
                              [--threads 1,2] [--dtype float32] [--reps 7]
-    python bench/ab_codes.py "FORWARD_MIN_BATCH[8]" 128,32 --workloads mid --dtype float64
+    python bench/ab_codes.py FORWARD_MIN_BATCH 128,32 --workloads mid --dtype float64
 
 The drivers read the planner's constants (BLAS_TILES, MIN_TILE_WORK, TILE_ROWS, TILE_COLUMNS, SPINS,
-an entry of FORWARD_MIN_BATCH, ...) when they build a minibatch's program, at every call, so one
+FORWARD_MIN_BATCH, ...) when they build a minibatch's program, at every call, so one
 process can switch between values from one epoch to the next: each repetition runs one epoch per
 value, in turn. The report gives the median (and best) samples/s of each value and, for each value
 after the first, the median (and quartiles) over the repetitions of its speed-up against the first
@@ -15,7 +15,6 @@ change; results stay the same whatever the tiling.
 """
 import argparse
 import os
-import re
 import statistics
 import sys
 import time
@@ -30,8 +29,7 @@ import workloads  # noqa: E402
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("name", help="a constant of fastbp.kernels.planner, e.g. BLAS_TILES, or an "
-                                     "entry of a dict of them, e.g. FORWARD_MIN_BATCH[8]")
+    parser.add_argument("name", help="an integer constant of fastbp.kernels.planner, e.g. BLAS_TILES")
     parser.add_argument("values", help="comma-separated integer values, e.g. 2,4")
     parser.add_argument("--workloads", default="mid,wide")
     parser.add_argument("--backends", default="numba,cython")
@@ -40,9 +38,8 @@ def main():
     parser.add_argument("--reps", type=int, default=7)
     args = parser.parse_args()
     from fastbp.kernels import planner
-    entry = re.fullmatch(r"(\w+)\[(\d+)\]", args.name)
-    owner, key = (getattr(planner, entry[1], None), int(entry[2])) if entry else (vars(planner), args.name)
-    if not isinstance(owner, dict) or not isinstance(owner.get(key), int):
+    owner, key = vars(planner), args.name
+    if not isinstance(owner.get(key), int):
         parser.error(f"planner.{args.name} is not an integer constant")
     values = [int(v) for v in args.values.split(",")]
     original = owner[key]

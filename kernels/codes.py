@@ -109,6 +109,10 @@ DRIVERS = ("forward", "gradients", "train_batches", "update_parameters")
 # epoch 1.03x, mid's 1.08x with the network's buffers aligned; nielsen2's 1.16x with X's rows too).
 ALIGNMENT = 64
 
+# The inputs a forward or gradient tile takes at a time, in bytes: a tile's rows of W (or the
+# batch's rows of X) over one span stay in L1 while the tile goes over the batch (or the rows).
+SPAN_BYTES = 4096
+
 
 def zeros(shape, dtype):
     """A zero-filled C-contiguous array whose data starts at an ALIGNMENT-byte boundary."""

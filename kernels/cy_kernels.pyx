@@ -115,12 +115,14 @@ cdef void _forward_rows(const floating* W, const floating* b, const floating* A,
                         Py_ssize_t j0, Py_ssize_t j1) noexcept nogil:
     """OUT Z[s, j] = f(b[j] + W[j] . A[rows[s]]) for j in [j0, j1) and every sample s.
 
-    Register tile: 4 rows of W by 2 samples, 8 dot products sharing each load. A float32 sigmoid
-    is applied to each tile's block afterwards, vectorized (_sigmoid32: 1.2x the forward of
-    nielsen's layer 0 against a double exp per value). Twin: nb_kernels._forward_rows.
+    Register tile: 4 rows of W by 2 samples, 8 dot products sharing each load. The inputs are taken
+    a span (SPAN_BYTES) at a time over the whole batch, the sums kept in Z between spans, so that
+    the 4 rows' span stays in L1 from sample to sample (float64 rows of 784 inputs would not).
+    A float32 sigmoid is applied to each tile's block afterwards, vectorized (_sigmoid32: 1.2x the
+    forward of nielsen's layer 0 against a double exp per value). Twin: nb_kernels._forward_rows.
     """
-    cdef Py_ssize_t i, s, j = j0, rest
-    cdef int tile_act = act
+    cdef Py_ssize_t i, s, j = j0, rest, i0, i1, span = SPAN_BYTES // sizeof(floating)
+    cdef int tile_act = act, span_act
     if floating is float:
         if act == SIGMOID:
             tile_act = IDENTITY
@@ -130,64 +132,67 @@ cdef void _forward_rows(const floating* W, const floating* b, const floating* A,
     cdef const floating *w3
     cdef const floating *x
     cdef const floating *y
+    cdef floating *zx
+    cdef floating *zy
     cdef floating x0, x1, x2, x3, y0, y1, y2, y3, xi, yi, v0, v1, v2, v3
     while j + 4 <= j1:
         w0 = W + j * n_in
         w1 = w0 + n_in
         w2 = w1 + n_in
         w3 = w2 + n_in
-        s = 0
-        while s + 2 <= m:
-            x = A + rows[s] * n_in
-            y = A + rows[s + 1] * n_in
-            x0 = b[j]
-            x1 = b[j + 1]
-            x2 = b[j + 2]
-            x3 = b[j + 3]
-            y0 = b[j]
-            y1 = b[j + 1]
-            y2 = b[j + 2]
-            y3 = b[j + 3]
-            for i in range(n_in):  # each value loaded once: 6 loads for 8 multiply-adds
-                xi = x[i]
-                yi = y[i]
-                v0 = w0[i]
-                v1 = w1[i]
-                v2 = w2[i]
-                v3 = w3[i]
-                x0 += v0 * xi
-                x1 += v1 * xi
-                x2 += v2 * xi
-                x3 += v3 * xi
-                y0 += v0 * yi
-                y1 += v1 * yi
-                y2 += v2 * yi
-                y3 += v3 * yi
-            Z[s * n_out + j] = <floating>_activate(tile_act, x0)
-            Z[s * n_out + j + 1] = <floating>_activate(tile_act, x1)
-            Z[s * n_out + j + 2] = <floating>_activate(tile_act, x2)
-            Z[s * n_out + j + 3] = <floating>_activate(tile_act, x3)
-            Z[(s + 1) * n_out + j] = <floating>_activate(tile_act, y0)
-            Z[(s + 1) * n_out + j + 1] = <floating>_activate(tile_act, y1)
-            Z[(s + 1) * n_out + j + 2] = <floating>_activate(tile_act, y2)
-            Z[(s + 1) * n_out + j + 3] = <floating>_activate(tile_act, y3)
-            s += 2
-        if s < m:
-            x = A + rows[s] * n_in
-            x0 = b[j]
-            x1 = b[j + 1]
-            x2 = b[j + 2]
-            x3 = b[j + 3]
-            for i in range(n_in):
-                xi = x[i]
-                x0 += w0[i] * xi
-                x1 += w1[i] * xi
-                x2 += w2[i] * xi
-                x3 += w3[i] * xi
-            Z[s * n_out + j] = <floating>_activate(tile_act, x0)
-            Z[s * n_out + j + 1] = <floating>_activate(tile_act, x1)
-            Z[s * n_out + j + 2] = <floating>_activate(tile_act, x2)
-            Z[s * n_out + j + 3] = <floating>_activate(tile_act, x3)
+        i0 = 0
+        while i0 < n_in:
+            i1 = min(i0 + span, n_in)
+            span_act = tile_act if i1 == n_in else IDENTITY  # the sums, then f of them
+            s = 0
+            while s < m:
+                x = A + rows[s] * n_in
+                y = (A + rows[s + 1] * n_in) if s + 1 < m else x  # an odd last sample: twice
+                zx = Z + s * n_out + j
+                zy = (zx + n_out) if s + 1 < m else zx
+                if i0 == 0:
+                    x0 = b[j]
+                    x1 = b[j + 1]
+                    x2 = b[j + 2]
+                    x3 = b[j + 3]
+                    y0 = b[j]
+                    y1 = b[j + 1]
+                    y2 = b[j + 2]
+                    y3 = b[j + 3]
+                else:
+                    x0 = zx[0]
+                    x1 = zx[1]
+                    x2 = zx[2]
+                    x3 = zx[3]
+                    y0 = zy[0]
+                    y1 = zy[1]
+                    y2 = zy[2]
+                    y3 = zy[3]
+                for i in range(i0, i1):  # each value loaded once: 6 loads for 8 multiply-adds
+                    xi = x[i]
+                    yi = y[i]
+                    v0 = w0[i]
+                    v1 = w1[i]
+                    v2 = w2[i]
+                    v3 = w3[i]
+                    x0 += v0 * xi
+                    x1 += v1 * xi
+                    x2 += v2 * xi
+                    x3 += v3 * xi
+                    y0 += v0 * yi
+                    y1 += v1 * yi
+                    y2 += v2 * yi
+                    y3 += v3 * yi
+                zy[0] = <floating>_activate(span_act, y0)
+                zy[1] = <floating>_activate(span_act, y1)
+                zy[2] = <floating>_activate(span_act, y2)
+                zy[3] = <floating>_activate(span_act, y3)
+                zx[0] = <floating>_activate(span_act, x0)
+                zx[1] = <floating>_activate(span_act, x1)
+                zx[2] = <floating>_activate(span_act, x2)
+                zx[3] = <floating>_activate(span_act, x3)
+                s += 2
+            i0 = i1
         if tile_act != act:
             _sigmoid_block(Z, n_out, m, j, j + 4)
         j += 4
@@ -306,10 +311,11 @@ cdef void _gradient_rows(const floating* D, const floating* A, const int64_t* ro
 
     The outer products of the batch summed row by row: register tile of 2 rows of G by 5 samples
     (a batch of 10 in two groups), so each row of G is written ceil(m / 5) times (the first group
-    assigns; a last group of fewer than 5 samples repeats a sample with coefficient 0).
-    Twin: nb_kernels._gradient_rows.
+    assigns; a last group of fewer than 5 samples repeats a sample with coefficient 0). The inputs
+    are taken a span (SPAN_BYTES) at a time, so that the samples' span stays in L1 from row to row;
+    each value is computed as without spans. Twin: nb_kernels._gradient_rows.
     """
-    cdef Py_ssize_t i, j, s, k
+    cdef Py_ssize_t i, j, s, k, i0, i1, span = SPAN_BYTES // sizeof(floating)
     cdef bint pair
     cdef floating *g
     cdef floating *h
@@ -319,54 +325,58 @@ cdef void _gradient_rows(const floating* D, const floating* A, const int64_t* ro
     cdef const floating *a3
     cdef const floating *a4
     cdef floating p0, p1, p2, p3, p4, q0, q1, q2, q3, q4, x0, x1, x2, x3, x4
-    for s in range(0, m, 5):
-        k = min(5, m - s)
-        a0 = A + rows[s] * n_in
-        a1 = (A + rows[s + 1] * n_in) if k > 1 else a0
-        a2 = (A + rows[s + 2] * n_in) if k > 2 else a0
-        a3 = (A + rows[s + 3] * n_in) if k > 3 else a0
-        a4 = (A + rows[s + 4] * n_in) if k > 4 else a0
-        j = j0
-        while j < j1:
-            pair = j + 1 < j1
-            g = G + j * n_in
-            h = (g + n_in) if pair else g
-            p0 = scale * D[s * n_out + j]
-            p1 = (scale * D[(s + 1) * n_out + j]) if k > 1 else 0
-            p2 = (scale * D[(s + 2) * n_out + j]) if k > 2 else 0
-            p3 = (scale * D[(s + 3) * n_out + j]) if k > 3 else 0
-            p4 = (scale * D[(s + 4) * n_out + j]) if k > 4 else 0
-            if pair:
-                q0 = scale * D[s * n_out + j + 1]
-                q1 = (scale * D[(s + 1) * n_out + j + 1]) if k > 1 else 0
-                q2 = (scale * D[(s + 2) * n_out + j + 1]) if k > 2 else 0
-                q3 = (scale * D[(s + 3) * n_out + j + 1]) if k > 3 else 0
-                q4 = (scale * D[(s + 4) * n_out + j + 1]) if k > 4 else 0
-                if s == 0:
-                    for i in range(n_in):
-                        x0 = a0[i]
-                        x1 = a1[i]
-                        x2 = a2[i]
-                        x3 = a3[i]
-                        x4 = a4[i]
-                        g[i] = p0 * x0 + p1 * x1 + p2 * x2 + p3 * x3 + p4 * x4
-                        h[i] = q0 * x0 + q1 * x1 + q2 * x2 + q3 * x3 + q4 * x4
+    i0 = 0
+    while i0 < n_in:
+        i1 = min(i0 + span, n_in)
+        for s in range(0, m, 5):
+            k = min(5, m - s)
+            a0 = A + rows[s] * n_in
+            a1 = (A + rows[s + 1] * n_in) if k > 1 else a0
+            a2 = (A + rows[s + 2] * n_in) if k > 2 else a0
+            a3 = (A + rows[s + 3] * n_in) if k > 3 else a0
+            a4 = (A + rows[s + 4] * n_in) if k > 4 else a0
+            j = j0
+            while j < j1:
+                pair = j + 1 < j1
+                g = G + j * n_in
+                h = (g + n_in) if pair else g
+                p0 = scale * D[s * n_out + j]
+                p1 = (scale * D[(s + 1) * n_out + j]) if k > 1 else 0
+                p2 = (scale * D[(s + 2) * n_out + j]) if k > 2 else 0
+                p3 = (scale * D[(s + 3) * n_out + j]) if k > 3 else 0
+                p4 = (scale * D[(s + 4) * n_out + j]) if k > 4 else 0
+                if pair:
+                    q0 = scale * D[s * n_out + j + 1]
+                    q1 = (scale * D[(s + 1) * n_out + j + 1]) if k > 1 else 0
+                    q2 = (scale * D[(s + 2) * n_out + j + 1]) if k > 2 else 0
+                    q3 = (scale * D[(s + 3) * n_out + j + 1]) if k > 3 else 0
+                    q4 = (scale * D[(s + 4) * n_out + j + 1]) if k > 4 else 0
+                    if s == 0:
+                        for i in range(i0, i1):
+                            x0 = a0[i]
+                            x1 = a1[i]
+                            x2 = a2[i]
+                            x3 = a3[i]
+                            x4 = a4[i]
+                            g[i] = p0 * x0 + p1 * x1 + p2 * x2 + p3 * x3 + p4 * x4
+                            h[i] = q0 * x0 + q1 * x1 + q2 * x2 + q3 * x3 + q4 * x4
+                    else:
+                        for i in range(i0, i1):
+                            x0 = a0[i]
+                            x1 = a1[i]
+                            x2 = a2[i]
+                            x3 = a3[i]
+                            x4 = a4[i]
+                            g[i] += p0 * x0 + p1 * x1 + p2 * x2 + p3 * x3 + p4 * x4
+                            h[i] += q0 * x0 + q1 * x1 + q2 * x2 + q3 * x3 + q4 * x4
+                elif s == 0:
+                    for i in range(i0, i1):
+                        g[i] = p0 * a0[i] + p1 * a1[i] + p2 * a2[i] + p3 * a3[i] + p4 * a4[i]
                 else:
-                    for i in range(n_in):
-                        x0 = a0[i]
-                        x1 = a1[i]
-                        x2 = a2[i]
-                        x3 = a3[i]
-                        x4 = a4[i]
-                        g[i] += p0 * x0 + p1 * x1 + p2 * x2 + p3 * x3 + p4 * x4
-                        h[i] += q0 * x0 + q1 * x1 + q2 * x2 + q3 * x3 + q4 * x4
-            elif s == 0:
-                for i in range(n_in):
-                    g[i] = p0 * a0[i] + p1 * a1[i] + p2 * a2[i] + p3 * a3[i] + p4 * a4[i]
-            else:
-                for i in range(n_in):
-                    g[i] += p0 * a0[i] + p1 * a1[i] + p2 * a2[i] + p3 * a3[i] + p4 * a4[i]
-            j += 2
+                    for i in range(i0, i1):
+                        g[i] += p0 * a0[i] + p1 * a1[i] + p2 * a2[i] + p3 * a3[i] + p4 * a4[i]
+                j += 2
+        i0 = i1
     _bias_rows(D, m, n_out, scale, gb, j0, j1)
 
 

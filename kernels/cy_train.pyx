@@ -415,7 +415,7 @@ cdef _launch(int kind, int n_threads, const int64_t[::1] desc, floating[::1] par
     cdef const floating[::1] data = parts[3]
     cdef int64_t[:, ::1] program = planner.program(kind, np.asarray(desc), batch_size,
                                                    order.shape[0], indptr.shape[0] > 0,
-                                                   codes.misaligned(parts[0]), sizeof(floating))
+                                                   codes.misaligned(parts[0]))
     cdef int64_t[::1] counters = np.zeros(1, np.int64)
     cdef int64_t[::1] claims = np.zeros(max(last - first, 1) * (program[program.shape[0] - 1, P_STEP] + 1)
                                         * max(1, n_threads), np.int64)

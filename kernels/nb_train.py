@@ -552,7 +552,7 @@ def _launch(kind, n_threads, desc, params, grads, state, X, Y, order, batch_size
     _announce_compilation(params.dtype)
     X, indptr, indices, data = codes.split_input(X)
     program = planner.program(kind, desc, batch_size, order.shape[0], indptr.shape[0] != 0,
-                              codes.misaligned(X), params.itemsize)
+                              codes.misaligned(X))
     counters = np.zeros(1, np.int64)
     claims = np.zeros(max(last - first, 1) * (int(program[-1, codes.P_STEP]) + 1) * max(1, n_threads),
                       np.int64)

@@ -28,11 +28,10 @@ SPINS = 4000             # spin-wait iterations (a few microseconds) before a wa
 # of columns of Z = A W^T, rows of G = D^T A), error-term tiles blocks of samples (rows of E = D W).
 BLAS_MIN_BATCH = 32
 # The forward pass from bigger batches only: the forward tile is as fast as a gemm that repacks its
-# operands up to batches of about 128 in float32 (measured). Not in float64, where a tile's 4 rows
-# of W and 2 samples' rows (37 KB) no longer fit the 32 KB L1 of the machines we know: there gemm
-# wins from BLAS_MIN_BATCH on (mid, 784-256-128-10, batches of 32-64: 1.25-1.29x an epoch on Cython
-# at 1 thread, 1.08x at 2; Numba 1.06x).
-FORWARD_MIN_BATCH = {4: 4 * BLAS_MIN_BATCH, 8: BLAS_MIN_BATCH}  # by the size of a value in bytes
+# operands up to batches of about 128 (measured), in float64 too since the tile goes over the inputs
+# a span at a time (codes.SPAN_BYTES; mid, batches of 64, float64: 1.05-1.09x an epoch at 1 thread,
+# 1.13-1.14x at 2, against gemm from BLAS_MIN_BATCH on as before).
+FORWARD_MIN_BATCH = 4 * BLAS_MIN_BATCH
 BLAS_MIN_LAYER = 128 * 128
 BLAS_TILES = 2  # few, large tiles: each gemm call packs its operands again (measured: 2 > 4 > 8)
 # Whether layer 0's tiles read a copy of the batch's rows of X, gathered at a cache line, when X's
@@ -58,18 +57,16 @@ def part_tiles(phase, n_in, n_out, m):
     return -(-n_out // rows)
 
 
-def use_blas(op, m, n_in, n_out, itemsize=4):
-    """Whether a phase of this shape, on values of `itemsize` bytes, calls BLAS rather than the
-    hand-written tiles."""
-    if op == OP_FORWARD and m < FORWARD_MIN_BATCH[itemsize]:
+def use_blas(op, m, n_in, n_out):
+    """Whether a phase of this shape calls BLAS rather than the hand-written tiles."""
+    if op == OP_FORWARD and m < FORWARD_MIN_BATCH:
         return False
     return m >= BLAS_MIN_BATCH and n_in * n_out >= BLAS_MIN_LAYER and min(n_in, n_out) >= 64
 
 
-def program(kind, desc, batch_size, n_samples=None, sparse=False, misaligned=False, itemsize=4):
-    """The phases of one minibatch of `batch_size` samples for a driver call of this kind, on values
-    of `itemsize` bytes (4: float32, 8: float64), with their tiles, as an int64 array of P_FIELDS
-    columns.
+def program(kind, desc, batch_size, n_samples=None, sparse=False, misaligned=False):
+    """The phases of one minibatch of `batch_size` samples for a driver call of this kind, with their
+    tiles, as an int64 array of P_FIELDS columns.
 
     Forward through every layer, then the output error; for TRAIN and GRADIENTS, the error terms of
     every layer but the first, top down, then every layer's gradient with its update (TRAIN) or
@@ -98,13 +95,13 @@ def program(kind, desc, batch_size, n_samples=None, sparse=False, misaligned=Fal
     phases = []
     for l in range(n_layers):
         n_in, n_out = layer(desc, l)[:2]
-        blas = use_blas(OP_FORWARD, m, n_in, n_out, itemsize) and (l > 0 or gather_room)
+        blas = use_blas(OP_FORWARD, m, n_in, n_out) and (l > 0 or gather_room)
         phases.append([OP_FORWARD, l, rows_for(n_in, n_out, blas), sample_tile, 0, blas])
     phases.append([OP_OUTPUT, n_layers - 1, 0, 0, 0, 0])
     if kind != FORWARD:
         for l in range(n_layers - 1, 0, -1):
             n_in, n_out = layer(desc, l)[:2]
-            blas = use_blas(OP_BACKWARD, m, n_in, n_out, itemsize)
+            blas = use_blas(OP_BACKWARD, m, n_in, n_out)
             columns = min(n_in, TILE_COLUMNS)
             samples = sample_tile if blas else min(
                 m, max(2, 2 * -(-MIN_TILE_WORK // (2 * columns * n_out))))
@@ -112,7 +109,7 @@ def program(kind, desc, batch_size, n_samples=None, sparse=False, misaligned=Fal
         op = OP_UPDATE if kind == TRAIN else OP_GRADIENT
         for l in range(n_layers):  # bottom up: the small top layers' tiles last, in a parallel step
             n_in, n_out = layer(desc, l)[:2]
-            blas = use_blas(op, m, n_in, n_out, itemsize) and (l > 0 or gather_room)
+            blas = use_blas(op, m, n_in, n_out) and (l > 0 or gather_room)
             phases.append([op, l, rows_for(n_in, n_out, blas), 0, 0, blas])
     gathered = any(p[5] and p[1] == 0 for p in phases) or (
         gather_room and misaligned and GATHER_UNALIGNED)

@@ -17,7 +17,8 @@ import fastbp
 from fastbp import backends, reference, validation
 from fastbp.kernels import codes, planner
 
-SHAPES = [(1, 3, 1), (2, 5, 4), (7, 9, 6), (10, 33, 13), (16, 64, 30)]  # (samples, n_in, n_out)
+# (samples, n_in, n_out); the last has more inputs than a span (codes.SPAN_BYTES) in either dtype
+SHAPES = [(1, 3, 1), (2, 5, 4), (7, 9, 6), (10, 33, 13), (16, 64, 30), (9, 1100, 10)]
 ELEMENTWISE = list(codes.HIDDEN_ACTIVATIONS)
 
 

@@ -142,20 +142,35 @@ def test_divergence_stops_with_the_last_finite_parameters(backend):
     assert error.value.epoch == 1 and error.value.history.epochs == 0
 
 
+def test_inputs_longer_than_a_span_agree_for_any_thread_count(compiled, dtype):
+    """The forward and gradient tiles take the inputs a span (codes.SPAN_BYTES) at a time: with more
+    inputs than a span in either dtype, the reference's results, and the same bits for any thread
+    count (53 samples: a partial last batch, of an odd size)."""
+    from fastbp.kernels import codes
+    sizes = [codes.SPAN_BYTES // 4 + 76, 10, 3]
+    X, y = problem(sizes, 53, seed=4, dtype=dtype)
+    results = []
+    for backend, n_threads in (("numpy", 1), (compiled, 1), (compiled, 2), (compiled, 3), (compiled, 5)):
+        net = fastbp.Network(sizes, "tanh", loss="cross_entropy", dtype=dtype, backend=backend,
+                             n_threads=n_threads, seed=0)
+        net.fit(X, y, epochs=2, batch_size=10, lr=0.1, l2=1e-3)
+        results.append(net.parameters.copy())
+    assert all(np.array_equal(results[1], other) for other in results[2:])
+    close(results[1], results[0], dtype, factor=100)
+
+
 @pytest.mark.parametrize("batch_size", [40, 130])
 def test_large_layers_take_the_blas_path_and_agree(compiled, dtype, batch_size):
-    """Layers of 128 x 128 and more use BLAS tiles for batches of 32 and more (in float32 the forward
-    pass from 128 on), with a gathered copy of the batch: the same results as the reference, for any
-    thread count."""
+    """Layers of 128 x 128 and more use BLAS tiles for batches of 32 and more (the forward pass from
+    128 on), with a gathered copy of the batch: the same results as the reference, for any thread
+    count."""
     from fastbp.kernels import codes, planner
     sizes = [150, 140, 130, 5]
     net = fastbp.Network(sizes, "relu", loss="cross_entropy", dtype=dtype, backend=compiled, seed=0)
-    program = planner.program(codes.TRAIN, net._buffers(batch_size)[0], batch_size,
-                              itemsize=net.parameters.itemsize)
+    program = planner.program(codes.TRAIN, net._buffers(batch_size)[0], batch_size)
     blas = program[:, codes.P_BLAS] != 0
     assert blas.sum() >= 3 and program[0, codes.P_OP] == codes.OP_GATHER
-    assert blas[program[:, codes.P_OP] == codes.OP_FORWARD].any() == (
-        batch_size >= 128 or dtype == "float64")
+    assert blas[program[:, codes.P_OP] == codes.OP_FORWARD].any() == (batch_size >= 128)
     X, y = problem(sizes, 300, seed=8, dtype=dtype)
     reference = fastbp.Network(sizes, "relu", loss="cross_entropy", dtype=dtype, backend="numpy", seed=0)
     results = []
