@@ -27,6 +27,11 @@ from .codes import (ADAM, C_1MB1, C_1MB2, C_1MRHO, C_B2, C_EPS, C_INV_SQRT_BC2, 
                     IDENTITY, LEAKY_RELU, LEAKY_SLOPE, MIX_1, MIX_2, RELU, RMSPROP, SGD, SIGMOID,
                     SOFTMAX, SPAN_BYTES, TANH)
 
+# The fingerprint of the codes compiled in here (codes.source_hash()). Numba keys its cache of a
+# function on the text of that function's file alone: this line makes the text change when the codes
+# do (tests/test_numba_cache.py keeps it current), so that no cached kernel keeps old codes.
+CODES = "d650cc2e933f4780"
+
 # Fast-math flags, defined once: reassociation lets LLVM vectorize the dot products. Never 'nnan' or
 # 'ninf': divergence detection relies on NaN and inf surviving the arithmetic.
 FASTMATH = {"reassoc", "contract", "nsz", "arcp", "afn"}

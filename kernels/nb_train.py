@@ -46,6 +46,12 @@ from .nb_kernels import (_backward_block, _bias_activate, _coefficients, _deriva
                          activation_forward, jit, jit_inline, output_error,
                          update_parameters)  # noqa: F401  (a driver too: the MPI step)
 
+# The fingerprint of nb_kernels.py (its text's sha256, first 16 hex digits), whose kernels, and
+# through its CODES the codes, are compiled into the worker. Numba keys the worker's cache on the
+# text of this file alone: without this line, a cached worker would keep running the kernels of an
+# earlier nb_kernels.py, after an upgrade too (tests/test_numba_cache.py keeps it current).
+KERNELS = "f807f290f87120dd"
+
 
 # --------------------------------------------------------------------------- atomics (LLVM)
 
