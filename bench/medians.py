@@ -142,12 +142,13 @@ def link_summary(run):
     every = run.round_trips()
     if not every:
         return "not measured (a run from before compare.py measured it)"
-    measured = [result for _, result in run.results if result.get("round_trip_ns")]
+    trained = [(spec, result) for spec, result in run.results  # the GEMM peaks carry no ‡
+               if result.get("round_trip_ns") and spec["kind"] != "gemm"]
     odd = [f"{spec['workload']} {spec.get('backend', spec.get('peer', ''))} {spec.get('dtype', '')} "
             f"{spec.get('threads', '')}t".replace("  ", " ")
-           for spec, result in run.results if result.get("odd_link") and spec["kind"] != "gemm"]
+           for spec, result in trained if result.get("odd_link")]
     return (f"median {statistics.median(every):.0f} ns ({min(every):.0f}-{max(every):.0f}); "
-            f"{len(odd)} of {len(measured)} measurements ‡" + (f" ({', '.join(odd)})" if odd else ""))
+            f"{len(odd)} of {len(trained)} measurements ‡" + (f" ({', '.join(odd)})" if odd else ""))
 
 
 def main(argv=None):
