@@ -136,12 +136,20 @@ def _softplus(x):
 
 @jit
 def _bias_activate(Z, b, act, s0, s1, j0, j1):
-    """IN/OUT Z[s, j] = f(Z[s, j] + b[j]) over a block, one loop per activation (vectorizable).
-    Pass b[j0] = 0s for no bias. Twin: cy_kernels._bias_activate."""
+    """IN/OUT Z[s, j] = f(Z[s, j] + b[j]) over a block, one loop per activation (vectorizable); b
+    may be empty (no bias). Twin: cy_kernels._bias_activate."""
     for s in range(s0, s1):
         z = Z[s, j0:j1]
-        c = b[j0:j1]
         n = j1 - j0
+        if b.shape[0] == 0:
+            if act == RELU:
+                for j in range(n):
+                    z[j] = z[j] if z[j] > 0 else 0
+            elif act != IDENTITY:
+                for j in range(n):
+                    z[j] = _activate(act, z[j])
+            continue
+        c = b[j0:j1]
         if act == RELU:
             for j in range(n):
                 v = z[j] + c[j]
@@ -671,8 +679,8 @@ def activation_forward(act, Z):
     elif act == SIGMOID and Z.itemsize == 4:
         _sigmoid_block(Z, Z.shape[0], 0, Z.shape[1])
     else:
-        _bias_activate(Z, np.zeros(Z.shape[1], Z.dtype), act, np.int64(0), Z.shape[0], np.int64(0),
-                       Z.shape[1])
+        _bias_activate(Z, Z.reshape(Z.size)[:0], act, np.int64(0), Z.shape[0], np.int64(0),
+                       Z.shape[1])  # no bias, and no allocation (the worker runs without NRT)
 
 
 @jit
