@@ -141,9 +141,8 @@ def _wait(counters, i, target, spins):
 
 @intrinsic
 def _view(typingctx, flat, offset, rows, cols):
-    """A (rows, cols) C-contiguous view of flat[offset:], with no reference count: the worker's
-    views would otherwise update the buffers' shared counts atomically, from every thread, at every
-    tile. Valid while flat lives (the worker's call)."""
+    """A (rows, cols) C-contiguous view of flat[offset:] that holds no reference to flat's memory
+    (the worker runs without reference counting). Valid while flat lives (the worker's call)."""
     return _borrowed(flat, types.Array(flat.dtype, 2, "C"),
                      types.Array(flat.dtype, 2, "C")(flat, types.intp, types.intp, types.intp))
 
