@@ -394,10 +394,10 @@ def _derivative_block(A, act, E, s0, s1, i0, i1, rate, seed, key, layer):
         a = A[r, i0:i1]
         g = E[r, i0:i1]
         if rate == 0:
-            for i in range(i0, i1):
+            for i in range(i1 - i0):
                 g[i] *= _derivative(act, a[i])
         else:
-            for i in range(i0, i1):
+            for i in range(i1 - i0):
                 if _keep(seed, key, layer, r, i0 + i, rate):
                     g[i] *= _derivative(act, a[i] * (1.0 - rate)) / (1.0 - rate)
                 else:

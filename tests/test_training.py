@@ -142,6 +142,19 @@ def test_divergence_stops_with_the_last_finite_parameters(backend):
     assert error.value.epoch == 1 and error.value.history.epochs == 0
 
 
+def agrees_for_any_thread_count(compiled, dtype, sizes, X, y, **fit):
+    """Train a tanh network on (X, y) with the reference and with `compiled` at 1, 2, 3 and 5
+    threads: the same bits at every count, and the reference's values."""
+    results = []
+    for backend, n_threads in (("numpy", 1), (compiled, 1), (compiled, 2), (compiled, 3), (compiled, 5)):
+        net = fastbp.Network(sizes, "tanh", loss="cross_entropy", dtype=dtype, backend=backend,
+                             n_threads=n_threads, seed=0)
+        net.fit(X, y, epochs=2, lr=0.1, **fit)
+        results.append(net.parameters.copy())
+    assert all(np.array_equal(results[1], other) for other in results[2:])
+    close(results[1], results[0], dtype, factor=100)
+
+
 def test_inputs_longer_than_a_span_agree_for_any_thread_count(compiled, dtype):
     """The forward and gradient tiles take the inputs a span (codes.SPAN_BYTES) at a time: with more
     inputs than a span in either dtype, the reference's results, and the same bits for any thread
@@ -149,14 +162,17 @@ def test_inputs_longer_than_a_span_agree_for_any_thread_count(compiled, dtype):
     from fastbp.kernels import codes
     sizes = [codes.SPAN_BYTES // 4 + 76, 10, 3]
     X, y = problem(sizes, 53, seed=4, dtype=dtype)
-    results = []
-    for backend, n_threads in (("numpy", 1), (compiled, 1), (compiled, 2), (compiled, 3), (compiled, 5)):
-        net = fastbp.Network(sizes, "tanh", loss="cross_entropy", dtype=dtype, backend=backend,
-                             n_threads=n_threads, seed=0)
-        net.fit(X, y, epochs=2, batch_size=10, lr=0.1, l2=1e-3)
-        results.append(net.parameters.copy())
-    assert all(np.array_equal(results[1], other) for other in results[2:])
-    close(results[1], results[0], dtype, factor=100)
+    agrees_for_any_thread_count(compiled, dtype, sizes, X, y, batch_size=10, l2=1e-3)
+
+
+def test_error_terms_in_column_blocks_agree_for_any_thread_count(compiled, dtype):
+    """A hidden layer wider than planner.TILE_COLUMNS has its error terms (and their derivative and
+    dropout) in blocks of columns starting past 0: the reference's results, and the same bits for
+    any thread count."""
+    from fastbp.kernels import planner
+    sizes = [6, planner.TILE_COLUMNS + 88, 3]
+    X, y = problem(sizes, 53, seed=6, dtype=dtype)
+    agrees_for_any_thread_count(compiled, dtype, sizes, X, y, batch_size=8, dropout=0.3)
 
 
 @pytest.mark.parametrize("batch_size", [40, 130])
