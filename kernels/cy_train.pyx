@@ -280,6 +280,30 @@ cdef void _tile(const int64_t* phase, Py_ssize_t t, int kind, const int64_t* des
         _atomic_set(status, PARAMS_NOT_FINITE)
 
 
+cdef inline Py_ssize_t _share_tile(const int64_t* program, Py_ssize_t p, Py_ssize_t q,
+                                   Py_ssize_t tiles, bint serial, Py_ssize_t extra, Py_ssize_t v,
+                                   Py_ssize_t n_workers, Py_ssize_t j, Py_ssize_t* row) noexcept nogil:
+    """Tile j of share v of the step of program rows p..q-1, whose tiles are counted in column
+    `tiles` (a serial step: one tile, its rows in order), with `extra` tiles of the next batch's
+    gather after them as row q: the tile's number in its row, the row in *row; -1 past the share.
+    Each row's tiles are split in n_workers contiguous parts, the i-th row's offset by i so that
+    one-tile rows go round the workers: a share holds a part of every layer, as the rows of one step
+    differ in work per tile far more than in tile counts. Twin: nb_train._share_tile."""
+    cdef Py_ssize_t r, parts, lo, hi, i = 0
+    for r in range(p, q + 1):
+        if serial and p < r < q:
+            continue
+        parts = extra if r == q else (1 if serial else program[r * P_FIELDS + tiles])
+        lo = (v * parts + i) // n_workers
+        hi = ((v + 1) * parts + i) // n_workers
+        if j < hi - lo:
+            row[0] = r
+            return lo + j
+        j -= hi - lo
+        i = (i + 1) % n_workers
+    return -1
+
+
 cdef inline void _wait(int64_t* counter, int64_t target, Py_ssize_t spins) noexcept nogil:
     """Wait until *counter >= target: spin `spins` times (planner.SPINS: a few microseconds), then
     yield the CPU at each look. Twin: nb_train._wait."""
@@ -297,25 +321,26 @@ cdef void _worker(int kind, const int64_t* program, Py_ssize_t n_program, const 
                   const floating* Y, const int64_t* order, Py_ssize_t n, Py_ssize_t batch_size,
                   Py_ssize_t first, Py_ssize_t last, double* hyper, floating* work, double* costs,
                   Py_ssize_t n_costs, floating* out, double* norms, double* squares,
-                  int64_t* counters, int64_t* claims, int64_t* status, floating* c,
-                  const int64_t* ident, Py_ssize_t spins, Py_ssize_t worker,
+                  int64_t* counters, int64_t* claims, Py_ssize_t claim_stride, int64_t* status,
+                  floating* c, const int64_t* ident, Py_ssize_t spins, Py_ssize_t worker,
                   Py_ssize_t n_workers, const double* weights, const int64_t* indptr,
                   const int64_t* indices, const floating* data) noexcept nogil:
     """Worker `worker` of n_workers: a pass over batches first..last-1, every step of `program`.
 
-    The tiles of step k are split into n_workers contiguous shares, share v handed out through
-    claims[k * n_workers + v]. A worker claims from its own share first, so that it keeps the same
-    rows of W (in its core's cache) from batch to batch, then helps with the others'. counters[0]
-    counts the finished tiles of the whole call. A worker claims only tiles of the step it is in, and
-    a step is over when every tile before its end is finished. A row's tiles are counted in its
+    The tiles of step k are split into n_workers shares (_share_tile: a part of each of its rows),
+    share v handed out through claims[v * claim_stride + k]. A worker claims from its own share
+    first, so that it keeps the same rows of W (in its core's cache) from batch to batch, then helps
+    with the others'. counters[0] counts the finished tiles of the whole call; a worker adds its
+    count once per step. A worker claims only tiles of the step it is in, and a step is over when
+    every tile before its end is finished. A row's tiles are counted in its
     P_TILES column, or P_LAST_TILES for the partial last batch. With an ahead gather (program row 0's
     P_AHEAD), the step P_AHEAD also has the next batch's gather tiles, after its own, and the gather
     step runs at the call's first batch only; batch i's rows are gathered into half i % 2 of the
     work buffer's room (each half D_SLOT long). Twin: nb_train._worker.
     """
-    cdef Py_ssize_t i, j, p, q, r, u, v, lo, hi, start, m, n_tiles, parts, t, first_tile, last_tile
+    cdef Py_ssize_t i, j, p, q, r, u, v, start, m, n_tiles, t
     cdef Py_ssize_t tiles, next_m, extra  # tiles: the program's column of tile counts for this batch
-    cdef Py_ssize_t base = 0, k = 0, host = program[P_AHEAD]
+    cdef Py_ssize_t base = 0, k = 0, done = 0, host = program[P_AHEAD]
     cdef Py_ssize_t slot = desc[D_SLOT] if host > 0 else 0
     cdef Py_ssize_t n_targets = desc[D_HEADER + L_FIELDS * (desc[D_LAYERS] - 1) + L_OUT]
     cdef bint targets = kind != FORWARD or n_costs != 0  # the output phase reads Y[rows]
@@ -356,38 +381,35 @@ cdef void _worker(int kind, const int64_t* program, Py_ssize_t n_program, const 
                 extra = program[P_TILES if next_m == batch_size else P_LAST_TILES]
             for j in range(n_workers):  # its own share first, then the others'
                 v = (worker + j) % n_workers
-                lo = v * (n_tiles + extra) // n_workers
-                hi = (v + 1) * (n_tiles + extra) // n_workers
                 while True:
-                    t = lo + _atomic_add(claims + k * n_workers + v, 1)
-                    if t >= hi:
+                    t = _share_tile(program, p, q, tiles, serial, extra, v, n_workers,
+                                    _atomic_add(claims + v * claim_stride + k, 1), &r)
+                    if t < 0:
                         break
-                    if t >= n_tiles:  # a tile of the next batch's gather (row 0)
+                    if r == q:  # a tile of the next batch's gather (row 0)
                         if status[0] == DONE:
-                            _tile(program, t - n_tiles, kind, desc, params, grads, S0, S1, X, Y,
+                            _tile(program, t, kind, desc, params, grads, S0, S1, X, Y,
                                   rows + batch_size, next_m, start + batch_size, ident, work,
                                   work + desc[D_GATHER] + ((i + 1) % 2) * slot, costs, n_costs,
                                   out, norms, squares, hyper, c, status, i + 1, weights, indptr,
                                   indices, data)
-                        _atomic_add(counters, 1)
-                        continue
-                    for r in range(p, q):  # serial: every tile of every row, in order; else tile t
-                        parts = program[r * P_FIELDS + tiles]
-                        if not serial and t >= parts:
-                            t -= parts
-                            continue
-                        first_tile = 0 if serial else t
-                        last_tile = parts if serial else t + 1
-                        for u in range(first_tile, last_tile):
-                            if status[0] != DONE:  # a failed row stops the serial step
-                                break
-                            _tile(program + r * P_FIELDS, u, kind, desc, params, grads, S0, S1, X,
-                                  Y, rows, m, start, ident, work, gathered, costs, n_costs, out,
-                                  norms, squares, hyper, c, status, i, weights, indptr, indices,
-                                  data)
-                        if not serial:
-                            break
-                    _atomic_add(counters, 1)
+                    elif not serial:
+                        _tile(program + r * P_FIELDS, t, kind, desc, params, grads, S0, S1, X, Y,
+                              rows, m, start, ident, work, gathered, costs, n_costs, out, norms,
+                              squares, hyper, c, status, i, weights, indptr, indices, data)
+                    else:
+                        for r in range(p, q):  # every tile of every row, in order
+                            for u in range(program[r * P_FIELDS + tiles]):
+                                if status[0] != DONE:  # a failed row stops the serial step
+                                    break
+                                _tile(program + r * P_FIELDS, u, kind, desc, params, grads, S0,
+                                      S1, X, Y, rows, m, start, ident, work, gathered, costs,
+                                      n_costs, out, norms, squares, hyper, c, status, i, weights,
+                                      indptr, indices, data)
+                    done += 1
+            if done > 0:  # one add per worker and step: each add moves the line between cores
+                _atomic_add(counters, done)
+                done = 0
             base += n_tiles + extra
             _wait(counters, base, spins)
             if _atomic_load(status) != DONE:
@@ -416,13 +438,14 @@ cdef _launch(int kind, int n_threads, const int64_t[::1] desc, floating[::1] par
     cdef int64_t[:, ::1] program = planner.program(kind, np.asarray(desc), batch_size,
                                                    order.shape[0], indptr.shape[0] > 0,
                                                    codes.misaligned(parts[0]))
-    cdef int64_t[::1] counters = np.zeros(1, np.int64)
-    cdef int64_t[::1] claims = np.zeros(max(last - first, 1) * (program[program.shape[0] - 1, P_STEP] + 1)
-                                        * max(1, n_threads), np.int64)
+    cdef int n_workers = max(1, n_threads)
+    counting = planner.counters(np.asarray(program), first, last, n_workers)
+    cdef int64_t[::1] counters = counting[0]
+    cdef int64_t[::1] claims = counting[1]
+    cdef Py_ssize_t claim_stride = counting[2]
     cdef int64_t[::1] status = np.zeros(2, np.int64)
     cdef floating[::1] c = np.zeros(C_SIZE, np.asarray(params).dtype)
     cdef int64_t[::1] ident = np.arange(desc[D_CAPACITY])
-    cdef int n_workers = max(1, n_threads)
     cdef Py_ssize_t spins = planner.SPINS
     cdef const floating* Y_data = &Y[0, 0] if Y.shape[0] > 0 else NULL
     cdef floating* out_data = &out[0, 0] if out.shape[0] > 0 else NULL
@@ -440,7 +463,7 @@ cdef _launch(int kind, int n_threads, const int64_t[::1] desc, floating[::1] par
     with planner.blas_single_threaded(np.asarray(program)):
         _run_workers(kind, program, desc, params, grads, state, X, Y_data, order, batch_size, first,
                      last, hyper, work, costs_data, costs.shape[0], out_data, norms_data,
-                     squares_data, counters, claims, status, c, ident, spins, n_workers,
+                     squares_data, counters, claims, claim_stride, status, c, ident, spins, n_workers,
                      weights_data, indptr_data, indices_data, values_data)
     return np.asarray(status)
 
@@ -451,7 +474,7 @@ cdef void _run_workers(int kind, int64_t[:, ::1] program, const int64_t[::1] des
                        Py_ssize_t batch_size, Py_ssize_t first, Py_ssize_t last, double[::1] hyper,
                        floating[::1] work, double* costs_data, Py_ssize_t n_costs, floating* out_data,
                        double* norms, double* squares, int64_t[::1] counters, int64_t[::1] claims,
-                       int64_t[::1] status,
+                       Py_ssize_t claim_stride, int64_t[::1] status,
                        floating[::1] c, int64_t[::1] ident, Py_ssize_t spins,
                        int n_workers, const double* weights, const int64_t* indptr,
                        const int64_t* indices, const floating* data) noexcept:
@@ -461,7 +484,8 @@ cdef void _run_workers(int kind, int64_t[:, ::1] program, const int64_t[::1] des
         _worker(kind, &program[0, 0], program.shape[0], &desc[0], &params[0], &grads[0],
                 &state[0, 0], &state[1, 0], &X[0, 0], Y_data, &order[0], order.shape[0],
                 batch_size, first, last, &hyper[0], &work[0], costs_data, n_costs,
-                out_data, norms, squares, &counters[0], &claims[0], &status[0], &c[0], &ident[0],
+                out_data, norms, squares, &counters[0], &claims[0], claim_stride, &status[0], &c[0],
+                &ident[0],
                 spins, worker, n_workers, weights, indptr, indices, data)
 
 

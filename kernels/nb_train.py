@@ -126,6 +126,28 @@ def _yield(typingctx):
 
 
 @jit
+def _share_tile(program, p, q, tiles, serial, extra, v, n_workers, j):
+    """Tile j of share v of the step of program rows p..q-1, whose tiles are counted in column
+    `tiles` (a serial step: one tile, its rows in order), with `extra` tiles of the next batch's
+    gather after them as row q: (row, the tile's number in its row), the number -1 past the share.
+    Each row's tiles are split in n_workers contiguous parts, the i-th row's offset by i so that
+    one-tile rows go round the workers: a share holds a part of every layer, as the rows of one step
+    differ in work per tile far more than in tile counts. Twin: cy_train._share_tile."""
+    i = 0
+    for r in range(p, q + 1):
+        if serial and p < r < q:
+            continue
+        parts = extra if r == q else (1 if serial else program[r, tiles])
+        lo = (v * parts + i) // n_workers
+        hi = ((v + 1) * parts + i) // n_workers
+        if j < hi - lo:
+            return r, lo + j
+        j -= hi - lo
+        i = (i + 1) % n_workers
+    return q, -1
+
+
+@jit
 def _wait(counters, i, target, spins):
     """Wait until counters[i] >= target: spin `spins` times (planner.SPINS: a few microseconds; the
     other workers are usually about to finish), then yield the CPU at each look (they may be waiting
@@ -406,15 +428,16 @@ def _tile(phase, t, kind, desc, params, grads, state, X, Y, rows, first_row, ide
 # epochs (measured). The kernels it calls are compiled for it the same way, so none may allocate.
 @njit(fastmath=FASTMATH, cache=True, nogil=True, _nrt=False)
 def _worker(worker, n_workers, kind, program, desc, params, grads, state, X, Y, order, batch_size,
-            first, last, hyper, work, costs, out, norms, squares, counters, claims, status, c, ident,
-            spins, weights, indptr, indices, data):
+            first, last, hyper, work, costs, out, norms, squares, counters, claims, claim_stride,
+            status, c, ident, spins, weights, indptr, indices, data):
     """Worker `worker` of n_workers: a pass over batches first..last-1, every step of `program`.
 
-    The tiles of step k are split into n_workers contiguous shares, share v handed out through
-    claims[k * n_workers + v]. A worker claims from its own share first, so that it keeps the same
-    rows of W (in its core's cache) from batch to batch, then helps with the others'. counters[0]
-    counts the finished tiles of the whole call. A worker claims only tiles of the step it is in, and
-    a step is over when every tile before its end is finished. A row's tiles are counted in its
+    The tiles of step k are split into n_workers shares (_share_tile: a part of each of its rows),
+    share v handed out through claims[v * claim_stride + k]. A worker claims from its own share
+    first, so that it keeps the same rows of W (in its core's cache) from batch to batch, then helps
+    with the others'. counters[0] counts the finished tiles of the whole call; a worker adds its
+    count once per step. A worker claims only tiles of the step it is in, and a step is over when
+    every tile before its end is finished. A row's tiles are counted in its
     P_TILES column, or P_LAST_TILES for the partial last batch. With an ahead gather (program row 0's
     P_AHEAD), the step P_AHEAD also has the next batch's gather tiles, after its own, and the gather
     step runs at the call's first batch only; batch i's rows are gathered into half i % 2 of the
@@ -424,6 +447,7 @@ def _worker(worker, n_workers, kind, program, desc, params, grads, state, X, Y, 
     n_program = program.shape[0]
     base = 0
     k = 0
+    done = 0
     host = program[0, P_AHEAD]
     slot = desc[D_SLOT] if host > 0 else 0
     n_targets = desc[D_HEADER + L_FIELDS * (desc[D_LAYERS] - 1) + L_OUT]
@@ -463,37 +487,34 @@ def _worker(worker, n_workers, kind, program, desc, params, grads, state, X, Y, 
                 extra = program[0, P_TILES if next_m == batch_size else P_LAST_TILES]
             for j in range(n_workers):  # its own share first, then the others'
                 v = (worker + j) % n_workers
-                lo = v * (n_tiles + extra) // n_workers
-                hi = (v + 1) * (n_tiles + extra) // n_workers
                 while True:
-                    t = lo + _atomic_add(claims, k * n_workers + v, 1)
-                    if t >= hi:
+                    r, t = _share_tile(program, p, q, tiles, serial, extra, v, n_workers,
+                                       _atomic_add(claims, v * claim_stride + k, 1))
+                    if t < 0:
                         break
-                    if t >= n_tiles:  # a tile of the next batch's gather (row 0)
+                    if r == q:  # a tile of the next batch's gather (row 0)
                         if status[0] == DONE:
-                            _tile(program[0], t - n_tiles, kind, desc, params, grads, state, X, Y,
+                            _tile(program[0], t, kind, desc, params, grads, state, X, Y,
                                   _row(order, start + batch_size, next_m), start + batch_size,
                                   ident, work, desc[D_GATHER] + ((i + 1) % 2) * slot, costs, out,
                                   norms, squares, hyper, c, status, i + 1, weights, indptr, indices,
                                   data)
-                        _atomic_add(counters, 0, 1)
-                        continue
-                    for r in range(p, q):  # serial: every tile of every row, in order; else tile t
-                        parts = program[r, tiles]
-                        if not serial and t >= parts:
-                            t -= parts
-                            continue
-                        first_tile = 0 if serial else t
-                        last_tile = parts if serial else t + 1
-                        for u in range(first_tile, last_tile):
-                            if status[0] != DONE:  # a failed row stops the serial step
-                                break
-                            _tile(program[r], u, kind, desc, params, grads, state, X, Y, rows,
-                                  start, ident, work, gathered, costs, out, norms, squares, hyper, c,
-                                  status, i, weights, indptr, indices, data)
-                        if not serial:
-                            break
-                    _atomic_add(counters, 0, 1)
+                    elif not serial:
+                        _tile(program[r], t, kind, desc, params, grads, state, X, Y, rows, start,
+                              ident, work, gathered, costs, out, norms, squares, hyper, c, status,
+                              i, weights, indptr, indices, data)
+                    else:
+                        for r in range(p, q):  # every tile of every row, in order
+                            for u in range(program[r, tiles]):
+                                if status[0] != DONE:  # a failed row stops the serial step
+                                    break
+                                _tile(program[r], u, kind, desc, params, grads, state, X, Y, rows,
+                                      start, ident, work, gathered, costs, out, norms, squares,
+                                      hyper, c, status, i, weights, indptr, indices, data)
+                    done += 1
+            if done > 0:  # one add per worker and step: each add moves the line between cores
+                _atomic_add(counters, 0, done)
+                done = 0
             base += n_tiles + extra
             _wait(counters, 0, base, spins)
             if _atomic_load(status, 0) != DONE:
@@ -562,9 +583,7 @@ def _launch(kind, n_threads, desc, params, grads, state, X, Y, order, batch_size
     X, indptr, indices, data = codes.split_input(X)
     program = planner.program(kind, desc, batch_size, order.shape[0], indptr.shape[0] != 0,
                               codes.misaligned(X))
-    counters = np.zeros(1, np.int64)
-    claims = np.zeros(max(last - first, 1) * (int(program[-1, codes.P_STEP]) + 1) * max(1, n_threads),
-                      np.int64)
+    counters, claims, claim_stride = planner.counters(program, first, last, max(1, n_threads))
     status = np.zeros(2, np.int64)
     c = np.zeros(C_SIZE, params.dtype)
     c[C_SCALE] = scale
@@ -572,7 +591,8 @@ def _launch(kind, n_threads, desc, params, grads, state, X, Y, order, batch_size
     # one squared norm per row of W (laid out like the biases), zero before the first batch
     squares = np.zeros(params.shape[0] - desc[D_NWEIGHTS] if norms.shape[0] else 0)
     args = (kind, program, desc, params, grads, state, X, Y, order, batch_size, first, last, hyper,
-            work, costs, out, norms, squares, counters, claims, status, c, ident, planner.SPINS,
+            work, costs, out, norms, squares, counters, claims, claim_stride, status, c, ident,
+            planner.SPINS,
             weights, indptr, indices, data)
     with planner.blas_single_threaded(program):
         _run_workers(n_threads, args)

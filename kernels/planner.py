@@ -138,6 +138,26 @@ def program(kind, desc, batch_size, n_samples=None, sparse=False, misaligned=Fal
     return table
 
 
+LINE = 64  # bytes in a cache line (x86-64 and most ARM cores), the unit cores pass data in
+
+
+def _line_zeros(n):
+    """n zero int64 values from the start of a cache line."""
+    raw = np.zeros(n + LINE // 8, np.int64)
+    skip = (-raw.ctypes.data % LINE) // 8
+    return raw[skip:skip + n]
+
+
+def counters(program, first, last, n_workers):
+    """The counters the workers of a driver call over batches first..last-1 share: (finished, claims,
+    stride). finished[0] counts the finished tiles, alone on its cache line; worker v's share of step
+    k is claimed through claims[v * stride + k], each worker's claims on cache lines of their own.
+    Every atomic add moves a line from core to core, so nothing else shares those lines."""
+    steps = max(last - first, 1) * (int(program[-1, P_STEP]) + 1)
+    stride = -(-steps // (LINE // 8)) * (LINE // 8)
+    return _line_zeros(LINE // 8), _line_zeros(n_workers * stride), stride
+
+
 _BLAS_CONTROLLER = []
 
 

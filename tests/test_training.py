@@ -199,3 +199,32 @@ def test_large_layers_take_the_blas_path_and_agree(compiled, dtype, batch_size):
     assert all(np.array_equal(results[0], other) for other in results[1:])
     close(results[0], reference.parameters, dtype, factor=1000 if dtype == "float64" else 50)
     close(net.forward(X), reference.forward(X), dtype, factor=1000 if dtype == "float64" else 50)
+
+
+@pytest.mark.parametrize("n_workers", [1, 2, 3, 5])
+def test_the_workers_shares_hand_out_every_tile_once(n_workers):
+    """The shares of a step (nb_train._share_tile; its Cython twin is checked through the training
+    tests above) hold every tile of every row once, the next batch's gather tiles once, and a
+    serial step's rows as one tile; every share takes a part of each row of several tiles."""
+    pytest.importorskip("numba")
+    from fastbp.kernels import codes, nb_train
+    program = np.zeros((5, codes.P_FIELDS), np.int64)
+    program[:, codes.P_TILES] = [3, 1, 2, 8, 1]  # a serial step (rows 0-2), an update step (3-4)
+    program[:, codes.P_SERIAL] = [1, 1, 1, 0, 0]
+    for p, q, serial, extra in ((0, 3, True, 5), (3, 5, False, 0), (3, 5, False, 3)):
+        expected = [(p, 0)] if serial else [(r, u) for r in range(p, q)
+                                            for u in range(program[r, codes.P_TILES])]
+        expected += [(q, u) for u in range(extra)]
+        handed = []
+        for v in range(n_workers):
+            share = []
+            while True:
+                r, t = nb_train._share_tile(program, p, q, codes.P_TILES, serial, extra, v,
+                                            n_workers, len(share))
+                if t < 0:
+                    break
+                share.append((r, t))
+            if not serial and n_workers <= 2:  # two workers: each holds half of the 8-tile row
+                assert sum(r == 3 for r, _ in share) == 8 // n_workers
+            handed += share
+        assert sorted(handed) == sorted(expected)
