@@ -169,7 +169,7 @@ cdef void _tile(const int64_t* phase, Py_ssize_t t, int kind, const int64_t* des
     """Tile t of program row `phase` for the batch X[rows]; with a sparse X (indptr not NULL: a CSR
     X of indptr, indices, data), layer 0 runs over its nonzeros. `gathered`: where the batch's rows
     of X are gathered (by an OP_GATHER phase). Twin: nb_train._tile."""
-    cdef Py_ssize_t rec, n_in, n_out, w, b, n_col, s0, s1, i0, j0, j1, i, j, s, samples, columns
+    cdef Py_ssize_t rec, n_in, n_out, w, b, n_col, s0, i0, i1, j0, j1, i, j, s, samples, columns
     cdef Py_ssize_t l = phase[P_LAYER]
     cdef int op = phase[P_OP], act
     cdef bint blas = phase[P_BLAS] != 0
@@ -209,15 +209,15 @@ cdef void _tile(const int64_t* phase, Py_ssize_t t, int kind, const int64_t* des
         samples = phase[P_SAMPLES]
         act = desc[rec - L_FIELDS + L_ACT]
         rate = hyper[H_DROPOUT + l - 1]
-        if blas:
-            s0 = t * samples
-            s1 = min(s0 + samples, m)
-            K._gemm(c'N', c'N', s1 - s0, n_in, n_out, <floating>1, D + s0 * n_out, n_out,
-                    params + w, n_in, work + desc[rec - L_FIELDS + L_D] + s0 * n_in, n_in)
-            K._derivative_block(A_in, act, work + desc[rec - L_FIELDS + L_D], n_in, s0, s1, 0, n_in,
+        columns = phase[P_COLUMNS]
+        if blas:  # E[:, i0:i1] = D W[:, i0:i1]
+            i0 = t * columns
+            i1 = min(i0 + columns, n_in)
+            K._gemm(c'N', c'N', m, i1 - i0, n_out, <floating>1, D, n_out, params + w + i0, n_in,
+                    work + desc[rec - L_FIELDS + L_D] + i0, n_in)
+            K._derivative_block(A_in, act, work + desc[rec - L_FIELDS + L_D], n_in, 0, m, i0, i1,
                                 rate, hyper[H_SEED], hyper[H_KEY], l - 1)
             return
-        columns = phase[P_COLUMNS]
         n_col = (n_in + columns - 1) // columns
         s0 = (t // n_col) * samples
         i0 = (t % n_col) * columns

@@ -348,15 +348,15 @@ def _tile(phase, t, kind, desc, params, grads, state, X, Y, rows, first_row, ide
         E = _view(work, desc[rec - L_FIELDS + L_D], m, n_in)
         act = desc[rec - L_FIELDS + L_ACT]
         rate = hyper[H_DROPOUT + l - 1]
-        if blas:  # E[s0:s1] = D[s0:s1] W
-            s0 = t * samples
-            s1 = min(s0 + samples, m)
-            _gemm(_N, _N, s1 - s0, n_in, n_out, W.dtype.type(1), work, desc[rec + L_D] + s0 * n_out,
-                  n_out, params, w, n_in, work, desc[rec - L_FIELDS + L_D] + s0 * n_in, n_in)
-            _derivative_block(A_in, act, E, s0, s1, np.int64(0), n_in, rate, hyper[H_SEED],
+        columns = phase[P_COLUMNS]
+        if blas:  # E[:, i0:i1] = D W[:, i0:i1]
+            i0 = t * columns
+            i1 = min(i0 + columns, n_in)
+            _gemm(_N, _N, m, i1 - i0, n_out, W.dtype.type(1), work, desc[rec + L_D], n_out, params,
+                  w + i0, n_in, work, desc[rec - L_FIELDS + L_D] + i0, n_in)
+            _derivative_block(A_in, act, E, np.int64(0), m, i0, i1, rate, hyper[H_SEED],
                               hyper[H_KEY], l - 1)
             return
-        columns = phase[P_COLUMNS]
         n_col = -(-n_in // columns)
         s0 = (t // n_col) * samples
         i0 = (t % n_col) * columns

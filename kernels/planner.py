@@ -25,7 +25,9 @@ SPINS = 4000             # spin-wait iterations (a few microseconds) before a wa
 
 # When a phase uses BLAS: big enough batches and layers (where measured faster than the tiles); a
 # BLAS phase has about BLAS_TILES tiles. Forward and gradient tiles are blocks of rows of W (a block
-# of columns of Z = A W^T, rows of G = D^T A), error-term tiles blocks of samples (rows of E = D W).
+# of columns of Z = A W^T, rows of G = D^T A), error-term tiles blocks of BLAS_COLUMNS columns of
+# E = D W (whole columns: a gemm call packs the part of W it multiplies, and blocks of samples would
+# each pack all of W: wide, 784-1024-1024-10, then spent 0.55 ms more per batch of 16 ms).
 BLAS_MIN_BATCH = 32
 # The forward pass from bigger batches only: the forward tile is as fast as a gemm that repacks its
 # operands up to batches of about 128 (measured), in float64 too since the tile goes over the inputs
@@ -33,6 +35,7 @@ BLAS_MIN_BATCH = 32
 # 1.13-1.14x at 2, against gemm from BLAS_MIN_BATCH on as before).
 FORWARD_MIN_BATCH = 4 * BLAS_MIN_BATCH
 BLAS_MIN_LAYER = 128 * 128
+BLAS_COLUMNS = 16  # error-term tiles start at a multiple of this: a cache line of float32 values
 BLAS_TILES = 2  # few, large tiles: each gemm call packs its operands again (measured: 2 > 4 > 8)
 # Whether layer 0's tiles read a copy of the batch's rows of X, gathered at a cache line, when X's
 # rows do not start at one (most numpy arrays start 16 bytes after one): the vector loads of the
@@ -50,8 +53,10 @@ def part_tiles(phase, n_in, n_out, m):
     op, rows, samples, columns = phase[P_OP], phase[P_ROWS], phase[P_SAMPLES], phase[P_COLUMNS]
     if op == OP_OUTPUT:
         return 1
-    if op == OP_GATHER or (phase[P_BLAS] and op == OP_BACKWARD):
+    if op == OP_GATHER:
         return -(-m // samples)
+    if phase[P_BLAS] and op == OP_BACKWARD:
+        return -(-n_in // columns)
     if op == OP_BACKWARD:
         return -(-m // samples) * -(-n_in // columns)
     return -(-n_out // rows)
@@ -102,9 +107,11 @@ def program(kind, desc, batch_size, n_samples=None, sparse=False, misaligned=Fal
         for l in range(n_layers - 1, 0, -1):
             n_in, n_out = layer(desc, l)[:2]
             blas = use_blas(OP_BACKWARD, m, n_in, n_out)
-            columns = min(n_in, TILE_COLUMNS)
-            samples = sample_tile if blas else min(
-                m, max(2, 2 * -(-MIN_TILE_WORK // (2 * columns * n_out))))
+            if blas:  # whole columns of E = D W: a gemm packs only its columns of W (and all of D)
+                columns, samples = BLAS_COLUMNS * -(-n_in // (BLAS_TILES * BLAS_COLUMNS)), m
+            else:
+                columns = min(n_in, TILE_COLUMNS)
+                samples = min(m, max(2, 2 * -(-MIN_TILE_WORK // (2 * columns * n_out))))
             phases.append([OP_BACKWARD, l, 0, samples, columns, blas])
         op = OP_UPDATE if kind == TRAIN else OP_GRADIENT
         for l in range(n_layers):  # bottom up: the small top layers' tiles last, in a parallel step
