@@ -344,15 +344,20 @@ cdef void _worker(int kind, const int64_t* program, Py_ssize_t n_program, const 
     cdef Py_ssize_t slot = desc[D_SLOT] if host > 0 else 0
     cdef Py_ssize_t n_targets = desc[D_HEADER + L_FIELDS * (desc[D_LAYERS] - 1) + L_OUT]
     cdef bint targets = kind != FORWARD or n_costs != 0  # the output phase reads Y[rows]
-    cdef bint serial
+    cdef Py_ssize_t batch_no, first_row, n_rows, row
+    cdef bint serial, whole
     cdef const int64_t* rows
+    cdef const int64_t* batch_rows
     cdef floating* gathered
+    cdef floating* gathered_next
+    cdef floating* into
     for i in range(first, last):
         start = i * batch_size
         rows = order + start
         m = min(start + batch_size, n) - start
         tiles = P_TILES if m == batch_size else P_LAST_TILES
         gathered = work + desc[D_GATHER] + (i % 2) * slot
+        gathered_next = work + desc[D_GATHER] + ((i + 1) % 2) * slot
         next_m = min(start + 2 * batch_size, n) - start - batch_size
         if targets:
             # the output phase's scattered reads, a cache miss each in the serial step: started now
@@ -386,26 +391,23 @@ cdef void _worker(int kind, const int64_t* program, Py_ssize_t n_program, const 
                                     _atomic_add(claims + v * claim_stride + k, 1), &r)
                     if t < 0:
                         break
-                    if r == q:  # a tile of the next batch's gather (row 0)
-                        if status[0] == DONE:
-                            _tile(program, t, kind, desc, params, grads, S0, S1, X, Y,
-                                  rows + batch_size, next_m, start + batch_size, ident, work,
-                                  work + desc[D_GATHER] + ((i + 1) % 2) * slot, costs, n_costs,
-                                  out, norms, squares, hyper, c, status, i + 1, weights, indptr,
-                                  indices, data)
-                    elif not serial:
-                        _tile(program + r * P_FIELDS, t, kind, desc, params, grads, S0, S1, X, Y,
-                              rows, m, start, ident, work, gathered, costs, n_costs, out, norms,
-                              squares, hyper, c, status, i, weights, indptr, indices, data)
+                    whole = serial and r < q  # every tile of rows p..q-1, in order
+                    if r == q:  # a tile of the next batch's gather (program row 0)
+                        r = 0
+                        batch_no, first_row, n_rows = i + 1, start + batch_size, next_m
+                        batch_rows, into = rows + batch_size, gathered_next
                     else:
-                        for r in range(p, q):  # every tile of every row, in order
-                            for u in range(program[r * P_FIELDS + tiles]):
-                                if status[0] != DONE:  # a failed row stops the serial step
-                                    break
-                                _tile(program + r * P_FIELDS, u, kind, desc, params, grads, S0,
-                                      S1, X, Y, rows, m, start, ident, work, gathered, costs,
-                                      n_costs, out, norms, squares, hyper, c, status, i, weights,
-                                      indptr, indices, data)
+                        batch_no, first_row, n_rows = i, start, m
+                        batch_rows, into = rows, gathered
+                    for row in range(r, q if whole else r + 1):  # one call site, as in nb_train
+                        for u in range(0 if whole else t,
+                                       program[row * P_FIELDS + tiles] if whole else t + 1):
+                            if status[0] != DONE:  # a failed row stops the serial step
+                                break
+                            _tile(program + row * P_FIELDS, u, kind, desc, params, grads, S0, S1, X,
+                                  Y, batch_rows, n_rows, first_row, ident, work, into, costs,
+                                  n_costs, out, norms, squares, hyper, c, status, batch_no, weights,
+                                  indptr, indices, data)
                     done += 1
             if done > 0:  # one add per worker and step: each add moves the line between cores
                 _atomic_add(counters, done)

@@ -459,6 +459,7 @@ def _worker(worker, n_workers, kind, program, desc, params, grads, state, X, Y, 
         tiles = P_TILES if m == batch_size else P_LAST_TILES
         gathered = desc[D_GATHER] + (i % 2) * slot
         next_m = min(start + 2 * batch_size, n) - start - batch_size
+        ahead = _row(order, start + batch_size, max(next_m, 0))  # the next batch's rows
         if targets:
             # the output phase's scattered reads, a cache miss each in the serial step: started now
             for j in range(m):
@@ -492,25 +493,19 @@ def _worker(worker, n_workers, kind, program, desc, params, grads, state, X, Y, 
                                        _atomic_add(claims, v * claim_stride + k, 1))
                     if t < 0:
                         break
-                    if r == q:  # a tile of the next batch's gather (row 0)
-                        if status[0] == DONE:
-                            _tile(program[0], t, kind, desc, params, grads, state, X, Y,
-                                  _row(order, start + batch_size, next_m), start + batch_size,
-                                  ident, work, desc[D_GATHER] + ((i + 1) % 2) * slot, costs, out,
-                                  norms, squares, hyper, c, status, i + 1, weights, indptr, indices,
-                                  data)
-                    elif not serial:
-                        _tile(program[r], t, kind, desc, params, grads, state, X, Y, rows, start,
-                              ident, work, gathered, costs, out, norms, squares, hyper, c, status,
-                              i, weights, indptr, indices, data)
+                    whole = serial and r < q  # every tile of rows p..q-1, in order
+                    if r == q:  # a tile of the next batch's gather (program row 0)
+                        r, batch, first_row, batch_rows, into = 0, i + 1, start + batch_size, ahead, \
+                            desc[D_GATHER] + ((i + 1) % 2) * slot
                     else:
-                        for r in range(p, q):  # every tile of every row, in order
-                            for u in range(program[r, tiles]):
-                                if status[0] != DONE:  # a failed row stops the serial step
-                                    break
-                                _tile(program[r], u, kind, desc, params, grads, state, X, Y, rows,
-                                      start, ident, work, gathered, costs, out, norms, squares,
-                                      hyper, c, status, i, weights, indptr, indices, data)
+                        batch, first_row, batch_rows, into = i, start, rows, gathered
+                    for row in range(r, q if whole else r + 1):  # one call site: _tile is inlined
+                        for u in range(0 if whole else t, program[row, tiles] if whole else t + 1):
+                            if status[0] != DONE:  # a failed row stops the serial step
+                                break
+                            _tile(program[row], u, kind, desc, params, grads, state, X, Y, batch_rows,
+                                  first_row, ident, work, into, costs, out, norms, squares, hyper,
+                                  c, status, batch, weights, indptr, indices, data)
                     done += 1
             if done > 0:  # one add per worker and step: each add moves the line between cores
                 _atomic_add(counters, 0, done)
