@@ -527,9 +527,9 @@ def _worker(worker, n_workers, kind, program, desc, params, grads, state, X, Y, 
 _pool = None
 _announced = set()
 # What _announce_compilation says. The time is nielsen's first epoch with an empty cache, every
-# kernel compiled for one dtype: 14-31 s on 2-core VMs (bench/README.md: compare.py and
+# kernel compiled for one dtype: 13-31 s on 2-core VMs (bench/README.md: compare.py and
 # compile_times.py); one thread compiles, whatever n_threads says.
-COMPILING = ("fastbp: compiling the Numba kernels for {dtype} on this machine (15-30 s, once: "
+COMPILING = ("fastbp: compiling the Numba kernels for {dtype} on this machine (13-30 s, once: "
              "they are cached afterwards)")
 
 
