@@ -430,6 +430,10 @@ def parse(argv):
                    help="before each measurement on more than one thread wait (up to --quiet-wait "
                         "seconds, at least 10 minutes when that is 0) until the CPU-to-CPU round trip "
                         "is below NS nanoseconds (bench/corelatency.py; default 0: no waiting)")
+    p.add_argument("--link-above", type=float, default=0, metavar="NS",
+                   help="with --link-below: also wait while the round trip is at or below NS "
+                        "nanoseconds (a VM's vCPUs on one core's two hardware threads answer fast "
+                        "but share its arithmetic; default 0: no lower bound)")
     p.add_argument("--timeout", type=float, default=600, help="seconds per measurement process")
     p.add_argument("--json", metavar="PATH", help="also save every number as JSON")
     args = p.parse_args(argv)
@@ -497,12 +501,13 @@ class Run:
                       lambda b: f"CPUs {100 * (b or 0):.0f}% busy", 0)
 
     def wait_link(self):
-        """Wait until the CPU-to-CPU round trip is below --link-below ns (a virtual machine's vCPUs
-        move between cores that share a cache and cores that do not), up to --quiet-wait seconds
-        (10 minutes when that is 0); a fresh process measures it every few seconds."""
+        """Wait until the CPU-to-CPU round trip is below --link-below ns and above --link-above ns
+        (a virtual machine's vCPUs move between cores that share a cache, cores that do not, and
+        one core's two hardware threads), up to --quiet-wait seconds (10 minutes when that is 0); a
+        fresh process measures it every few seconds."""
         self.wait_for(self.args.quiet_wait or 600,
                       lambda: run_child({"kind": "link"}, 2, self.args.timeout).get("ns"),
-                      lambda ns: ns < self.args.link_below,
+                      lambda ns: self.args.link_above < ns < self.args.link_below,
                       lambda ns: f"CPU-to-CPU round trip {'?' if ns is None else f'{ns:.0f}'} ns", 5)
 
     def measure(self, spec, threads, label, **env_extra):
