@@ -12,9 +12,10 @@ import contextlib
 
 import numpy as np
 
-from .codes import (D_LAYERS, D_SLOT, FORWARD, OP_BACKWARD, OP_FORWARD, OP_GATHER, OP_GRADIENT, OP_OUTPUT,
-                    OP_UPDATE, P_AHEAD, P_BLAS, P_COLUMNS, P_FIELDS, P_GATHERED, P_LAST_TILES,
-                    P_LAYER, P_OP, P_ROWS, P_SAMPLES, P_SERIAL, P_STEP, P_TILES, TRAIN, layer)
+from .codes import (ALIGNMENT, D_LAYERS, D_SLOT, FORWARD, OP_BACKWARD, OP_FORWARD, OP_GATHER,
+                    OP_GRADIENT, OP_OUTPUT, OP_UPDATE, P_AHEAD, P_BLAS, P_COLUMNS, P_FIELDS,
+                    P_GATHERED, P_LAST_TILES, P_LAYER, P_OP, P_ROWS, P_SAMPLES, P_SERIAL, P_STEP,
+                    P_TILES, TRAIN, layer, zeros)
 
 # Threads work on tiles whose size depends on the shapes only (never on the thread count, so neither
 # do the results). A tile is made big enough to be worth handing to another thread.
@@ -145,24 +146,15 @@ def program(kind, desc, batch_size, n_samples=None, sparse=False, misaligned=Fal
     return table
 
 
-LINE = 64  # bytes in a cache line (x86-64 and most ARM cores), the unit cores pass data in
-
-
-def _line_zeros(n):
-    """n zero int64 values from the start of a cache line."""
-    raw = np.zeros(n + LINE // 8, np.int64)
-    skip = (-raw.ctypes.data % LINE) // 8
-    return raw[skip:skip + n]
-
-
 def counters(program, first, last, n_workers):
     """The counters the workers of a driver call over batches first..last-1 share: (finished, claims,
     stride). finished[0] counts the finished tiles, alone on its cache line; worker v's share of step
     k is claimed through claims[v * stride + k], each worker's claims on cache lines of their own.
     Every atomic add moves a line from core to core, so nothing else shares those lines."""
+    line = ALIGNMENT // 8  # int64 values per cache line
     steps = max(last - first, 1) * (int(program[-1, P_STEP]) + 1)
-    stride = -(-steps // (LINE // 8)) * (LINE // 8)
-    return _line_zeros(LINE // 8), _line_zeros(n_workers * stride), stride
+    stride = -(-steps // line) * line
+    return zeros(line, np.int64), zeros(n_workers * stride, np.int64), stride
 
 
 _BLAS_CONTROLLER = []
