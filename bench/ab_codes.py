@@ -1,4 +1,4 @@
-"""Same-run A/B of a tiling constant of kernels/planner.py: epochs with each value, interleaved.
+"""Same-run A/B of a tiling constant of kernels/planner.py (an int or a float): epochs with each value, interleaved.
 
     python bench/ab_codes.py BLAS_TILES 2,4 [--workloads mid,wide] [--backends numba,cython]
                              [--threads 1,2] [--dtype float32] [--reps 7]
@@ -29,7 +29,7 @@ import workloads  # noqa: E402
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("name", help="an integer constant of fastbp.kernels.planner, e.g. BLAS_TILES")
+    parser.add_argument("name", help="a number constant of fastbp.kernels.planner, e.g. BLAS_TILES")
     parser.add_argument("values", help="comma-separated integer values, e.g. 2,4")
     parser.add_argument("--workloads", default="mid,wide")
     parser.add_argument("--backends", default="numba,cython")
@@ -39,9 +39,10 @@ def main():
     args = parser.parse_args()
     from fastbp.kernels import planner
     owner, key = vars(planner), args.name
-    if not isinstance(owner.get(key), int):
-        parser.error(f"planner.{args.name} is not an integer constant")
-    values = [int(v) for v in args.values.split(",")]
+    kind = type(owner.get(key))
+    if kind not in (int, float):
+        parser.error(f"planner.{args.name} is not a number constant")
+    values = [kind(v) for v in args.values.split(",")]
     original = owner[key]
     print(f"planner.{args.name}: {', '.join(map(str, values))} (now {original}); median (best) "
           f"samples/s of {args.reps} epochs each, interleaved")

@@ -94,9 +94,11 @@ OP_FORWARD, OP_OUTPUT, OP_BACKWARD, OP_UPDATE, OP_GRADIENT, OP_GATHER = range(6)
 # P_AHEAD, on an OP_GATHER row: 0, or the step whose tiles the next batch's gather tiles join
 # (a serial step, where the other workers would wait); the gather step itself then runs at a call's
 # first batch only, and batch i's rows are gathered into half i % 2 of the room (D_SLOT).
+# P_PREFETCH, on an OP_GATHER row with P_AHEAD: how many values of the next batches' rows of X a
+# worker asks the caches for before each of its parallel tiles (0: none).
 (P_OP, P_LAYER, P_STEP, P_SERIAL, P_ROWS, P_SAMPLES, P_COLUMNS, P_BLAS, P_GATHERED, P_TILES,
- P_LAST_TILES, P_AHEAD) = range(12)
-P_FIELDS = 12
+ P_LAST_TILES, P_AHEAD, P_PREFETCH) = range(13)
+P_FIELDS = 13
 # The primitive kernels every compiled backend exports under these names (a test checks it).
 KERNELS = ("dense_forward", "activation_forward", "activation_backward", "output_error",
            "backward_error", "weight_gradient", "update_parameters")

@@ -15,16 +15,16 @@ from libc.math cimport sqrt
 from libc.stdint cimport int64_t
 
 from fastbp.kernels cimport cy_kernels as K
-from fastbp.kernels.cy_kernels cimport (C_L2, C_SCALE, C_SIZE, COST_NOT_FINITE, D_CAPACITY,
-                                        D_GATHER, D_HEADER, D_LAYERS, D_LOSS, D_NWEIGHTS,
-                                        D_OPTIMIZER, D_OUTPUT, D_SLOT, DONE,
-                                        FORWARD, GRADIENTS, H_DROPOUT, H_KEY, H_SEED, H_STEP,
-                                        IDENTITY, L_A, L_ACT, L_B, L_D,
-                                        L_FIELDS, L_IN, L_OUT, L_W, OP_BACKWARD, OP_FORWARD,
-                                        OP_GATHER, OP_GRADIENT, OP_OUTPUT, OP_UPDATE, P_AHEAD, P_BLAS,
-                                        P_COLUMNS, P_FIELDS, P_GATHERED, P_LAST_TILES, P_LAYER,
-                                        P_OP, P_ROWS, P_SAMPLES, P_SERIAL, P_STEP, P_TILES,
-                                        PARAMS_NOT_FINITE, TRAIN, _finite)
+from fastbp.kernels.cy_kernels cimport (ALIGNMENT, C_L2, C_SCALE, C_SIZE, COST_NOT_FINITE,
+                                        D_CAPACITY, D_GATHER, D_HEADER, D_LAYERS, D_LOSS,
+                                        D_NWEIGHTS, D_OPTIMIZER, D_OUTPUT, D_SLOT, DONE, FORWARD,
+                                        GRADIENTS, H_DROPOUT, H_KEY, H_SEED, H_STEP, IDENTITY, L_A,
+                                        L_ACT, L_B, L_D, L_FIELDS, L_IN, L_OUT, L_W, OP_BACKWARD,
+                                        OP_FORWARD, OP_GATHER, OP_GRADIENT, OP_OUTPUT, OP_UPDATE,
+                                        P_AHEAD, P_BLAS, P_COLUMNS, P_FIELDS, P_GATHERED,
+                                        P_LAST_TILES, P_LAYER, P_OP, P_PREFETCH, P_ROWS, P_SAMPLES,
+                                        P_SERIAL, P_STEP, P_TILES, PARAMS_NOT_FINITE, TRAIN,
+                                        _finite)
 
 from . import codes, planner
 from .cy_kernels import update_parameters  # a driver too (the MPI step)
@@ -52,10 +52,13 @@ cdef extern from *:
     #endif
     #if defined(__GNUC__) || defined(__clang__)
     static void fbp_prefetch(const void *p) { __builtin_prefetch(p); }
+    static void fbp_prefetch_l2(const void *p) { __builtin_prefetch(p, 0, 2); }
     #elif defined(_MSC_VER) && (defined(_M_X64) || defined(_M_IX86))
     static void fbp_prefetch(const void *p) { _mm_prefetch((const char *)p, _MM_HINT_T0); }
+    static void fbp_prefetch_l2(const void *p) { _mm_prefetch((const char *)p, _MM_HINT_T1); }
     #else
     static void fbp_prefetch(const void *p) { (void)p; }
+    static void fbp_prefetch_l2(const void *p) { (void)p; }
     #endif
     #if defined(_WIN32)
     #include <windows.h>
@@ -85,6 +88,7 @@ cdef extern from *:
     void _yield "fbp_yield"() noexcept nogil
     double _ordered_sum "fbp_ordered_sum"(const double* x, int64_t n) noexcept nogil
     void _prefetch "fbp_prefetch"(const void* p) noexcept nogil
+    void _prefetch_l2 "fbp_prefetch_l2"(const void* p) noexcept nogil
     const int FBP_OPENMP
 
 OPENMP = bool(FBP_OPENMP)  # whether this build runs its workers on OpenMP threads
@@ -304,6 +308,42 @@ cdef inline Py_ssize_t _share_tile(const int64_t* program, Py_ssize_t p, Py_ssiz
     return -1
 
 
+cdef inline void _prefetch_ahead(const floating* X, const int64_t* order, Py_ssize_t n,
+                                 Py_ssize_t batch_size, Py_ssize_t n_in, Py_ssize_t samples,
+                                 Py_ssize_t limit, Py_ssize_t last, Py_ssize_t values,
+                                 Py_ssize_t worker, Py_ssize_t n_workers,
+                                 Py_ssize_t* ahead) noexcept nogil:
+    """Ask for the next `values` values (a cache line at a time) of the rows of X this worker will
+    gather ahead, batches up to `limit`: the samples of its share of each batch's gather tiles of
+    `samples` samples (_share_tile's row after the serial one). ahead = (batch, sample, end of its
+    share, element): where the stream stands, moved on. Into L2 only: a prefetch into L1 holds one
+    of the core's few L1 miss buffers for the whole trip to memory, and stalled the tiles being
+    computed as much as it saved (measured). X's rows come from memory in shuffled order: a gather
+    that finds them there waits 4-5 us per batch of 10 rows of 784 float32. Twin:
+    nb_train._prefetch_ahead."""
+    cdef Py_ssize_t m, parts, line = ALIGNMENT // sizeof(floating)
+    cdef const floating* row
+    while values > 0:
+        if ahead[1] >= ahead[2]:  # on to the next batch's share
+            if ahead[0] + 1 > limit or ahead[0] + 1 >= last:
+                return
+            ahead[0] += 1
+            m = min((ahead[0] + 1) * batch_size, n) - ahead[0] * batch_size
+            parts = (m + samples - 1) // samples
+            ahead[1] = min((worker * parts + 1 % n_workers) // n_workers * samples, m)
+            ahead[2] = min(((worker + 1) * parts + 1 % n_workers) // n_workers * samples, m)
+            ahead[3] = 0
+            continue
+        row = X + order[ahead[0] * batch_size + ahead[1]] * n_in
+        _prefetch_l2(row + ahead[3])
+        values -= line
+        ahead[3] += line
+        if ahead[3] >= n_in:  # and the row's last line, which a row not starting at one spills into
+            _prefetch_l2(row + n_in - 1)
+            ahead[1] += 1
+            ahead[3] = 0
+
+
 cdef inline void _wait(int64_t* counter, int64_t target, Py_ssize_t spins) noexcept nogil:
     """Wait until *counter >= target: spin `spins` times (planner.SPINS: a few microseconds), then
     yield the CPU at each look. Twin: nb_train._wait."""
@@ -351,6 +391,9 @@ cdef void _worker(int kind, const int64_t* program, Py_ssize_t n_program, const 
     cdef floating* gathered
     cdef floating* gathered_next
     cdef floating* into
+    # where this worker's stream of prefetches is (_prefetch_ahead): batch, sample, end, element
+    cdef Py_ssize_t[4] ahead = [first, 0, 0, 0]
+    cdef Py_ssize_t ahead_values = program[P_PREFETCH], ahead_limit = first
     for i in range(first, last):
         start = i * batch_size
         rows = order + start
@@ -366,6 +409,7 @@ cdef void _worker(int kind, const int64_t* program, Py_ssize_t n_program, const 
                 _prefetch(Y + rows[j] * n_targets + n_targets - 1)  # its lines, if it spans two
                 if weights != NULL:
                     _prefetch(weights + rows[j])
+        ahead_limit = i + 1  # the next batch's rows, until they are gathered
         p = 0
         while p < n_program:
             q = p + 1
@@ -399,6 +443,10 @@ cdef void _worker(int kind, const int64_t* program, Py_ssize_t n_program, const 
                     else:
                         batch_no, first_row, n_rows = i, start, m
                         batch_rows, into = rows, gathered
+                    if ahead_values > 0 and r != q and not whole:
+                        _prefetch_ahead(X, order, n, batch_size, desc[D_HEADER + L_IN],
+                                        program[P_SAMPLES], ahead_limit, last, ahead_values, worker,
+                                        n_workers, ahead)
                     for row in range(r, q if whole else r + 1):  # one call site, as in nb_train
                         for u in range(0 if whole else t,
                                        program[row * P_FIELDS + tiles] if whole else t + 1):
@@ -414,6 +462,8 @@ cdef void _worker(int kind, const int64_t* program, Py_ssize_t n_program, const 
                 done = 0
             base += n_tiles + extra
             _wait(counters, base, spins)
+            if extra > 0:  # the next batch's rows are gathered: on to the one after
+                ahead_limit = i + 2
             if _atomic_load(status) != DONE:
                 return
             p = q

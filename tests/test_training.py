@@ -228,3 +228,38 @@ def test_the_workers_shares_hand_out_every_tile_once(n_workers):
                 assert sum(r == 3 for r, _ in share) == 8 // n_workers
             handed += share
         assert sorted(handed) == sorted(expected)
+
+
+@pytest.mark.parametrize("n_workers", [1, 2, 3, 5])
+def test_each_worker_prefetches_the_rows_it_will_gather(n_workers):
+    """A worker's stream of prefetches (nb_train._prefetch_ahead; the Cython twin is the same code)
+    asks for the samples of its share of each next batch's gather tiles (_share_tile's row after the
+    serial one), batch after batch up to its limit, a partial last batch included."""
+    pytest.importorskip("numba")
+    from fastbp.kernels import codes, nb_train
+    n, batch_size, samples = 23, 10, 2  # batches 1 and 2 (3 samples) to prefetch
+    X = np.zeros((n, 32), np.float32)  # two cache lines a row
+    program = np.zeros((1, codes.P_FIELDS), np.int64)  # a serial step of one tile
+    for v in range(n_workers):
+        position, seen = (0, 0, 0, 0), set()
+        while True:  # a line per call
+            moved = nb_train._prefetch_ahead(X, np.arange(n), batch_size, samples, 2, 3, 16, v,
+                                             n_workers, *position)
+            if moved == position:
+                break
+            if moved[3] == 16:  # the first of a row's two lines: (batch, sample) asked for
+                seen.add(moved[:2])
+            position = moved
+        expected = set()
+        for batch in (1, 2):
+            m = min(batch_size, n - batch * batch_size)
+            extra, j = -(-m // samples), 0
+            while True:
+                r, t = nb_train._share_tile(program, 0, 1, codes.P_TILES, True, extra, v,
+                                            n_workers, j)
+                if t < 0:
+                    break
+                if r == 1:  # a gather tile
+                    expected |= {(batch, s) for s in range(t * samples, min(t * samples + samples, m))}
+                j += 1
+        assert seen == expected
