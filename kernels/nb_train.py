@@ -502,7 +502,7 @@ def _worker(worker, n_workers, kind, program, desc, params, grads, state, X, Y, 
     n_targets = desc[D_HEADER + L_FIELDS * (desc[D_LAYERS] - 1) + L_OUT]
     targets = kind != FORWARD or costs.shape[0] != 0  # the output phase reads Y[rows]
     # where this worker's stream of prefetches is (_prefetch_ahead): batch, sample, end, element
-    a_batch, a_sample, a_end, a_element = first, 0, 0, 0
+    a_batch, a_sample, a_end, a_element = first, np.int64(0), np.int64(0), np.int64(0)  # (as p)
     ahead_values = program[0, P_PREFETCH]
     for i in range(first, last):
         start = i * batch_size
@@ -521,7 +521,7 @@ def _worker(worker, n_workers, kind, program, desc, params, grads, state, X, Y, 
                 if weights.shape[0] != 0:
                     _prefetch(weights, rows[j])
         ahead_limit = i + 1  # the next batch's rows, until they are gathered
-        p = 0
+        p = np.int64(0)  # not a literal 0: _share_tile would be typed (compiled) twice
         while p < n_program:
             q = p + 1
             while q < n_program and program[q, P_STEP] == program[p, P_STEP]:
