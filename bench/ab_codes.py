@@ -1,4 +1,5 @@
-"""Same-run A/B of a tiling constant of kernels/planner.py (an int or a float): epochs with each value, interleaved.
+"""Same-run A/B of a tiling constant of kernels/planner.py (an int or a float): epochs with each
+value, interleaved.
 
     python bench/ab_codes.py BLAS_TILES 2,4 [--workloads mid,wide] [--backends numba,cython]
                              [--threads 1,2] [--dtype float32] [--reps 7]

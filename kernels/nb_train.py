@@ -34,12 +34,13 @@ from numba.extending import intrinsic
 from numba.np.arrayobj import make_array, populate_array
 
 from . import codes, planner
-from .codes import (ALIGNMENT, C_L2, C_SCALE, C_SIZE, COST_NOT_FINITE, D_CAPACITY, D_GATHER, D_HEADER,
-                    D_LAYERS, D_LOSS, D_NWEIGHTS, D_OPTIMIZER, D_OUTPUT, D_SLOT, DONE, FORWARD,
-                    GRADIENTS, H_DROPOUT, H_KEY, H_SEED, H_STEP, IDENTITY, L_A, L_ACT, L_B, L_D,
-                    L_FIELDS, L_IN, L_OUT, L_W, OP_BACKWARD, OP_FORWARD, OP_GATHER, OP_GRADIENT,
-                    OP_OUTPUT, P_AHEAD, P_BLAS, P_COLUMNS, P_GATHERED, P_LAST_TILES, P_LAYER, P_OP,
-                    P_PREFETCH, P_ROWS, P_SAMPLES, P_SERIAL, P_STEP, P_TILES, PARAMS_NOT_FINITE, TRAIN)
+from .codes import (ALIGNMENT, C_L2, C_SCALE, C_SIZE, COST_NOT_FINITE, D_CAPACITY, D_GATHER,
+                    D_HEADER, D_LAYERS, D_LOSS, D_NWEIGHTS, D_OPTIMIZER, D_OUTPUT, D_SLOT, DONE,
+                    FORWARD, GRADIENTS, H_DROPOUT, H_KEY, H_SEED, H_STEP, IDENTITY, L_A, L_ACT, L_B,
+                    L_D, L_FIELDS, L_IN, L_OUT, L_W, OP_BACKWARD, OP_FORWARD, OP_GATHER,
+                    OP_GRADIENT, OP_OUTPUT, P_AHEAD, P_BLAS, P_COLUMNS, P_GATHERED, P_LAST_TILES,
+                    P_LAYER, P_OP, P_PREFETCH, P_ROWS, P_SAMPLES, P_SERIAL, P_STEP, P_TILES,
+                    PARAMS_NOT_FINITE, TRAIN)
 from .nb_kernels import (FASTMATH, _backward_block, _bias_activate, _coefficients, _derivative_block,
                          _dropout_rows, _finite, _forward_rows, _gradient_rows, _row_squares,
                          _sparse_forward_rows, _sparse_gradient_rows, _update_range,
@@ -502,7 +503,7 @@ def _worker(worker, n_workers, kind, program, desc, params, grads, state, X, Y, 
     n_targets = desc[D_HEADER + L_FIELDS * (desc[D_LAYERS] - 1) + L_OUT]
     targets = kind != FORWARD or costs.shape[0] != 0  # the output phase reads Y[rows]
     # where this worker's stream of prefetches is (_prefetch_ahead): batch, sample, end, element
-    a_batch, a_sample, a_end, a_element = first, np.int64(0), np.int64(0), np.int64(0)  # (as p)
+    a_batch, a_sample, a_end, a_element = first, np.int64(0), np.int64(0), np.int64(0)  # as p
     ahead_values = program[0, P_PREFETCH]
     for i in range(first, last):
         start = i * batch_size
