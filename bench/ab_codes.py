@@ -31,7 +31,7 @@ import workloads  # noqa: E402
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("name", help="a number constant of fastbp.kernels.planner, e.g. BLAS_TILES")
-    parser.add_argument("values", help="comma-separated integer values, e.g. 2,4")
+    parser.add_argument("values", help="comma-separated values of its type, e.g. 2,4 or 0,1.5")
     parser.add_argument("--workloads", default="mid,wide")
     parser.add_argument("--backends", default="numba,cython")
     parser.add_argument("--threads", default="1,2")

@@ -376,7 +376,9 @@ cdef void _worker(int kind, const int64_t* program, Py_ssize_t n_program, const 
     P_TILES column, or P_LAST_TILES for the partial last batch. With an ahead gather (program row 0's
     P_AHEAD), the step P_AHEAD also has the next batch's gather tiles, after its own, and the gather
     step runs at the call's first batch only; batch i's rows are gathered into half i % 2 of the
-    work buffer's room (each half D_SLOT long). Twin: nb_train._worker.
+    work buffer's room (each half D_SLOT long), and before each parallel tile a worker asks the
+    caches for a part of the rows it will gather next (_prefetch_ahead, P_PREFETCH values).
+    Twin: nb_train._worker.
     """
     cdef Py_ssize_t i, j, p, q, r, u, v, start, m, n_tiles, t
     cdef Py_ssize_t tiles, next_m, extra  # tiles: the program's column of tile counts for this batch

@@ -491,7 +491,9 @@ def _worker(worker, n_workers, kind, program, desc, params, grads, state, X, Y, 
     P_TILES column, or P_LAST_TILES for the partial last batch. With an ahead gather (program row 0's
     P_AHEAD), the step P_AHEAD also has the next batch's gather tiles, after its own, and the gather
     step runs at the call's first batch only; batch i's rows are gathered into half i % 2 of the
-    work buffer's room (each half D_SLOT long). Twin: cy_train._worker.
+    work buffer's room (each half D_SLOT long), and before each parallel tile a worker asks the
+    caches for a part of the rows it will gather next (_prefetch_ahead, P_PREFETCH values).
+    Twin: cy_train._worker.
     """
     n = order.shape[0]
     n_program = program.shape[0]
