@@ -202,18 +202,27 @@ def _dropout_rows(Z, rate, seed, key, layer, s0, s1, j0, j1):
 
 @jit
 def _softmax_row(z):
-    """IN/OUT z: one row of pre-activations becomes softmax(z); returns log-sum-exp(z)."""
+    """IN/OUT z: one row of pre-activations becomes softmax(z); returns log-sum-exp(z).
+
+    One exponential per value, e^(z_j - max z) (float32: _exp32, so the loop vectorizes), divided
+    by their sum, added in double. Twin: cy_kernels._softmax_row."""
     k = z.shape[0]
     zmax = z[0]
     for j in range(1, k):
         zmax = max(zmax, z[j])
     total = 0.0
+    if z.itemsize == 4:  # tested outside the loop: itemsize is not a constant to Numba
+        for j in range(k):
+            z[j] = _exp32(z[j] - zmax)
+            total += z[j]
+    else:
+        for j in range(k):
+            z[j] = math.exp(z[j] - zmax)
+            total += z[j]
+    inverse = 1.0 / total
     for j in range(k):
-        total += math.exp(z[j] - zmax)
-    lse = zmax + math.log(total)
-    for j in range(k):
-        z[j] = math.exp(z[j] - lse)
-    return lse
+        z[j] = z[j] * inverse
+    return zmax + math.log(total)
 
 
 # --------------------------------------------------------------------------- row kernels
