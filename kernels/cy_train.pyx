@@ -284,6 +284,14 @@ cdef void _tile(const int64_t* phase, Py_ssize_t t, int kind, const int64_t* des
         _atomic_set(status, PARAMS_NOT_FINITE)
 
 
+cdef inline Py_ssize_t _part_start(Py_ssize_t v, Py_ssize_t parts, Py_ssize_t offset,
+                                   Py_ssize_t n_workers) noexcept nogil:
+    """Where part v starts when `parts` tiles are split in n_workers contiguous parts, the split
+    shifted by `offset` (_share_tile's row index: one-tile rows go round the workers); part v ends
+    where part v + 1 starts. Twin: nb_train._part_start."""
+    return (v * parts + offset) // n_workers
+
+
 cdef inline Py_ssize_t _share_tile(const int64_t* program, Py_ssize_t p, Py_ssize_t q,
                                    Py_ssize_t tiles, bint serial, Py_ssize_t extra, Py_ssize_t v,
                                    Py_ssize_t n_workers, Py_ssize_t j, Py_ssize_t* row) noexcept nogil:
@@ -298,8 +306,8 @@ cdef inline Py_ssize_t _share_tile(const int64_t* program, Py_ssize_t p, Py_ssiz
         if serial and p < r < q:
             continue
         parts = extra if r == q else (1 if serial else program[r * P_FIELDS + tiles])
-        lo = (v * parts + i) // n_workers
-        hi = ((v + 1) * parts + i) // n_workers
+        lo = _part_start(v, parts, i, n_workers)
+        hi = _part_start(v + 1, parts, i, n_workers)
         if j < hi - lo:
             row[0] = r
             return lo + j
@@ -321,7 +329,7 @@ cdef inline void _prefetch_ahead(const floating* X, const int64_t* order, Py_ssi
     computed as much as it saved (measured). X's rows come from memory in shuffled order: a gather
     that finds them there waits 4-5 us per batch of 10 rows of 784 float32. Twin:
     nb_train._prefetch_ahead."""
-    cdef Py_ssize_t m, parts, line = ALIGNMENT // sizeof(floating)
+    cdef Py_ssize_t m, parts, offset, line = ALIGNMENT // sizeof(floating)
     cdef const floating* row
     while values > 0:
         if ahead[1] >= ahead[2]:  # on to the next batch's share
@@ -330,8 +338,9 @@ cdef inline void _prefetch_ahead(const floating* X, const int64_t* order, Py_ssi
             ahead[0] += 1
             m = min((ahead[0] + 1) * batch_size, n) - ahead[0] * batch_size
             parts = (m + samples - 1) // samples
-            ahead[1] = min((worker * parts + 1 % n_workers) // n_workers * samples, m)
-            ahead[2] = min(((worker + 1) * parts + 1 % n_workers) // n_workers * samples, m)
+            offset = 1 % n_workers  # the gather is the row after the serial step's one tile
+            ahead[1] = min(_part_start(worker, parts, offset, n_workers) * samples, m)
+            ahead[2] = min(_part_start(worker + 1, parts, offset, n_workers) * samples, m)
             ahead[3] = 0
             continue
         row = X + order[ahead[0] * batch_size + ahead[1]] * n_in

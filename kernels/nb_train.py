@@ -140,6 +140,14 @@ def _yield(typingctx):
     return types.void(), codegen
 
 
+@jit_inline
+def _part_start(v, parts, offset, n_workers):
+    """Where part v starts when `parts` tiles are split in n_workers contiguous parts, the split
+    shifted by `offset` (_share_tile's row index: one-tile rows go round the workers); part v ends
+    where part v + 1 starts. Twin: cy_train._part_start."""
+    return (v * parts + offset) // n_workers
+
+
 @jit
 def _share_tile(program, p, q, tiles, serial, extra, v, n_workers, j):
     """Tile j of share v of the step of program rows p..q-1, whose tiles are counted in column
@@ -153,8 +161,8 @@ def _share_tile(program, p, q, tiles, serial, extra, v, n_workers, j):
         if serial and p < r < q:
             continue
         parts = extra if r == q else (1 if serial else program[r, tiles])
-        lo = (v * parts + i) // n_workers
-        hi = ((v + 1) * parts + i) // n_workers
+        lo = _part_start(v, parts, i, n_workers)
+        hi = _part_start(v + 1, parts, i, n_workers)
         if j < hi - lo:
             return r, lo + j
         j -= hi - lo
@@ -196,8 +204,9 @@ def _prefetch_ahead(X, order, batch_size, samples, limit, last, values, worker, 
             batch += 1
             m = min((batch + 1) * batch_size, n) - batch * batch_size
             parts = (m + samples - 1) // samples
-            sample = min((worker * parts + 1 % n_workers) // n_workers * samples, m)
-            end = min(((worker + 1) * parts + 1 % n_workers) // n_workers * samples, m)
+            offset = 1 % n_workers  # the gather is the row after the serial step's one tile
+            sample = min(_part_start(worker, parts, offset, n_workers) * samples, m)
+            end = min(_part_start(worker + 1, parts, offset, n_workers) * samples, m)
             element = 0
             continue
         row = order[batch * batch_size + sample]
