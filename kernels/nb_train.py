@@ -56,10 +56,11 @@ KERNELS = "74e4dc9658cfde04"
 
 # --------------------------------------------------------------------------- atomics (LLVM)
 
-def _item_pointer(context, builder, sig, args):
+def _item_pointer(context, builder, sig, args, n_indices=1):
+    """The address of array[indices]: the intrinsic's first argument, indexed by the next n_indices."""
     aryty = sig.args[0]
     ary = context.make_array(aryty)(context, builder, args[0])
-    return cgutils.get_item_pointer(context, builder, aryty, ary, [args[1]])
+    return cgutils.get_item_pointer(context, builder, aryty, ary, list(args[1:1 + n_indices]))
 
 
 @intrinsic
@@ -109,8 +110,7 @@ def _prefetch_codegen(locality):
         i32 = ir.IntType(32)
         fnty = ir.FunctionType(ir.VoidType(), [i8p, i32, i32, i32])
         fn = builder.module.declare_intrinsic("llvm.prefetch", [i8p], fnty)
-        ary = context.make_array(sig.args[0])(context, builder, args[0])
-        item = cgutils.get_item_pointer(context, builder, sig.args[0], ary, list(args[1:]))
+        item = _item_pointer(context, builder, sig, args, len(args) - 1)
         builder.call(fn, [builder.bitcast(item, i8p), ir.Constant(i32, 0),
                           ir.Constant(i32, locality), ir.Constant(i32, 1)])
         return context.get_dummy_value()
