@@ -19,8 +19,11 @@ Buffers the descriptor points into (all C-contiguous, one dtype, float32 or floa
             RMSprop: slot 1 holds the square average).
 ``work``    per layer ``l``: the activations ``A_l``, the error terms ``D_l``, each
             ``(capacity, n_l)`` (a batch of ``m <= capacity`` samples uses the first ``m`` rows);
-            then, at ``D_GATHER``, room for two batches' rows of X gathered, each half ``D_SLOT``
-            long (``capacity * n_0`` rounded up to cache lines).
+            then, at ``D_ODD_A0``, layer 0's activations for the odd-numbered batches (batch i uses
+            ``A_0`` when i is even: the next batch's forward pass through layer 0 runs beside the
+            update tiles of the layers above, which still read this batch's); then, at
+            ``D_GATHER``, room for two batches' rows of X gathered, each half ``D_SLOT`` long
+            (``capacity * n_0`` rounded up to cache lines).
 ``norms``   float64, ``(n_layers,)`` or empty (off): what ``train_batches`` adds up, when asked, of
             each minibatch's ``||G_l||_F`` (the Frobenius norm of layer l's mean weight gradient,
             without L2). The compiled drivers fold it from one squared norm per row of ``W_l`` (a
@@ -67,10 +70,10 @@ H_SIZE = H_DROPOUT
 
 # The descriptor: a header, then one record per layer.
 # D_GATHER: where the room for gathered rows starts in the work buffer; D_SLOT: the size of each of
-# its two halves (0 without room).
+# its two halves (0 without room). D_ODD_A0: where layer 0's activations for odd batches are.
 (D_LAYERS, D_HIDDEN, D_OUTPUT, D_LOSS, D_OPTIMIZER, D_CAPACITY, D_NPARAMS, D_NWEIGHTS,
- D_WORK, D_GATHER, D_SLOT) = range(11)
-D_HEADER = 11
+ D_WORK, D_GATHER, D_SLOT, D_ODD_A0) = range(12)
+D_HEADER = 12
 (L_IN, L_OUT, L_W, L_B, L_A, L_D, L_ACT) = range(7)
 L_FIELDS = 7
 
@@ -96,9 +99,12 @@ OP_FORWARD, OP_OUTPUT, OP_BACKWARD, OP_UPDATE, OP_GRADIENT, OP_GATHER = range(6)
 # first batch only, and batch i's rows are gathered into half i % 2 of the room (D_SLOT).
 # P_PREFETCH, on an OP_GATHER row with P_AHEAD: how many values of the next batches' rows of X a
 # worker asks the caches for before each of its parallel tiles (0: none).
+# P_FORWARD_NEXT, on layer 0's OP_UPDATE row: 0, or 1 + the program row of layer 0's forward pass
+# (a step of its own), which each update tile then runs over its rows for the next batch of the
+# call, right after their update: that step runs at a call's first batch only.
 (P_OP, P_LAYER, P_STEP, P_SERIAL, P_ROWS, P_SAMPLES, P_COLUMNS, P_BLAS, P_GATHERED, P_TILES,
- P_LAST_TILES, P_AHEAD, P_PREFETCH) = range(13)
-P_FIELDS = 13
+ P_LAST_TILES, P_AHEAD, P_PREFETCH, P_FORWARD_NEXT) = range(14)
+P_FIELDS = 14
 # The primitive kernels every compiled backend exports under these names (a test checks it).
 KERNELS = ("dense_forward", "activation_forward", "activation_backward", "output_error",
            "backward_error", "weight_gradient", "update_parameters")
@@ -153,6 +159,8 @@ def describe(sizes, hidden, output, loss, optimizer, capacity, gather=True):
         w_off += n_in * n_out
         b_off += n_out
         work += 2 * capacity * n_out
+    odd_a0 = work  # layer 0's activations for odd batches
+    work += capacity * sizes[1]
     # the gathered rows start at a cache line: a multiple of the float32 values in one (a whole
     # number of lines for float64 too), in both halves of the room
     line = ALIGNMENT // 4
@@ -162,7 +170,7 @@ def describe(sizes, hidden, output, loss, optimizer, capacity, gather=True):
         slot = -(-capacity * sizes[0] // line) * line
         work = gather_at + 2 * slot
     desc[:D_HEADER] = (n_layers, hidden, output, loss, optimizer, capacity, n_weights + sum(sizes[1:]),
-                       n_weights, work, gather_at, slot)
+                       n_weights, work, gather_at, slot, odd_a0)
     return desc, work
 
 

@@ -17,11 +17,13 @@ from libc.stdint cimport int64_t
 from fastbp.kernels cimport cy_kernels as K
 from fastbp.kernels.cy_kernels cimport (ALIGNMENT, C_L2, C_SCALE, C_SIZE, COST_NOT_FINITE,
                                         D_CAPACITY, D_GATHER, D_HEADER, D_LAYERS, D_LOSS,
-                                        D_NWEIGHTS, D_OPTIMIZER, D_OUTPUT, D_SLOT, DONE, FORWARD,
+                                        D_NWEIGHTS, D_ODD_A0, D_OPTIMIZER, D_OUTPUT, D_SLOT, DONE,
+                                        FORWARD,
                                         GRADIENTS, H_DROPOUT, H_KEY, H_SEED, H_STEP, IDENTITY, L_A,
                                         L_ACT, L_B, L_D, L_FIELDS, L_IN, L_OUT, L_W, OP_BACKWARD,
                                         OP_FORWARD, OP_GATHER, OP_GRADIENT, OP_OUTPUT, OP_UPDATE,
-                                        P_AHEAD, P_BLAS, P_COLUMNS, P_FIELDS, P_GATHERED,
+                                        P_AHEAD, P_BLAS, P_COLUMNS, P_FIELDS, P_FORWARD_NEXT,
+                                        P_GATHERED,
                                         P_LAST_TILES, P_LAYER, P_OP, P_PREFETCH, P_ROWS, P_SAMPLES,
                                         P_SERIAL, P_STEP, P_TILES, PARAMS_NOT_FINITE, TRAIN,
                                         _finite)
@@ -97,6 +99,14 @@ CODES = K.CODES_HASH.decode()  # the fingerprint of the codes this build was com
 
 # --------------------------------------------------------------------------- tiles and phases
 
+cdef inline Py_ssize_t _activations(const int64_t* desc, Py_ssize_t l, int64_t batch) noexcept nogil:
+    """Where layer l's activations for batch number `batch` of the call start in the work buffer:
+    layer 0's alternate with the batch's parity (D_ODD_A0). Twin: nb_train._activations."""
+    if l == 0 and batch % 2 != 0:
+        return desc[D_ODD_A0]
+    return desc[D_HEADER + L_FIELDS * l + L_A]
+
+
 cdef void _fold_norms(const int64_t* desc, const double* squares, double* norms) noexcept nogil:
     """IN/OUT norms[l] += ||G_l||_F for every layer l: the square root of the sum, in row order, of
     the squared norms of the rows of W_l's gradient (squares: one per row, laid out like the biases,
@@ -125,7 +135,7 @@ cdef void _output(int kind, const int64_t* desc, const floating* Y, const int64_
     """
     cdef Py_ssize_t rec = D_HEADER + L_FIELDS * (desc[D_LAYERS] - 1), s, j
     cdef Py_ssize_t k = desc[rec + L_OUT]
-    cdef floating* Z = work + desc[rec + L_A]
+    cdef floating* Z = work + _activations(desc, desc[D_LAYERS] - 1, batch)
     cdef double* cost = costs + first_row
     cdef floating* D = work + desc[rec + L_D]
     cdef double total, w, weight_sum = 0.0
@@ -200,7 +210,7 @@ cdef void _tile(const int64_t* phase, Py_ssize_t t, int kind, const int64_t* des
     w = desc[rec + L_W]
     b = desc[rec + L_B]
     if l > 0:
-        A_in = work + desc[rec - L_FIELDS + L_A]
+        A_in = work + _activations(desc, l - 1, batch)
         rows_in = ident
     elif phase[P_GATHERED] != 0:
         A_in = gathered
@@ -231,7 +241,7 @@ cdef void _tile(const int64_t* phase, Py_ssize_t t, int kind, const int64_t* des
         return
     if op == OP_FORWARD:
         act = desc[rec + L_ACT] if l < desc[D_LAYERS] - 1 else IDENTITY
-        Z = work + desc[rec + L_A]
+        Z = work + _activations(desc, l, batch)
         j0 = t * phase[P_ROWS]
         j1 = min(j0 + phase[P_ROWS], n_out)
         if blas:  # Z[:, j0:j1] = A_in W[j0:j1]^T (gemm writes the column block), then f(Z + b)
@@ -386,10 +396,15 @@ cdef void _worker(int kind, const int64_t* program, Py_ssize_t n_program, const 
     P_AHEAD), the step P_AHEAD also has the next batch's gather tiles, after its own, and the gather
     step runs at the call's first batch only; batch i's rows are gathered into half i % 2 of the
     work buffer's room (each half D_SLOT long), and before each parallel tile a worker asks the
-    caches for a part of the rows it will gather next (_prefetch_ahead, P_PREFETCH values).
+    caches for a part of the rows it will gather next (_prefetch_ahead, P_PREFETCH values). With a
+    fused forward pass (P_FORWARD_NEXT on layer 0's update row), each of that row's tiles then runs
+    the next batch's layer-0 forward tiles over its rows, the last rows first (the update left them
+    in cache), and the forward step runs at the call's first batch only.
     Twin: nb_train._worker.
     """
-    cdef Py_ssize_t i, j, p, q, r, u, v, start, m, n_tiles, t
+    cdef Py_ssize_t i, j, p, q, r, u, v, start, m, n_tiles, t, run, runs, lo, hi, span
+    cdef Py_ssize_t first_tile, end_tile
+    cdef Py_ssize_t fused = -1  # the program row of layer 0's forward pass, when update tiles run it
     cdef Py_ssize_t tiles, next_m, extra  # tiles: the program's column of tile counts for this batch
     cdef Py_ssize_t base = 0, k = 0, done = 0, host = program[P_AHEAD]
     cdef Py_ssize_t slot = desc[D_SLOT] if host > 0 else 0
@@ -405,6 +420,9 @@ cdef void _worker(int kind, const int64_t* program, Py_ssize_t n_program, const 
     # where this worker's stream of prefetches is (_prefetch_ahead): batch, sample, end, element
     cdef Py_ssize_t[4] ahead = [first, 0, 0, 0]
     cdef Py_ssize_t ahead_values = program[P_PREFETCH], ahead_limit = first
+    for r in range(n_program):
+        if program[r * P_FIELDS + P_FORWARD_NEXT] > 0:
+            fused = program[r * P_FIELDS + P_FORWARD_NEXT] - 1
     for i in range(first, last):
         start = i * batch_size
         rows = order + start
@@ -426,7 +444,7 @@ cdef void _worker(int kind, const int64_t* program, Py_ssize_t n_program, const 
             q = p + 1
             while q < n_program and program[q * P_FIELDS + P_STEP] == program[p * P_FIELDS + P_STEP]:
                 q += 1
-            if p == 0 and host > 0 and i > first:  # gathered during the batch before
+            if i > first and ((p == 0 and host > 0) or p == fused):  # done during the batch before
                 p = q
                 k += 1
                 continue
@@ -458,15 +476,29 @@ cdef void _worker(int kind, const int64_t* program, Py_ssize_t n_program, const 
                         _prefetch_ahead(X, order, n, batch_size, desc[D_HEADER + L_IN],
                                         program[P_SAMPLES], ahead_limit, last, ahead_values, worker,
                                         n_workers, ahead)
-                    for row in range(r, q if whole else r + 1):  # one call site, as in nb_train
-                        for u in range(0 if whole else t,
-                                       program[row * P_FIELDS + tiles] if whole else t + 1):
-                            if status[0] != DONE:  # a failed row stops the serial step
-                                break
-                            _tile(program + row * P_FIELDS, u, kind, desc, params, grads, S0, S1, X,
-                                  Y, batch_rows, n_rows, first_row, ident, work, into, costs,
-                                  n_costs, out, norms, squares, hyper, c, status, batch_no, weights,
-                                  indptr, indices, data)
+                    # run 0: the claimed tile, or the serial step's rows; run 1, after a fused
+                    # update tile: the next batch's layer-0 forward tiles over its rows
+                    runs = 2 if program[r * P_FIELDS + P_FORWARD_NEXT] > 0 and i + 1 < last else 1
+                    for run in range(runs):
+                        lo, hi = r, (q if whole else r + 1)
+                        if run == 1:
+                            span = program[r * P_FIELDS + P_ROWS] // program[fused * P_FIELDS + P_ROWS]
+                            lo, hi, t = fused, fused + 1, t * span
+                            batch_no, first_row, n_rows = i + 1, start + batch_size, next_m
+                            batch_rows, into = rows + batch_size, gathered_next
+                        for row in range(lo, hi):  # one call site, as in nb_train
+                            first_tile = 0 if whole else t
+                            end_tile = program[row * P_FIELDS + tiles] if whole else t + 1
+                            if run == 1:  # its forward tiles, the last first
+                                end_tile = min(t + span, program[row * P_FIELDS + P_TILES])
+                            for u in range(end_tile - first_tile):
+                                if status[0] != DONE:  # a failed row stops the serial step
+                                    break
+                                _tile(program + row * P_FIELDS,
+                                      end_tile - 1 - u if run == 1 else first_tile + u, kind, desc,
+                                      params, grads, S0, S1, X, Y, batch_rows, n_rows, first_row,
+                                      ident, work, into, costs, n_costs, out, norms, squares, hyper,
+                                      c, status, batch_no, weights, indptr, indices, data)
                     done += 1
             if done > 0:  # one add per worker and step: each add moves the line between cores
                 _atomic_add(counters, done)

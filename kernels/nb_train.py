@@ -35,12 +35,12 @@ from numba.np.arrayobj import make_array, populate_array
 
 from . import codes, planner
 from .codes import (ALIGNMENT, C_L2, C_SCALE, C_SIZE, COST_NOT_FINITE, D_CAPACITY, D_GATHER,
-                    D_HEADER, D_LAYERS, D_LOSS, D_NWEIGHTS, D_OPTIMIZER, D_OUTPUT, D_SLOT, DONE,
-                    FORWARD, GRADIENTS, H_DROPOUT, H_KEY, H_SEED, H_STEP, IDENTITY, L_A, L_ACT, L_B,
-                    L_D, L_FIELDS, L_IN, L_OUT, L_W, OP_BACKWARD, OP_FORWARD, OP_GATHER,
-                    OP_GRADIENT, OP_OUTPUT, P_AHEAD, P_BLAS, P_COLUMNS, P_GATHERED, P_LAST_TILES,
-                    P_LAYER, P_OP, P_PREFETCH, P_ROWS, P_SAMPLES, P_SERIAL, P_STEP, P_TILES,
-                    PARAMS_NOT_FINITE, TRAIN)
+                    D_HEADER, D_LAYERS, D_LOSS, D_NWEIGHTS, D_ODD_A0, D_OPTIMIZER, D_OUTPUT,
+                    D_SLOT, DONE, FORWARD, GRADIENTS, H_DROPOUT, H_KEY, H_SEED, H_STEP, IDENTITY,
+                    L_A, L_ACT, L_B, L_D, L_FIELDS, L_IN, L_OUT, L_W, OP_BACKWARD, OP_FORWARD,
+                    OP_GATHER, OP_GRADIENT, OP_OUTPUT, P_AHEAD, P_BLAS, P_COLUMNS, P_FORWARD_NEXT,
+                    P_GATHERED, P_LAST_TILES, P_LAYER, P_OP, P_PREFETCH, P_ROWS, P_SAMPLES,
+                    P_SERIAL, P_STEP, P_TILES, PARAMS_NOT_FINITE, TRAIN)
 from .nb_kernels import (FASTMATH, _backward_block, _bias_activate, _coefficients, _derivative_block,
                          _dropout_rows, _finite, _forward_rows, _gradient_rows, _row_squares,
                          _sparse_forward_rows, _sparse_gradient_rows, _update_range,
@@ -51,7 +51,7 @@ from .nb_kernels import (FASTMATH, _backward_block, _bias_activate, _coefficient
 # through its CODES the codes, are compiled into the worker. Numba keys the worker's cache on the
 # text of this file alone: without this line, a cached worker would keep running the kernels of an
 # earlier nb_kernels.py, after an upgrade too (tests/test_numba_cache.py keeps it current).
-KERNELS = "74e4dc9658cfde04"
+KERNELS = "c76fb661447b4190"
 
 
 # --------------------------------------------------------------------------- atomics (LLVM)
@@ -291,6 +291,15 @@ _N, _T = ord("N"), ord("T")
 
 # --------------------------------------------------------------------------- tiles and phases
 
+@jit_inline
+def _activations(desc, l, batch):
+    """Where layer l's activations for batch number `batch` of the call start in the work buffer:
+    layer 0's alternate with the batch's parity (D_ODD_A0). Twin: cy_train._activations."""
+    if l == 0 and batch % 2 != 0:
+        return desc[D_ODD_A0]
+    return desc[D_HEADER + L_FIELDS * l + L_A]
+
+
 @njit(cache=True, nogil=True)  # no fast-math: the additions stay in order wherever this is compiled
 def _fold_norms(desc, squares, norms):
     """IN/OUT norms[l] += ||G_l||_F for every layer l: the square root of the sum, in row order, of
@@ -324,7 +333,7 @@ def _output(kind, desc, Y, rows, first_row, work, costs, out, norms, squares, hy
     rec = D_HEADER + L_FIELDS * (desc[D_LAYERS] - 1)
     k = desc[rec + L_OUT]
     m = rows.shape[0]
-    a = desc[rec + L_A]
+    a = _activations(desc, desc[D_LAYERS] - 1, batch)
     d = desc[rec + L_D]
     Z = _view(work, a, m, k)
     cost = _row(costs, first_row, m)
@@ -392,7 +401,7 @@ def _tile(phase, t, kind, desc, params, grads, state, X, Y, rows, first_row, ide
     W = _view(params, w, n_out, n_in)
     sparse = l == 0 and indptr.shape[0] != 0
     if l > 0:
-        A_in = _view(work, desc[rec - L_FIELDS + L_A], m, n_in)
+        A_in = _view(work, _activations(desc, l - 1, batch), m, n_in)
         rows_in = _row(ident, 0, m)
     elif phase[P_GATHERED] != 0:
         A_in = _view(work, gathered, m, n_in)
@@ -424,14 +433,15 @@ def _tile(phase, t, kind, desc, params, grads, state, X, Y, rows, first_row, ide
         return
     if op == OP_FORWARD:
         act = desc[rec + L_ACT] if l < desc[D_LAYERS] - 1 else IDENTITY
-        Z = _view(work, desc[rec + L_A], m, n_out)
+        a_out = _activations(desc, l, batch)
+        Z = _view(work, a_out, m, n_out)
         bias = _row(params, b, n_out)
         j0 = t * phase[P_ROWS]
         j1 = min(j0 + phase[P_ROWS], n_out)
         if blas:  # Z[:, j0:j1] = A_in W[j0:j1]^T (gemm writes the column block), then f(Z + b)
-            a_in = desc[rec - L_FIELDS + L_A] if l > 0 else gathered
+            a_in = _activations(desc, l - 1, batch) if l > 0 else gathered
             _gemm(_N, _T, m, j1 - j0, n_in, W.dtype.type(1), work, a_in, n_in, params,
-                  w + j0 * n_in, n_in, work, desc[rec + L_A] + j0, n_out)
+                  w + j0 * n_in, n_in, work, a_out + j0, n_out)
             _bias_activate(Z, bias, act, np.int64(0), m, j0, j1)
         elif sparse:
             _sparse_forward_rows(W, bias, indptr, indices, data, rows, act, Z, j0, j1)
@@ -446,7 +456,7 @@ def _tile(phase, t, kind, desc, params, grads, state, X, Y, rows, first_row, ide
     gb = _row(grads, b, n_out)
     scale = c[C_SCALE]
     if blas:  # G[j0:j1] = scale D[:, j0:j1]^T A_in
-        a_in = desc[rec - L_FIELDS + L_A] if l > 0 else gathered
+        a_in = _activations(desc, l - 1, batch) if l > 0 else gathered
         _gemm(_T, _N, j1 - j0, n_in, m, scale, work, desc[rec + L_D] + j0, n_out, work, a_in, n_in,
               grads, w + j0 * n_in, n_in)
         for j in range(j0, j1):
@@ -501,7 +511,10 @@ def _worker(worker, n_workers, kind, program, desc, params, grads, state, X, Y, 
     P_AHEAD), the step P_AHEAD also has the next batch's gather tiles, after its own, and the gather
     step runs at the call's first batch only; batch i's rows are gathered into half i % 2 of the
     work buffer's room (each half D_SLOT long), and before each parallel tile a worker asks the
-    caches for a part of the rows it will gather next (_prefetch_ahead, P_PREFETCH values).
+    caches for a part of the rows it will gather next (_prefetch_ahead, P_PREFETCH values). With a
+    fused forward pass (P_FORWARD_NEXT on layer 0's update row), each of that row's tiles then runs
+    the next batch's layer-0 forward tiles over its rows, the last rows first (the update left them
+    in cache), and the forward step runs at the call's first batch only.
     Twin: cy_train._worker.
     """
     n = order.shape[0]
@@ -516,6 +529,10 @@ def _worker(worker, n_workers, kind, program, desc, params, grads, state, X, Y, 
     # where this worker's stream of prefetches is (_prefetch_ahead): batch, sample, end, element
     a_batch, a_sample, a_end, a_element = first, np.int64(0), np.int64(0), np.int64(0)  # as p
     ahead_values = program[0, P_PREFETCH]
+    fused = -1  # the program row of layer 0's forward pass, when update tiles run it
+    for r in range(n_program):
+        if program[r, P_FORWARD_NEXT] > 0:
+            fused = program[r, P_FORWARD_NEXT] - 1
     for i in range(first, last):
         start = i * batch_size
         m = min(start + batch_size, n) - start
@@ -538,7 +555,7 @@ def _worker(worker, n_workers, kind, program, desc, params, grads, state, X, Y, 
             q = p + 1
             while q < n_program and program[q, P_STEP] == program[p, P_STEP]:
                 q += 1
-            if p == 0 and host > 0 and i > first:  # gathered during the batch before
+            if i > first and ((p == 0 and host > 0) or p == fused):  # done during the batch before
                 p = q
                 k += 1
                 continue
@@ -568,13 +585,29 @@ def _worker(worker, n_workers, kind, program, desc, params, grads, state, X, Y, 
                         a_batch, a_sample, a_end, a_element = _prefetch_ahead(
                             X, order, batch_size, program[0, P_SAMPLES], ahead_limit, last,
                             ahead_values, worker, n_workers, a_batch, a_sample, a_end, a_element)
-                    for row in range(r, q if whole else r + 1):  # one call site: _tile is inlined
-                        for u in range(0 if whole else t, program[row, tiles] if whole else t + 1):
-                            if status[0] != DONE:  # a failed row stops the serial step
-                                break
-                            _tile(program[row], u, kind, desc, params, grads, state, X, Y, batch_rows,
-                                  first_row, ident, work, into, costs, out, norms, squares, hyper,
-                                  c, status, batch, weights, indptr, indices, data)
+                    # run 0: the claimed tile, or the serial step's rows; run 1, after a fused
+                    # update tile: the next batch's layer-0 forward tiles over its rows
+                    runs = 2 if program[r, P_FORWARD_NEXT] > 0 and i + 1 < last else 1
+                    span = 1
+                    for run in range(runs):
+                        lo, hi = r, (q if whole else r + 1)
+                        if run == 1:
+                            span = program[r, P_ROWS] // program[fused, P_ROWS]
+                            lo, hi, t = fused, fused + 1, t * span
+                            batch, first_row, batch_rows, into = i + 1, start + batch_size, ahead, \
+                                desc[D_GATHER] + ((i + 1) % 2) * slot
+                        for row in range(lo, hi):  # one call site: _tile is inlined
+                            first_tile = 0 if whole else t
+                            end_tile = program[row, tiles] if whole else t + 1
+                            if run == 1:  # its forward tiles, the last first
+                                end_tile = min(t + span, program[row, P_TILES])
+                            for u in range(end_tile - first_tile):
+                                if status[0] != DONE:  # a failed row stops the serial step
+                                    break
+                                _tile(program[row], end_tile - 1 - u if run == 1 else first_tile + u,
+                                      kind, desc, params, grads, state, X, Y, batch_rows, first_row,
+                                      ident, work, into, costs, out, norms, squares, hyper, c,
+                                      status, batch, weights, indptr, indices, data)
                     done += 1
             if done > 0:  # one add per worker and step: each add moves the line between cores
                 _atomic_add(counters, 0, done)

@@ -374,6 +374,73 @@ def test_the_next_batchs_gather_gives_the_same_bits_for_any_thread_count_and_cut
             assert np.array_equal(again, params) and np.array_equal(again_costs, costs), (threads, cuts)
 
 
+def test_the_planner_fuses_the_next_forward_pass_into_layer_0s_update_tiles():
+    """When training, layer 0's update row names layer 0's forward row (P_FORWARD_NEXT), whose tiles
+    divide its own, when that forward pass is a parallel step of its own; never when computing
+    gradients or predicting, nor when the forward pass is one serial tile, nor with FUSE_FORWARD 0."""
+    for sizes, batch in (([784, 30, 10], 10), ([784, 256, 128, 10], 64), ([784, 10], 10),
+                         ([784, 1024, 10], 256)):
+        desc, _ = codes.describe(sizes, codes.RELU, codes.SOFTMAX, codes.CROSS_ENTROPY, codes.SGD,
+                                 batch)
+        for misaligned in (False, True):
+            program = planner.program(codes.TRAIN, desc, batch, misaligned=misaligned)
+            forward = np.flatnonzero((program[:, codes.P_OP] == codes.OP_FORWARD)
+                                     & (program[:, codes.P_LAYER] == 0))[0]
+            update = np.flatnonzero((program[:, codes.P_OP] == codes.OP_UPDATE)
+                                    & (program[:, codes.P_LAYER] == 0))[0]
+            assert program[update, codes.P_FORWARD_NEXT] == forward + 1
+            assert (program[:, codes.P_FORWARD_NEXT] != 0).sum() == 1
+            assert (program[:, codes.P_STEP] == program[forward, codes.P_STEP]).sum() == 1
+            assert program[update, codes.P_ROWS] % program[forward, codes.P_ROWS] == 0
+        for kind in (codes.GRADIENTS, codes.FORWARD):
+            assert not planner.program(kind, desc, batch)[:, codes.P_FORWARD_NEXT].any()
+    desc, _ = codes.describe([16, 12, 4], codes.TANH, codes.SOFTMAX, codes.CROSS_ENTROPY, codes.SGD, 10)
+    assert not planner.program(codes.TRAIN, desc, 10)[:, codes.P_FORWARD_NEXT].any()  # one tile
+
+
+@pytest.mark.parametrize("sizes", [[416, 30, 4], [416, 12]], ids=["hidden", "output"])
+def test_the_fused_forward_pass_gives_the_same_bits_as_its_own_step(compiled, dtype, sizes,
+                                                                    monkeypatch):
+    """Layer 0's forward pass run by the batch before's update tiles (P_FORWARD_NEXT), into the
+    activations of the batch's parity (D_ODD_A0), gives the same bits as its own step, for 1, 2, 3
+    and 5 threads, the epoch in one driver call or three (each call's first batch runs the step),
+    a partial last batch of one sample, dropout, sample weights, X's rows gathered (misaligned)
+    or read in place, and the layer fused being the output layer."""
+    X, y = problem(sizes, 51, seed=7, dtype=dtype)
+    aligned, misaligned = aligned_and_misaligned(X)
+    net = fastbp.Network(sizes, "tanh", loss="cross_entropy", dtype=dtype, backend=compiled, seed=0)
+    Y, weights = net._Y(y, 51), np.random.default_rng(8).random(51)
+    order = np.random.default_rng(9).permutation(51)
+    hyper = codes.hyperparameters(len(sizes) - 1)
+    hyper[[codes.H_LR, codes.H_MOMENTUM, codes.H_SEED]] = 0.3, 0.9, 11
+    hyper[codes.H_DROPOUT] = 0.2 if len(sizes) > 2 else 0
+    driver = backends.get(compiled)
+
+    def train(threads, cuts, data):
+        params, h = net.parameters.copy(), hyper.copy()
+        state = np.zeros((2, params.shape[0]), params.dtype)
+        desc, work = net._buffers(10, codes.SGD)
+        grads, costs = np.zeros_like(params), np.zeros(51)
+        for first, last in zip(cuts[:-1], cuts[1:]):
+            assert planner.program(codes.TRAIN, desc, 10, 51)[:, codes.P_FORWARD_NEXT].any() \
+                == bool(planner.FUSE_FORWARD)
+            done, status, _ = driver.train_batches(desc, params, grads, state, data, Y, order, 10,
+                                                   first, last, h, work, costs, threads, None,
+                                                   weights)
+            assert (done, status) == (last - first, codes.DONE)
+        return params, costs
+
+    monkeypatch.setattr(planner, "FUSE_FORWARD", 0)
+    params, costs = train(1, [0, 6], aligned)
+    monkeypatch.setattr(planner, "FUSE_FORWARD", 1)
+    for data in (aligned, misaligned):
+        for threads in (1, 2, 3, 5):
+            for cuts in ([0, 6], [0, 1, 4, 6]):
+                again, again_costs = train(threads, cuts, data)
+                assert np.array_equal(again, params) and np.array_equal(again_costs, costs), \
+                    (threads, cuts)
+
+
 @pytest.mark.parametrize("sparse", [False, True], ids=["dense", "sparse"])
 def test_an_order_of_some_rows_trains_as_a_copy_of_them(compiled, dtype, sparse):
     """train_batches' order may list some of X's rows (the estimators' epochs visit their own order
