@@ -92,13 +92,14 @@ def program(kind, desc, batch_size, n_samples=None, sparse=False, misaligned=Fal
     layers use BLAS (layer 0 then reads the batch gathered first). Consecutive phases of one tile
     each are merged into one serial step (no waiting between them). When training, layer 0's update
     tiles also run the next batch's forward pass through layer 0 over their rows (FUSE_FORWARD), when
-    that pass is a parallel step whose tiles divide theirs. P_TILES counts a row's tiles for
-    a full batch, P_LAST_TILES for the last batch of a call over `n_samples` samples (default: a full
-    batch), which is partial when batch_size does not divide n_samples. With a `sparse` X (or a work buffer with
-    no gather room), layer 0 never uses BLAS: its tiles run over the nonzeros (or read X in place).
-    Otherwise, when X's rows are `misaligned` (codes.misaligned), layer 0 reads the gathered batch
-    (GATHER_UNALIGNED). The next batch's rows are gathered during the first serial step (P_AHEAD), by
-    the workers that would otherwise wait for it.
+    both are parallel (a serial step's tile runs its rows whole) and the forward tiles divide theirs.
+    P_TILES counts a row's tiles for a full batch, P_LAST_TILES for the last batch of a call over
+    `n_samples` samples (default: a full batch), which is partial when batch_size does not divide
+    n_samples. With a `sparse` X (or a work buffer with no gather room), layer 0 never uses BLAS:
+    its tiles run over the nonzeros (or read X in place). Otherwise, when X's rows are `misaligned`
+    (codes.misaligned), layer 0 reads the gathered batch (GATHER_UNALIGNED). The next batch's rows
+    are gathered during the first serial step (P_AHEAD), by the workers that would otherwise wait
+    for it.
     """
     n_layers = int(desc[D_LAYERS])
     gather_room = not sparse and desc[D_SLOT] > 0
@@ -157,6 +158,7 @@ def program(kind, desc, batch_size, n_samples=None, sparse=False, misaligned=Fal
     forward, update = (np.flatnonzero((table[:, P_OP] == op) & (table[:, P_LAYER] == 0))
                        for op in (OP_FORWARD, OP_UPDATE))
     if FUSE_FORWARD and update.size and not table[forward[0], P_SERIAL] \
+            and not table[update[0], P_SERIAL] \
             and table[update[0], P_ROWS] % table[forward[0], P_ROWS] == 0:
         table[update[0], P_FORWARD_NEXT] = forward[0] + 1
     if gathered:  # the next batch's gather joins the first serial step

@@ -374,10 +374,11 @@ def test_the_next_batchs_gather_gives_the_same_bits_for_any_thread_count_and_cut
             assert np.array_equal(again, params) and np.array_equal(again_costs, costs), (threads, cuts)
 
 
-def test_the_planner_fuses_the_next_forward_pass_into_layer_0s_update_tiles():
+def test_the_planner_fuses_the_next_forward_pass_into_layer_0s_update_tiles(monkeypatch):
     """When training, layer 0's update row names layer 0's forward row (P_FORWARD_NEXT), whose tiles
-    divide its own, when that forward pass is a parallel step of its own; never when computing
-    gradients or predicting, nor when the forward pass is one serial tile, nor with FUSE_FORWARD 0."""
+    divide its own, when both are parallel (the forward pass a step of its own); never when
+    computing gradients or predicting, nor when either is one serial tile or the tiles do not
+    divide, nor with FUSE_FORWARD 0."""
     for sizes, batch in (([784, 30, 10], 10), ([784, 256, 128, 10], 64), ([784, 10], 10),
                          ([784, 1024, 10], 256)):
         desc, _ = codes.describe(sizes, codes.RELU, codes.SOFTMAX, codes.CROSS_ENTROPY, codes.SGD,
@@ -394,48 +395,68 @@ def test_the_planner_fuses_the_next_forward_pass_into_layer_0s_update_tiles():
             assert program[update, codes.P_ROWS] % program[forward, codes.P_ROWS] == 0
         for kind in (codes.GRADIENTS, codes.FORWARD):
             assert not planner.program(kind, desc, batch)[:, codes.P_FORWARD_NEXT].any()
-    desc, _ = codes.describe([16, 12, 4], codes.TANH, codes.SOFTMAX, codes.CROSS_ENTROPY, codes.SGD, 10)
-    assert not planner.program(codes.TRAIN, desc, 10)[:, codes.P_FORWARD_NEXT].any()  # one tile
+    def fused(sizes, batch):
+        desc, _ = codes.describe(sizes, codes.TANH, codes.SOFTMAX, codes.CROSS_ENTROPY, codes.SGD,
+                                 batch)
+        return planner.program(codes.TRAIN, desc, batch)[:, codes.P_FORWARD_NEXT].any()
+    assert not fused([16, 12, 4], 10)  # the forward pass is one serial tile
+    assert not fused([100, 164, 10], 32)  # update tiles of 84 rows, forward tiles of 8
+    assert fused([150, 140, 130, 5], 40)
+    monkeypatch.setattr(planner, "BLAS_TILES", 1)  # the update of layer 0: one tile, in the serial step
+    assert not fused([150, 140, 130, 5], 40)
+    monkeypatch.setattr(planner, "BLAS_TILES", 2)
+    monkeypatch.setattr(planner, "FUSE_FORWARD", 0)
+    assert not fused([784, 30, 10], 10)
 
 
-@pytest.mark.parametrize("sizes", [[416, 30, 4], [416, 12]], ids=["hidden", "output"])
-def test_the_fused_forward_pass_gives_the_same_bits_as_its_own_step(compiled, dtype, sizes,
-                                                                    monkeypatch):
+@pytest.mark.parametrize("sizes, batch, n, sparse", [
+    ([416, 30, 4], 10, 51, False), ([416, 12], 10, 51, False), ([150, 140, 130, 5], 40, 121, False),
+    ([416, 30, 4], 10, 51, True)], ids=["hidden", "output", "blas", "sparse"])
+def test_the_fused_forward_pass_gives_the_same_bits_as_its_own_step(compiled, dtype, sizes, batch,
+                                                                    n, sparse, monkeypatch):
     """Layer 0's forward pass run by the batch before's update tiles (P_FORWARD_NEXT), into the
     activations of the batch's parity (D_ODD_A0), gives the same bits as its own step, for 1, 2, 3
     and 5 threads, the epoch in one driver call or three (each call's first batch runs the step),
-    a partial last batch of one sample, dropout, sample weights, X's rows gathered (misaligned)
-    or read in place, and the layer fused being the output layer."""
-    X, y = problem(sizes, 51, seed=7, dtype=dtype)
-    aligned, misaligned = aligned_and_misaligned(X)
+    a partial last batch of one sample, dropout, sample weights with a batch whose weights are all
+    0 (no step), X's rows gathered (misaligned) or read in place or sparse, update tiles of BLAS
+    over several forward tiles, and the layer fused being the output layer."""
+    X, y = problem(sizes, n, seed=7, dtype=dtype)
     net = fastbp.Network(sizes, "tanh", loss="cross_entropy", dtype=dtype, backend=compiled, seed=0)
-    Y, weights = net._Y(y, 51), np.random.default_rng(8).random(51)
-    order = np.random.default_rng(9).permutation(51)
+    Y, weights = net._Y(y, n), np.random.default_rng(8).random(n)
+    order = np.random.default_rng(9).permutation(n)
+    weights[order[batch:2 * batch]] = 0  # the second batch makes no step
     hyper = codes.hyperparameters(len(sizes) - 1)
     hyper[[codes.H_LR, codes.H_MOMENTUM, codes.H_SEED]] = 0.3, 0.9, 11
     hyper[codes.H_DROPOUT] = 0.2 if len(sizes) > 2 else 0
     driver = backends.get(compiled)
+    batches = -(-n // batch)
+    if sparse:
+        X[X < 0.5] = 0
+        inputs = [validation.features(scipy.sparse.csr_matrix(X), sizes[0], net.dtype)]
+    else:
+        inputs = list(aligned_and_misaligned(X))
 
     def train(threads, cuts, data):
         params, h = net.parameters.copy(), hyper.copy()
         state = np.zeros((2, params.shape[0]), params.dtype)
-        desc, work = net._buffers(10, codes.SGD)
-        grads, costs = np.zeros_like(params), np.zeros(51)
+        desc, work = net._buffers(batch, codes.SGD, X=data)
+        grads, costs = np.zeros_like(params), np.zeros(n)
+        program = planner.program(codes.TRAIN, desc, batch, n, sparse,
+                                  not sparse and codes.misaligned(data))
+        assert program[:, codes.P_FORWARD_NEXT].any() == bool(planner.FUSE_FORWARD)
         for first, last in zip(cuts[:-1], cuts[1:]):
-            assert planner.program(codes.TRAIN, desc, 10, 51)[:, codes.P_FORWARD_NEXT].any() \
-                == bool(planner.FUSE_FORWARD)
-            done, status, _ = driver.train_batches(desc, params, grads, state, data, Y, order, 10,
+            done, status, _ = driver.train_batches(desc, params, grads, state, data, Y, order, batch,
                                                    first, last, h, work, costs, threads, None,
                                                    weights)
             assert (done, status) == (last - first, codes.DONE)
         return params, costs
 
     monkeypatch.setattr(planner, "FUSE_FORWARD", 0)
-    params, costs = train(1, [0, 6], aligned)
+    params, costs = train(1, [0, batches], inputs[0])
     monkeypatch.setattr(planner, "FUSE_FORWARD", 1)
-    for data in (aligned, misaligned):
+    for data in inputs:
         for threads in (1, 2, 3, 5):
-            for cuts in ([0, 6], [0, 1, 4, 6]):
+            for cuts in ([0, batches], [0, 1, batches - 2, batches]):
                 again, again_costs = train(threads, cuts, data)
                 assert np.array_equal(again, params) and np.array_equal(again_costs, costs), \
                     (threads, cuts)
