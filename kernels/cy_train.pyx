@@ -472,7 +472,7 @@ cdef void _worker(int kind, const int64_t* program, Py_ssize_t n_program, const 
                     else:
                         batch_no, first_row, n_rows = i, start, m
                         batch_rows, into = rows, gathered
-                    if ahead_values > 0 and r != q and not whole:
+                    if ahead_values > 0 and not whole:  # before every parallel tile, gather ones too
                         _prefetch_ahead(X, order, n, batch_size, desc[D_HEADER + L_IN],
                                         program[P_SAMPLES], ahead_limit, last, ahead_values, worker,
                                         n_workers, ahead)

@@ -581,7 +581,7 @@ def _worker(worker, n_workers, kind, program, desc, params, grads, state, X, Y, 
                             desc[D_GATHER] + ((i + 1) % 2) * slot
                     else:
                         batch, first_row, batch_rows, into = i, start, rows, gathered
-                    if ahead_values > 0 and r != q and not whole:
+                    if ahead_values > 0 and not whole:  # before every parallel tile, gather ones too
                         a_batch, a_sample, a_end, a_element = _prefetch_ahead(
                             X, order, batch_size, program[0, P_SAMPLES], ahead_limit, last,
                             ahead_values, worker, n_workers, a_batch, a_sample, a_end, a_element)
