@@ -18,15 +18,13 @@ from fastbp.kernels cimport cy_kernels as K
 from fastbp.kernels.cy_kernels cimport (ALIGNMENT, C_L2, C_SCALE, C_SIZE, COST_NOT_FINITE,
                                         D_CAPACITY, D_GATHER, D_HEADER, D_LAYERS, D_LOSS,
                                         D_NWEIGHTS, D_ODD_A0, D_OPTIMIZER, D_OUTPUT, D_SLOT, DONE,
-                                        FORWARD,
-                                        GRADIENTS, H_DROPOUT, H_KEY, H_SEED, H_STEP, IDENTITY, L_A,
-                                        L_ACT, L_B, L_D, L_FIELDS, L_IN, L_OUT, L_W, OP_BACKWARD,
-                                        OP_FORWARD, OP_GATHER, OP_GRADIENT, OP_OUTPUT, OP_UPDATE,
-                                        P_AHEAD, P_BLAS, P_COLUMNS, P_FIELDS, P_FORWARD_NEXT,
-                                        P_GATHERED,
-                                        P_LAST_TILES, P_LAYER, P_OP, P_PREFETCH, P_ROWS, P_SAMPLES,
-                                        P_SERIAL, P_STEP, P_TILES, PARAMS_NOT_FINITE, TRAIN,
-                                        _finite)
+                                        FORWARD, GRADIENTS, H_DROPOUT, H_KEY, H_SEED, H_STEP,
+                                        IDENTITY, L_A, L_ACT, L_B, L_D, L_FIELDS, L_IN, L_OUT, L_W,
+                                        OP_BACKWARD, OP_FORWARD, OP_GATHER, OP_GRADIENT, OP_OUTPUT,
+                                        OP_UPDATE, P_AHEAD, P_BLAS, P_COLUMNS, P_FIELDS,
+                                        P_FORWARD_NEXT, P_GATHERED, P_LAST_TILES, P_LAYER, P_OP,
+                                        P_PREFETCH, P_ROWS, P_SAMPLES, P_SERIAL, P_STEP, P_TILES,
+                                        PARAMS_NOT_FINITE, TRAIN, _finite)
 
 from . import codes, planner
 from .cy_kernels import update_parameters  # a driver too (the MPI step)

@@ -539,6 +539,7 @@ def _worker(worker, n_workers, kind, program, desc, params, grads, state, X, Y, 
         rows = _row(order, start, m)
         tiles = P_TILES if m == batch_size else P_LAST_TILES
         gathered = desc[D_GATHER] + (i % 2) * slot
+        gathered_next = desc[D_GATHER] + ((i + 1) % 2) * slot
         next_m = min(start + 2 * batch_size, n) - start - batch_size
         ahead = _row(order, start + batch_size, max(next_m, 0))  # the next batch's rows
         if targets:
@@ -577,8 +578,8 @@ def _worker(worker, n_workers, kind, program, desc, params, grads, state, X, Y, 
                         break
                     whole = serial and r < q  # every tile of rows p..q-1, in order
                     if r == q:  # a tile of the next batch's gather (program row 0)
-                        r, batch, first_row, batch_rows, into = 0, i + 1, start + batch_size, ahead, \
-                            desc[D_GATHER] + ((i + 1) % 2) * slot
+                        r, batch, first_row = 0, i + 1, start + batch_size
+                        batch_rows, into = ahead, gathered_next
                     else:
                         batch, first_row, batch_rows, into = i, start, rows, gathered
                     if ahead_values > 0 and not whole:  # before every parallel tile, gather ones too
@@ -594,8 +595,8 @@ def _worker(worker, n_workers, kind, program, desc, params, grads, state, X, Y, 
                         if run == 1:
                             span = program[r, P_ROWS] // program[fused, P_ROWS]
                             lo, hi, t = fused, fused + 1, t * span
-                            batch, first_row, batch_rows, into = i + 1, start + batch_size, ahead, \
-                                desc[D_GATHER] + ((i + 1) % 2) * slot
+                            batch, first_row = i + 1, start + batch_size
+                            batch_rows, into = ahead, gathered_next
                         for row in range(lo, hi):  # one call site: _tile is inlined
                             first_tile = 0 if whole else t
                             end_tile = program[row, tiles] if whole else t + 1
