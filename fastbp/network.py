@@ -130,7 +130,7 @@ class Network:
 
     def _buffers(self, capacity, optimizer=codes.SGD, X=None):
         """The descriptor and a work buffer for batches of up to `capacity` samples of X (kept for
-        reuse); for a sparse X (codes.CSR) with no room to gather its rows."""
+        reuse); for a sparse X (codes.CSR) a descriptor whose rows are never gathered."""
         sparse = isinstance(X, codes.CSR)
         key = (capacity, optimizer, sparse)
         if key not in self._work:

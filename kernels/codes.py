@@ -21,9 +21,9 @@ Buffers the descriptor points into (all C-contiguous, one dtype, float32 or floa
             ``(capacity, n_l)`` (a batch of ``m <= capacity`` samples uses the first ``m`` rows);
             then, at ``D_ODD_A0``, layer 0's activations for the odd-numbered batches (batch i uses
             ``A_0`` when i is even: the next batch's forward pass through layer 0 runs beside the
-            update tiles of the layers above, which still read this batch's); then, at
-            ``D_GATHER``, room for two batches' rows of X gathered, each half ``D_SLOT`` long
-            (``capacity * n_0`` rounded up to cache lines).
+            update tiles of the layers above, which still read this batch's). The rows of X a
+            worker gathers are not here: each worker copies every batch its tiles read into slots of
+            its own (``D_SLOT``), which the drivers allocate per call for their thread count.
 ``norms``   float64, ``(n_layers,)`` or empty (off): what ``train_batches`` adds up, when asked, of
             each minibatch's ``||G_l||_F`` (the Frobenius norm of layer l's mean weight gradient,
             without L2). The compiled drivers fold it from one squared norm per row of ``W_l`` (a
@@ -36,8 +36,8 @@ Buffers the descriptor points into (all C-contiguous, one dtype, float32 or floa
 ``X``       a C-contiguous ``(n, n_0)`` array, or a sparse :class:`CSR` (``indptr`` and ``indices``
             int64, ``data`` of the parameters' dtype): the compiled drivers then get a ``(0, n_0)``
             dense X and the three arrays (empty for a dense X; :func:`split_input`), and layer 0's
-            forward and gradient run over the nonzeros (never BLAS, never the gather buffer). A work
-            buffer for sparse input needs no gather room (``describe(..., gather=False)``).
+            forward and gradient run over the nonzeros (never BLAS, never gathered): its descriptor
+            says so with ``D_SLOT`` 0 (``describe(..., gather=False)``).
 """
 import numpy as np
 
@@ -69,11 +69,12 @@ DONE, COST_NOT_FINITE, PARAMS_NOT_FINITE = range(3)
 H_SIZE = H_DROPOUT
 
 # The descriptor: a header, then one record per layer.
-# D_GATHER: where the room for gathered rows starts in the work buffer; D_SLOT: the size of each of
-# its two halves (0 without room). D_ODD_A0: where layer 0's activations for odd batches are.
+# D_SLOT: the values one batch's rows of X take gathered side by side (capacity * n_0 rounded up to
+# cache lines), 0 when they are never gathered. D_ODD_A0: where layer 0's activations for odd batches
+# are.
 (D_LAYERS, D_HIDDEN, D_OUTPUT, D_LOSS, D_OPTIMIZER, D_CAPACITY, D_NPARAMS, D_NWEIGHTS,
- D_WORK, D_GATHER, D_SLOT, D_ODD_A0) = range(12)
-D_HEADER = 12
+ D_WORK, D_SLOT, D_ODD_A0) = range(11)
+D_HEADER = 11
 (L_IN, L_OUT, L_W, L_B, L_A, L_D, L_ACT) = range(7)
 L_FIELDS = 7
 
@@ -90,15 +91,17 @@ OP_FORWARD, OP_OUTPUT, OP_BACKWARD, OP_UPDATE, OP_GRADIENT, OP_GATHER = range(6)
 # workers finish a step before starting the next. A parallel step's tiles are its rows' tiles, which
 # are independent; a serial step is one tile that runs its rows in order.
 # P_BLAS: the phase's tiles call BLAS (single-threaded gemm on the tile: deterministic); error-term
-# tiles are then blocks of P_SAMPLES samples. P_GATHERED: layer 0 reads the batch from the
-# gather buffer (filled by an OP_GATHER phase) rather than from X through the permutation.
+# tiles are then blocks of P_SAMPLES samples. P_GATHERED: layer 0 reads the batch's rows of X
+# gathered side by side (program row 0 is then an OP_GATHER row) rather than through the
+# permutation.
 # P_TILES: how many tiles the phase has for a full batch; P_LAST_TILES: for the call's last batch,
 # which may be partial (the workers count tiles only through these two).
-# P_AHEAD, on an OP_GATHER row: 0, or the step whose tiles the next batch's gather tiles join
-# (a serial step, where the other workers would wait); the gather step itself then runs at a call's
-# first batch only, and batch i's rows are gathered into half i % 2 of the room (D_SLOT).
-# P_PREFETCH, on an OP_GATHER row with P_AHEAD: how many values of the next batches' rows of X a
-# worker asks the caches for before each of its parallel tiles (0: none).
+# An OP_GATHER row has no tiles and its step never runs: every worker copies every batch its
+# layer-0 tiles read into slots of its own (batch i into its slot i % 2, each D_SLOT long), before
+# the first such tile; its tiles then read lines no other core writes. P_AHEAD, on it: the step (the
+# first serial one) in which a worker with no tile left gathers the next batch while the others
+# finish. P_PREFETCH: how many values of the next batch's rows of X a worker asks the caches for
+# before each of its parallel tiles, times the number of workers (0: none).
 # P_FORWARD_NEXT, on layer 0's OP_UPDATE row: 0, or 1 + the program row of layer 0's forward pass
 # (a step of its own), which each update tile then runs over its rows for the next batch of the
 # call, right after their update: that step runs at a call's first batch only.
@@ -141,10 +144,9 @@ def misaligned(X):
 def describe(sizes, hidden, output, loss, optimizer, capacity, gather=True):
     """Build the int64 descriptor of a network with layer ``sizes`` and a work buffer of ``capacity`` rows.
 
-    Returns ``(descriptor, work_size)``. The work buffer ends with room for two batches' rows of X,
-    gathered (the next batch's are gathered while the current one finishes: planner.program); without
-    ``gather`` it has none (sparse input: ``capacity * n_0`` could be gigabytes), and the planner then
-    never gathers them.
+    Returns ``(descriptor, work_size)``. With ``gather``, D_SLOT is the size of one batch's rows of X
+    gathered (the drivers allocate two per worker when the planner gathers); without it, 0: the
+    planner then never gathers them (sparse input: ``capacity * n_0`` could be gigabytes).
     """
     sizes = [int(n) for n in sizes]
     n_layers = len(sizes) - 1
@@ -161,16 +163,12 @@ def describe(sizes, hidden, output, loss, optimizer, capacity, gather=True):
         work += 2 * capacity * n_out
     odd_a0 = work  # layer 0's activations for odd batches
     work += capacity * sizes[1]
-    # the gathered rows start at a cache line: a multiple of the float32 values in one (a whole
-    # number of lines for float64 too), in both halves of the room
+    # every slot of gathered rows starts at a cache line: a multiple of the float32 values in one (a
+    # whole number of lines for float64 too)
     line = ALIGNMENT // 4
-    gather_at = -(-work // line) * line
-    slot = 0
-    if gather:
-        slot = -(-capacity * sizes[0] // line) * line
-        work = gather_at + 2 * slot
+    slot = -(-capacity * sizes[0] // line) * line if gather else 0
     desc[:D_HEADER] = (n_layers, hidden, output, loss, optimizer, capacity, n_weights + sum(sizes[1:]),
-                       n_weights, work, gather_at, slot, odd_a0)
+                       n_weights, work, slot, odd_a0)
     return desc, work
 
 

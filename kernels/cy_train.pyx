@@ -13,14 +13,15 @@ from cython cimport floating
 from cython.parallel cimport prange
 from libc.math cimport sqrt
 from libc.stdint cimport int64_t
+from libc.string cimport memcpy
 
 from fastbp.kernels cimport cy_kernels as K
 from fastbp.kernels.cy_kernels cimport (ALIGNMENT, C_L2, C_SCALE, C_SIZE, COST_NOT_FINITE,
-                                        D_CAPACITY, D_GATHER, D_HEADER, D_LAYERS, D_LOSS,
+                                        D_CAPACITY, D_HEADER, D_LAYERS, D_LOSS,
                                         D_NWEIGHTS, D_ODD_A0, D_OPTIMIZER, D_OUTPUT, D_SLOT, DONE,
                                         FORWARD, GRADIENTS, H_DROPOUT, H_KEY, H_SEED, H_STEP,
                                         IDENTITY, L_A, L_ACT, L_B, L_D, L_FIELDS, L_IN, L_OUT, L_W,
-                                        OP_BACKWARD, OP_FORWARD, OP_GATHER, OP_GRADIENT, OP_OUTPUT,
+                                        OP_BACKWARD, OP_FORWARD, OP_GRADIENT, OP_OUTPUT,
                                         OP_UPDATE, P_AHEAD, P_BLAS, P_COLUMNS, P_FIELDS,
                                         P_FORWARD_NEXT, P_GATHERED, P_LAST_TILES, P_LAYER, P_OP,
                                         P_PREFETCH, P_ROWS, P_SAMPLES, P_SERIAL, P_STEP, P_TILES,
@@ -179,8 +180,8 @@ cdef void _tile(const int64_t* phase, Py_ssize_t t, int kind, const int64_t* des
                 floating* c, int64_t* status, int64_t batch, const double* weights,
                 const int64_t* indptr, const int64_t* indices, const floating* data) noexcept nogil:
     """Tile t of program row `phase` for the batch X[rows]; with a sparse X (indptr not NULL: a CSR
-    X of indptr, indices, data), layer 0 runs over its nonzeros. `gathered`: where the batch's rows
-    of X are gathered (by an OP_GATHER phase). Twin: nb_train._tile."""
+    X of indptr, indices, data), layer 0 runs over its nonzeros. `gathered`: where the worker has
+    gathered the batch's rows of X (_gather). Twin: nb_train._tile."""
     cdef Py_ssize_t rec, n_in, n_out, w, b, n_col, s0, i0, i1, j0, j1, i, j, s, samples, columns
     cdef Py_ssize_t l = phase[P_LAYER]
     cdef int op = phase[P_OP], act
@@ -199,12 +200,6 @@ cdef void _tile(const int64_t* phase, Py_ssize_t t, int kind, const int64_t* des
     rec = D_HEADER + L_FIELDS * l
     n_in = desc[rec + L_IN]
     n_out = desc[rec + L_OUT]
-    if op == OP_GATHER:  # the batch's rows of X, side by side, for BLAS
-        s0 = t * phase[P_SAMPLES]
-        for s in range(s0, min(s0 + phase[P_SAMPLES], m)):
-            for i in range(n_in):
-                gathered[s * n_in + i] = X[rows[s] * n_in + i]
-        return
     w = desc[rec + L_W]
     b = desc[rec + L_B]
     if l > 0:
@@ -301,19 +296,19 @@ cdef inline Py_ssize_t _part_start(Py_ssize_t v, Py_ssize_t parts, Py_ssize_t of
 
 
 cdef inline Py_ssize_t _share_tile(const int64_t* program, Py_ssize_t p, Py_ssize_t q,
-                                   Py_ssize_t tiles, bint serial, Py_ssize_t extra, Py_ssize_t v,
+                                   Py_ssize_t tiles, bint serial, Py_ssize_t v,
                                    Py_ssize_t n_workers, Py_ssize_t j, Py_ssize_t* row) noexcept nogil:
     """Tile j of share v of the step of program rows p..q-1, whose tiles are counted in column
-    `tiles` (a serial step: one tile, its rows in order), with `extra` tiles of the next batch's
-    gather after them as row q: the tile's number in its row, the row in *row; -1 past the share.
+    `tiles` (a serial step: one tile, its rows in order): the tile's number in its row, the row in
+    *row; -1 past the share.
     Each row's tiles are split in n_workers contiguous parts, the i-th row's offset by i so that
     one-tile rows go round the workers: a share holds a part of every layer, as the rows of one step
     differ in work per tile far more than in tile counts. Twin: nb_train._share_tile."""
     cdef Py_ssize_t r, parts, lo, hi, i = 0
-    for r in range(p, q + 1):
-        if serial and p < r < q:
-            continue
-        parts = extra if r == q else (1 if serial else program[r * P_FIELDS + tiles])
+    for r in range(p, q):
+        if serial and r > p:
+            break
+        parts = 1 if serial else program[r * P_FIELDS + tiles]
         lo = _part_start(v, parts, i, n_workers)
         hi = _part_start(v + 1, parts, i, n_workers)
         if j < hi - lo:
@@ -325,30 +320,24 @@ cdef inline Py_ssize_t _share_tile(const int64_t* program, Py_ssize_t p, Py_ssiz
 
 
 cdef inline void _prefetch_ahead(const floating* X, const int64_t* order, Py_ssize_t n,
-                                 Py_ssize_t batch_size, Py_ssize_t n_in, Py_ssize_t samples,
-                                 Py_ssize_t limit, Py_ssize_t last, Py_ssize_t values,
-                                 Py_ssize_t worker, Py_ssize_t n_workers,
+                                 Py_ssize_t batch_size, Py_ssize_t n_in, Py_ssize_t limit,
+                                 Py_ssize_t last, Py_ssize_t values,
                                  Py_ssize_t* ahead) noexcept nogil:
     """Ask for the next `values` values (a cache line at a time) of the rows of X this worker will
-    gather ahead, batches up to `limit`: the samples of its share of each batch's gather tiles of
-    `samples` samples (_share_tile's row after the serial one). ahead = (batch, sample, end of its
-    share, element): where the stream stands, moved on. Into L2 only: a prefetch into L1 holds one
-    of the core's few L1 miss buffers for the whole trip to memory, and stalled the tiles being
-    computed as much as it saved (measured). X's rows come from memory in shuffled order: a gather
-    that finds them there waits 4-5 us per batch of 10 rows of 784 float32. Twin:
-    nb_train._prefetch_ahead."""
-    cdef Py_ssize_t m, parts, offset, line = ALIGNMENT // sizeof(floating)
+    gather, batches up to `limit`. ahead = (batch, sample, the batch's size, element): where the
+    stream stands, moved on. Into L2 only: a prefetch into L1 holds one of the core's few L1 miss
+    buffers for the whole trip to memory, and stalled the tiles being computed as much as it saved
+    (measured). X's rows come from memory in shuffled order: a gather that finds them there waits
+    4-5 us per batch of 10 rows of 784 float32. Twin: nb_train._prefetch_ahead."""
+    cdef Py_ssize_t line = ALIGNMENT // sizeof(floating)
     cdef const floating* row
     while values > 0:
-        if ahead[1] >= ahead[2]:  # on to the next batch's share
+        if ahead[1] >= ahead[2]:  # on to the next batch
             if ahead[0] + 1 > limit or ahead[0] + 1 >= last:
                 return
             ahead[0] += 1
-            m = min((ahead[0] + 1) * batch_size, n) - ahead[0] * batch_size
-            parts = (m + samples - 1) // samples
-            offset = 1 % n_workers  # the gather is the row after the serial step's one tile
-            ahead[1] = min(_part_start(worker, parts, offset, n_workers) * samples, m)
-            ahead[2] = min(_part_start(worker + 1, parts, offset, n_workers) * samples, m)
+            ahead[1] = 0
+            ahead[2] = min((ahead[0] + 1) * batch_size, n) - ahead[0] * batch_size
             ahead[3] = 0
             continue
         row = X + order[ahead[0] * batch_size + ahead[1]] * n_in
@@ -359,6 +348,24 @@ cdef inline void _prefetch_ahead(const floating* X, const int64_t* order, Py_ssi
             _prefetch_l2(row + n_in - 1)
             ahead[1] += 1
             ahead[3] = 0
+
+
+cdef inline Py_ssize_t _gather(const floating* X, const int64_t* order, Py_ssize_t n,
+                              Py_ssize_t batch_size, Py_ssize_t n_in, Py_ssize_t have,
+                              Py_ssize_t batch, floating* slots, Py_ssize_t slot) noexcept nogil:
+    """Gather the rows of X of batches have+1..batch, each into slot i % 2 of this worker's two
+    (slots, each `slot` values long), side by side; returns the batch gathered last. In order,
+    with none left out: a worker reads each batch from the slot it gathered it into. Twin:
+    nb_train._gather."""
+    cdef Py_ssize_t s, m
+    cdef floating* into
+    while have < batch:
+        have += 1
+        m = min((have + 1) * batch_size, n) - have * batch_size
+        into = slots + (have % 2) * slot
+        for s in range(m):
+            memcpy(into + s * n_in, X + order[have * batch_size + s] * n_in, n_in * sizeof(floating))
+    return have
 
 
 cdef inline void _wait(int64_t* counter, int64_t target, Py_ssize_t spins) noexcept nogil:
@@ -381,7 +388,7 @@ cdef void _worker(int kind, const int64_t* program, Py_ssize_t n_program, const 
                   int64_t* counters, int64_t* claims, Py_ssize_t claim_stride, int64_t* status,
                   floating* c, const int64_t* ident, Py_ssize_t spins, Py_ssize_t worker,
                   Py_ssize_t n_workers, const double* weights, const int64_t* indptr,
-                  const int64_t* indices, const floating* data) noexcept nogil:
+                  const int64_t* indices, const floating* data, floating* gathers) noexcept nogil:
     """Worker `worker` of n_workers: a pass over batches first..last-1, every step of `program`.
 
     The tiles of step k are split into n_workers shares (_share_tile: a part of each of its rows),
@@ -390,34 +397,36 @@ cdef void _worker(int kind, const int64_t* program, Py_ssize_t n_program, const 
     with the others'. counters[0] counts the finished tiles of the whole call; a worker adds its
     count once per step. A worker claims only tiles of the step it is in, and a step is over when
     every tile before its end is finished. A row's tiles are counted in its
-    P_TILES column, or P_LAST_TILES for the partial last batch. With an ahead gather (program row 0's
-    P_AHEAD), the step P_AHEAD also has the next batch's gather tiles, after its own, and the gather
-    step runs at the call's first batch only; batch i's rows are gathered into half i % 2 of the
-    work buffer's room (each half D_SLOT long), and before each parallel tile a worker asks the
-    caches for a part of the rows it will gather next (_prefetch_ahead, P_PREFETCH values). With a
-    fused forward pass (P_FORWARD_NEXT on layer 0's update row), each of that row's tiles then runs
-    the next batch's layer-0 forward tiles over its rows, the last rows first (the update left them
-    in cache), and the forward step runs at the call's first batch only.
+    P_TILES column, or P_LAST_TILES for the partial last batch. When the program gathers (program
+    row 0 an OP_GATHER row, whose step never runs), the worker gathers batch i's rows of X into its
+    own slot i % 2 in `gathers` (planner.gather_slots) before its first layer-0 tile of the batch,
+    or, ahead, when it has no tile left in the step P_AHEAD; before each parallel tile it asks the
+    caches for a part of the rows it will gather next (_prefetch_ahead, P_PREFETCH values times the
+    number of workers). With a fused forward pass (P_FORWARD_NEXT on layer 0's update row), each of
+    that row's tiles then runs the next batch's layer-0 forward tiles over its rows, the last rows
+    first (the update left them in cache), and the forward step runs at the call's first batch only.
     Twin: nb_train._worker.
     """
     cdef Py_ssize_t i, j, p, q, r, u, v, start, m, n_tiles, t, run, runs, lo, hi, span
     cdef Py_ssize_t first_tile, end_tile
     cdef Py_ssize_t fused = -1  # the program row of layer 0's forward pass, when update tiles run it
-    cdef Py_ssize_t tiles, next_m, extra  # tiles: the program's column of tile counts for this batch
+    cdef Py_ssize_t tiles, next_m  # tiles: the program's column of tile counts for this batch
     cdef Py_ssize_t base = 0, k = 0, done = 0, host = program[P_AHEAD]
-    cdef Py_ssize_t slot = desc[D_SLOT] if host > 0 else 0
+    cdef Py_ssize_t slot = desc[D_SLOT] if host > 0 else 0, n_in = desc[D_HEADER + L_IN]
+    cdef Py_ssize_t have = first - 1  # the last batch this worker gathered
     cdef Py_ssize_t n_targets = desc[D_HEADER + L_FIELDS * (desc[D_LAYERS] - 1) + L_OUT]
     cdef bint targets = kind != FORWARD or n_costs != 0  # the output phase reads Y[rows]
     cdef Py_ssize_t batch_no, first_row, n_rows, row
     cdef bint serial, whole
     cdef const int64_t* rows
     cdef const int64_t* batch_rows
+    cdef floating* slots = gathers + 2 * worker * slot if host > 0 else NULL  # this worker's two
     cdef floating* gathered
     cdef floating* gathered_next
     cdef floating* into
-    # where this worker's stream of prefetches is (_prefetch_ahead): batch, sample, end, element
+    # where this worker's stream of prefetches is (_prefetch_ahead): batch, sample, size, element
     cdef Py_ssize_t[4] ahead = [first, 0, 0, 0]
-    cdef Py_ssize_t ahead_values = program[P_PREFETCH], ahead_limit = first
+    cdef Py_ssize_t ahead_values = program[P_PREFETCH] * n_workers
     for r in range(n_program):
         if program[r * P_FIELDS + P_FORWARD_NEXT] > 0:
             fused = program[r * P_FIELDS + P_FORWARD_NEXT] - 1
@@ -426,8 +435,8 @@ cdef void _worker(int kind, const int64_t* program, Py_ssize_t n_program, const 
         rows = order + start
         m = min(start + batch_size, n) - start
         tiles = P_TILES if m == batch_size else P_LAST_TILES
-        gathered = work + desc[D_GATHER] + (i % 2) * slot
-        gathered_next = work + desc[D_GATHER] + ((i + 1) % 2) * slot
+        gathered = slots + (i % 2) * slot
+        gathered_next = slots + ((i + 1) % 2) * slot
         next_m = min(start + 2 * batch_size, n) - start - batch_size
         if targets:
             # the output phase's scattered reads, a cache miss each in the serial step: started now
@@ -436,13 +445,13 @@ cdef void _worker(int kind, const int64_t* program, Py_ssize_t n_program, const 
                 _prefetch(Y + rows[j] * n_targets + n_targets - 1)  # its lines, if it spans two
                 if weights != NULL:
                     _prefetch(weights + rows[j])
-        ahead_limit = i + 1  # the next batch's rows, until they are gathered
         p = 0
         while p < n_program:
             q = p + 1
             while q < n_program and program[q * P_FIELDS + P_STEP] == program[p * P_FIELDS + P_STEP]:
                 q += 1
-            if i > first and ((p == 0 and host > 0) or p == fused):  # done during the batch before
+            # the gather's step never runs; the fused forward step, by the batch before
+            if (p == 0 and host > 0) or (i > first and p == fused):
                 p = q
                 k += 1
                 continue
@@ -452,28 +461,19 @@ cdef void _worker(int kind, const int64_t* program, Py_ssize_t n_program, const 
                 n_tiles = 0
                 for r in range(p, q):
                     n_tiles += program[r * P_FIELDS + tiles]
-            extra = 0
-            if host > 0 and program[p * P_FIELDS + P_STEP] == host and i + 1 < last:  # + next gather
-                extra = program[P_TILES if next_m == batch_size else P_LAST_TILES]
             for j in range(n_workers):  # its own share first, then the others'
                 v = (worker + j) % n_workers
                 while True:
-                    t = _share_tile(program, p, q, tiles, serial, extra, v, n_workers,
+                    t = _share_tile(program, p, q, tiles, serial, v, n_workers,
                                     _atomic_add(claims + v * claim_stride + k, 1), &r)
                     if t < 0:
                         break
-                    whole = serial and r < q  # every tile of rows p..q-1, in order
-                    if r == q:  # a tile of the next batch's gather (program row 0)
-                        r = 0
-                        batch_no, first_row, n_rows = i + 1, start + batch_size, next_m
-                        batch_rows, into = rows + batch_size, gathered_next
-                    else:
-                        batch_no, first_row, n_rows = i, start, m
-                        batch_rows, into = rows, gathered
-                    if ahead_values > 0 and not whole:  # before every parallel tile, gather ones too
-                        _prefetch_ahead(X, order, n, batch_size, desc[D_HEADER + L_IN],
-                                        program[P_SAMPLES], ahead_limit, last, ahead_values, worker,
-                                        n_workers, ahead)
+                    whole = serial  # every tile of rows p..q-1, in order
+                    batch_no, first_row, n_rows = i, start, m
+                    batch_rows, into = rows, gathered
+                    if ahead_values > 0 and not whole:  # before every parallel tile
+                        _prefetch_ahead(X, order, n, batch_size, n_in, have + 1, last, ahead_values,
+                                        ahead)
                     # run 0: the claimed tile, or the serial step's rows; run 1, after a fused
                     # update tile: the next batch's layer-0 forward tiles over its rows
                     runs = 2 if program[r * P_FIELDS + P_FORWARD_NEXT] > 0 and i + 1 < last else 1
@@ -489,6 +489,10 @@ cdef void _worker(int kind, const int64_t* program, Py_ssize_t n_program, const 
                             end_tile = program[row * P_FIELDS + tiles] if whole else t + 1
                             if run == 1:  # its forward tiles, the last first
                                 end_tile = min(t + span, program[row * P_FIELDS + P_TILES])
+                            if host > 0 and program[row * P_FIELDS + P_LAYER] == 0 \
+                                    and program[row * P_FIELDS + P_OP] != OP_OUTPUT:
+                                have = _gather(X, order, n, batch_size, n_in, have, batch_no, slots,
+                                               slot)
                             for u in range(end_tile - first_tile):
                                 if status[0] != DONE:  # a failed row stops the serial step
                                     break
@@ -501,10 +505,11 @@ cdef void _worker(int kind, const int64_t* program, Py_ssize_t n_program, const 
             if done > 0:  # one add per worker and step: each add moves the line between cores
                 _atomic_add(counters, done)
                 done = 0
-            base += n_tiles + extra
+            base += n_tiles
+            if host > 0 and program[p * P_FIELDS + P_STEP] == host and i + 1 < last \
+                    and _atomic_load(counters) < base:  # the others are still at work: gather ahead
+                have = _gather(X, order, n, batch_size, n_in, have, i + 1, slots, slot)
             _wait(counters, base, spins)
-            if extra > 0:  # the next batch's rows are gathered: on to the one after
-                ahead_limit = i + 2
             if _atomic_load(status) != DONE:
                 return
             p = q
@@ -553,11 +558,14 @@ cdef _launch(int kind, int n_threads, const int64_t[::1] desc, floating[::1] par
     cdef const int64_t* indices_data = &indices[0] if indices.shape[0] > 0 else NULL
     cdef const floating* values_data = &data[0] if data.shape[0] > 0 else NULL
     c[C_SCALE] = <floating>scale
+    cdef floating[::1] slots = planner.gather_slots(np.asarray(program), np.asarray(desc), n_workers,
+                                                    np.asarray(params).dtype)
+    cdef floating* gathers = &slots[0] if slots.shape[0] > 0 else NULL
     with planner.blas_single_threaded(np.asarray(program)):
         _run_workers(kind, program, desc, params, grads, state, X, Y_data, order, batch_size, first,
                      last, hyper, work, costs_data, costs.shape[0], out_data, norms_data,
                      squares_data, counters, claims, claim_stride, status, c, ident, spins, n_workers,
-                     weights_data, indptr_data, indices_data, values_data)
+                     weights_data, indptr_data, indices_data, values_data, gathers)
     return np.asarray(status)
 
 
@@ -570,7 +578,8 @@ cdef void _run_workers(int kind, int64_t[:, ::1] program, const int64_t[::1] des
                        Py_ssize_t claim_stride, int64_t[::1] status,
                        floating[::1] c, int64_t[::1] ident, Py_ssize_t spins,
                        int n_workers, const double* weights, const int64_t* indptr,
-                       const int64_t* indices, const floating* data) noexcept:
+                       const int64_t* indices, const floating* data,
+                       floating* gathers) noexcept:
     """The workers: one per OpenMP thread (prange over workers, static schedule)."""
     cdef int worker
     for worker in prange(n_workers, nogil=True, schedule="static", num_threads=n_workers):
@@ -579,7 +588,7 @@ cdef void _run_workers(int kind, int64_t[:, ::1] program, const int64_t[::1] des
                 batch_size, first, last, &hyper[0], &work[0], costs_data, n_costs,
                 out_data, norms, squares, &counters[0], &claims[0], claim_stride, &status[0], &c[0],
                 &ident[0],
-                spins, worker, n_workers, weights, indptr, indices, data)
+                spins, worker, n_workers, weights, indptr, indices, data, gathers)
 
 
 def train_batches(const int64_t[::1] desc, floating[::1] params, floating[::1] grads,

@@ -30,7 +30,7 @@ from .codes import (ADAM, C_1MB1, C_1MB2, C_1MRHO, C_B2, C_EPS, C_INV_SQRT_BC2, 
 # The fingerprint of the codes compiled in here (codes.source_hash()). Numba keys its cache of a
 # function on the text of that function's file alone: this line makes the text change when the codes
 # do (tests/test_numba_cache.py keeps it current), so that no cached kernel keeps old codes.
-CODES = "8573046159577669"
+CODES = "54fba7a80eb7d73e"
 
 # Fast-math flags, defined once: reassociation lets LLVM vectorize the dot products. Never 'nnan' or
 # 'ninf': divergence detection relies on NaN and inf surviving the arithmetic.

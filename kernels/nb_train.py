@@ -34,13 +34,13 @@ from numba.extending import intrinsic
 from numba.np.arrayobj import make_array, populate_array
 
 from . import codes, planner
-from .codes import (ALIGNMENT, C_L2, C_SCALE, C_SIZE, COST_NOT_FINITE, D_CAPACITY, D_GATHER,
-                    D_HEADER, D_LAYERS, D_LOSS, D_NWEIGHTS, D_ODD_A0, D_OPTIMIZER, D_OUTPUT,
-                    D_SLOT, DONE, FORWARD, GRADIENTS, H_DROPOUT, H_KEY, H_SEED, H_STEP, IDENTITY,
-                    L_A, L_ACT, L_B, L_D, L_FIELDS, L_IN, L_OUT, L_W, OP_BACKWARD, OP_FORWARD,
-                    OP_GATHER, OP_GRADIENT, OP_OUTPUT, P_AHEAD, P_BLAS, P_COLUMNS, P_FORWARD_NEXT,
-                    P_GATHERED, P_LAST_TILES, P_LAYER, P_OP, P_PREFETCH, P_ROWS, P_SAMPLES,
-                    P_SERIAL, P_STEP, P_TILES, PARAMS_NOT_FINITE, TRAIN)
+from .codes import (ALIGNMENT, C_L2, C_SCALE, C_SIZE, COST_NOT_FINITE, D_CAPACITY, D_HEADER,
+                    D_LAYERS, D_LOSS, D_NWEIGHTS, D_ODD_A0, D_OPTIMIZER, D_OUTPUT, D_SLOT, DONE,
+                    FORWARD, GRADIENTS, H_DROPOUT, H_KEY, H_SEED, H_STEP, IDENTITY, L_A, L_ACT, L_B,
+                    L_D, L_FIELDS, L_IN, L_OUT, L_W, OP_BACKWARD, OP_FORWARD, OP_GRADIENT, OP_OUTPUT,
+                    P_AHEAD, P_BLAS, P_COLUMNS, P_FORWARD_NEXT, P_GATHERED, P_LAST_TILES, P_LAYER,
+                    P_OP, P_PREFETCH, P_ROWS, P_SAMPLES, P_SERIAL, P_STEP, P_TILES,
+                    PARAMS_NOT_FINITE, TRAIN)
 from .nb_kernels import (FASTMATH, _backward_block, _bias_activate, _coefficients, _derivative_block,
                          _dropout_rows, _finite, _forward_rows, _gradient_rows, _row_squares,
                          _sparse_forward_rows, _sparse_gradient_rows, _update_range,
@@ -51,7 +51,7 @@ from .nb_kernels import (FASTMATH, _backward_block, _bias_activate, _coefficient
 # through its CODES the codes, are compiled into the worker. Numba keys the worker's cache on the
 # text of this file alone: without this line, a cached worker would keep running the kernels of an
 # earlier nb_kernels.py, after an upgrade too (tests/test_numba_cache.py keeps it current).
-KERNELS = "c76fb661447b4190"
+KERNELS = "e0d8664457814637"
 
 
 # --------------------------------------------------------------------------- atomics (LLVM)
@@ -149,18 +149,18 @@ def _part_start(v, parts, offset, n_workers):
 
 
 @jit
-def _share_tile(program, p, q, tiles, serial, extra, v, n_workers, j):
+def _share_tile(program, p, q, tiles, serial, v, n_workers, j):
     """Tile j of share v of the step of program rows p..q-1, whose tiles are counted in column
-    `tiles` (a serial step: one tile, its rows in order), with `extra` tiles of the next batch's
-    gather after them as row q: (row, the tile's number in its row), the number -1 past the share.
+    `tiles` (a serial step: one tile, its rows in order): (row, the tile's number in its row), the
+    number -1 past the share.
     Each row's tiles are split in n_workers contiguous parts, the i-th row's offset by i so that
     one-tile rows go round the workers: a share holds a part of every layer, as the rows of one step
     differ in work per tile far more than in tile counts. Twin: cy_train._share_tile."""
     i = 0
-    for r in range(p, q + 1):
-        if serial and p < r < q:
-            continue
-        parts = extra if r == q else (1 if serial else program[r, tiles])
+    for r in range(p, q):
+        if serial and r > p:
+            break
+        parts = 1 if serial else program[r, tiles]
         lo = _part_start(v, parts, i, n_workers)
         hi = _part_start(v + 1, parts, i, n_workers)
         if j < hi - lo:
@@ -185,28 +185,22 @@ def _wait(counters, i, target, spins):
 
 
 @jit
-def _prefetch_ahead(X, order, batch_size, samples, limit, last, values, worker, n_workers, batch,
-                    sample, end, element):
+def _prefetch_ahead(X, order, batch_size, limit, last, values, batch, sample, end, element):
     """Ask for the next `values` values (a cache line at a time) of the rows of X this worker will
-    gather ahead, batches up to `limit`: the samples of its share of each batch's gather tiles of
-    `samples` samples (_share_tile's row after the serial one). (batch, sample, end of its share,
-    element): where the stream stands, returned moved on. Into L2 only: a prefetch into L1 holds one
-    of the core's few L1 miss buffers for the whole trip to memory, and stalled the tiles being
-    computed as much as it saved (measured). X's rows come from memory in shuffled order: a gather
-    that finds them there waits 4-5 us per batch of 10 rows of 784 float32. Twin:
-    cy_train._prefetch_ahead."""
+    gather, batches up to `limit`. (batch, sample, the batch's size, element): where the stream
+    stands, returned moved on. Into L2 only: a prefetch into L1 holds one of the core's few L1 miss
+    buffers for the whole trip to memory, and stalled the tiles being computed as much as it saved
+    (measured). X's rows come from memory in shuffled order: a gather that finds them there waits
+    4-5 us per batch of 10 rows of 784 float32. Twin: cy_train._prefetch_ahead."""
     n, n_in = order.shape[0], X.shape[1]
     line = ALIGNMENT // X.itemsize
     while values > 0:
-        if sample >= end:  # on to the next batch's share
+        if sample >= end:  # on to the next batch
             if batch + 1 > limit or batch + 1 >= last:
                 break
             batch += 1
-            m = min((batch + 1) * batch_size, n) - batch * batch_size
-            parts = (m + samples - 1) // samples
-            offset = 1 % n_workers  # the gather is the row after the serial step's one tile
-            sample = min(_part_start(worker, parts, offset, n_workers) * samples, m)
-            end = min(_part_start(worker + 1, parts, offset, n_workers) * samples, m)
+            sample = 0
+            end = min((batch + 1) * batch_size, n) - batch * batch_size
             element = 0
             continue
         row = order[batch * batch_size + sample]
@@ -291,6 +285,25 @@ _N, _T = ord("N"), ord("T")
 
 # --------------------------------------------------------------------------- tiles and phases
 
+@jit
+def _gather(X, order, batch_size, have, batch, slots, at, slot):
+    """Gather the rows of X of batches have+1..batch, each into slot i % 2 of this worker's two
+    (slots[at:], each `slot` values long), side by side; returns the batch gathered last. In order,
+    with none left out: a worker reads each batch from the slot it gathered it into. Twin:
+    cy_train._gather."""
+    n, n_in = order.shape[0], X.shape[1]
+    while have < batch:
+        have += 1
+        m = min((have + 1) * batch_size, n) - have * batch_size
+        into = _view(slots, at + (have % 2) * slot, m, n_in)
+        for s in range(m):
+            x = X[order[have * batch_size + s]]
+            g = into[s]
+            for i in range(n_in):  # a loop: an array assignment compiles its error messages
+                g[i] = x[i]
+    return have
+
+
 @jit_inline
 def _activations(desc, l, batch):
     """Where layer l's activations for batch number `batch` of the call start in the work buffer:
@@ -372,11 +385,12 @@ def _output(kind, desc, Y, rows, first_row, work, costs, out, norms, squares, hy
 
 
 @jit_inline
-def _tile(phase, t, kind, desc, params, grads, state, X, Y, rows, first_row, ident, work, gathered,
-          costs, out, norms, squares, hyper, c, status, batch, weights, indptr, indices, data):
+def _tile(phase, t, kind, desc, params, grads, state, X, Y, rows, first_row, ident, work, gathers,
+          gathered, costs, out, norms, squares, hyper, c, status, batch, weights, indptr, indices,
+          data):
     """Tile t of program row `phase` for the batch X[rows]; with a sparse X (indptr not empty: a CSR
-    X of indptr, indices, data), layer 0 runs over its nonzeros. `gathered`: the offset in work
-    where the batch's rows of X are gathered (by an OP_GATHER phase). Twin: cy_train._tile."""
+    X of indptr, indices, data), layer 0 runs over its nonzeros. `gathered`: the offset in gathers
+    where the worker has gathered the batch's rows of X (_gather). Twin: cy_train._tile."""
     op = phase[P_OP]
     l = phase[P_LAYER]
     if op == OP_OUTPUT:
@@ -387,24 +401,17 @@ def _tile(phase, t, kind, desc, params, grads, state, X, Y, rows, first_row, ide
     rec = D_HEADER + L_FIELDS * l
     n_in = desc[rec + L_IN]
     n_out = desc[rec + L_OUT]
-    if op == OP_GATHER:  # the batch's rows of X, side by side, for BLAS
-        s0 = t * phase[P_SAMPLES]
-        G = _view(work, gathered, m, n_in)
-        for s in range(s0, min(s0 + phase[P_SAMPLES], m)):
-            x = X[rows[s]]
-            g = G[s]
-            for i in range(n_in):  # a loop: an array assignment compiles its error messages
-                g[i] = x[i]
-        return
     w = desc[rec + L_W]
     b = desc[rec + L_B]
     W = _view(params, w, n_out, n_in)
     sparse = l == 0 and indptr.shape[0] != 0
+    source, a_in = gathers, gathered  # where a BLAS tile finds the layer's input: source[a_in:]
     if l > 0:
-        A_in = _view(work, _activations(desc, l - 1, batch), m, n_in)
+        source, a_in = work, _activations(desc, l - 1, batch)
+        A_in = _view(source, a_in, m, n_in)
         rows_in = _row(ident, 0, m)
     elif phase[P_GATHERED] != 0:
-        A_in = _view(work, gathered, m, n_in)
+        A_in = _view(source, a_in, m, n_in)
         rows_in = _row(ident, 0, m)
     else:
         A_in = X
@@ -439,8 +446,7 @@ def _tile(phase, t, kind, desc, params, grads, state, X, Y, rows, first_row, ide
         j0 = t * phase[P_ROWS]
         j1 = min(j0 + phase[P_ROWS], n_out)
         if blas:  # Z[:, j0:j1] = A_in W[j0:j1]^T (gemm writes the column block), then f(Z + b)
-            a_in = _activations(desc, l - 1, batch) if l > 0 else gathered
-            _gemm(_N, _T, m, j1 - j0, n_in, W.dtype.type(1), work, a_in, n_in, params,
+            _gemm(_N, _T, m, j1 - j0, n_in, W.dtype.type(1), source, a_in, n_in, params,
                   w + j0 * n_in, n_in, work, a_out + j0, n_out)
             _bias_activate(Z, bias, act, np.int64(0), m, j0, j1)
         elif sparse:
@@ -456,8 +462,7 @@ def _tile(phase, t, kind, desc, params, grads, state, X, Y, rows, first_row, ide
     gb = _row(grads, b, n_out)
     scale = c[C_SCALE]
     if blas:  # G[j0:j1] = scale D[:, j0:j1]^T A_in
-        a_in = _activations(desc, l - 1, batch) if l > 0 else gathered
-        _gemm(_T, _N, j1 - j0, n_in, m, scale, work, desc[rec + L_D] + j0, n_out, work, a_in, n_in,
+        _gemm(_T, _N, j1 - j0, n_in, m, scale, work, desc[rec + L_D] + j0, n_out, source, a_in, n_in,
               grads, w + j0 * n_in, n_in)
         for j in range(j0, j1):
             gb[j] = 0
@@ -498,7 +503,7 @@ def _tile(phase, t, kind, desc, params, grads, state, X, Y, rows, first_row, ide
 @njit(fastmath=FASTMATH, cache=True, nogil=True, _nrt=False)
 def _worker(worker, n_workers, kind, program, desc, params, grads, state, X, Y, order, batch_size,
             first, last, hyper, work, costs, out, norms, squares, counters, claims, claim_stride,
-            status, c, ident, spins, weights, indptr, indices, data):
+            status, c, ident, spins, weights, indptr, indices, data, gathers):
     """Worker `worker` of n_workers: a pass over batches first..last-1, every step of `program`.
 
     The tiles of step k are split into n_workers shares (_share_tile: a part of each of its rows),
@@ -507,14 +512,14 @@ def _worker(worker, n_workers, kind, program, desc, params, grads, state, X, Y, 
     with the others'. counters[0] counts the finished tiles of the whole call; a worker adds its
     count once per step. A worker claims only tiles of the step it is in, and a step is over when
     every tile before its end is finished. A row's tiles are counted in its
-    P_TILES column, or P_LAST_TILES for the partial last batch. With an ahead gather (program row 0's
-    P_AHEAD), the step P_AHEAD also has the next batch's gather tiles, after its own, and the gather
-    step runs at the call's first batch only; batch i's rows are gathered into half i % 2 of the
-    work buffer's room (each half D_SLOT long), and before each parallel tile a worker asks the
-    caches for a part of the rows it will gather next (_prefetch_ahead, P_PREFETCH values). With a
-    fused forward pass (P_FORWARD_NEXT on layer 0's update row), each of that row's tiles then runs
-    the next batch's layer-0 forward tiles over its rows, the last rows first (the update left them
-    in cache), and the forward step runs at the call's first batch only.
+    P_TILES column, or P_LAST_TILES for the partial last batch. When the program gathers (program
+    row 0 an OP_GATHER row, whose step never runs), the worker gathers batch i's rows of X into its
+    own slot i % 2 in `gathers` (planner.gather_slots) before its first layer-0 tile of the batch,
+    or, ahead, when it has no tile left in the step P_AHEAD; before each parallel tile it asks the
+    caches for a part of the rows it will gather next (_prefetch_ahead, P_PREFETCH values times the
+    number of workers). With a fused forward pass (P_FORWARD_NEXT on layer 0's update row), each of
+    that row's tiles then runs the next batch's layer-0 forward tiles over its rows, the last rows
+    first (the update left them in cache), and the forward step runs at the call's first batch only.
     Twin: cy_train._worker.
     """
     n = order.shape[0]
@@ -524,11 +529,13 @@ def _worker(worker, n_workers, kind, program, desc, params, grads, state, X, Y, 
     done = 0
     host = program[0, P_AHEAD]
     slot = desc[D_SLOT] if host > 0 else 0
+    mine = 2 * worker * slot  # where this worker's two slots start in gathers
+    have = first - 1  # the last batch this worker gathered
     n_targets = desc[D_HEADER + L_FIELDS * (desc[D_LAYERS] - 1) + L_OUT]
     targets = kind != FORWARD or costs.shape[0] != 0  # the output phase reads Y[rows]
-    # where this worker's stream of prefetches is (_prefetch_ahead): batch, sample, end, element
+    # where this worker's stream of prefetches is (_prefetch_ahead): batch, sample, size, element
     a_batch, a_sample, a_end, a_element = first, np.int64(0), np.int64(0), np.int64(0)  # as p
-    ahead_values = program[0, P_PREFETCH]
+    ahead_values = program[0, P_PREFETCH] * n_workers
     fused = -1  # the program row of layer 0's forward pass, when update tiles run it
     for r in range(n_program):
         if program[r, P_FORWARD_NEXT] > 0:
@@ -538,8 +545,8 @@ def _worker(worker, n_workers, kind, program, desc, params, grads, state, X, Y, 
         m = min(start + batch_size, n) - start
         rows = _row(order, start, m)
         tiles = P_TILES if m == batch_size else P_LAST_TILES
-        gathered = desc[D_GATHER] + (i % 2) * slot
-        gathered_next = desc[D_GATHER] + ((i + 1) % 2) * slot
+        gathered = mine + (i % 2) * slot
+        gathered_next = mine + ((i + 1) % 2) * slot
         next_m = min(start + 2 * batch_size, n) - start - batch_size
         ahead = _row(order, start + batch_size, max(next_m, 0))  # the next batch's rows
         if targets:
@@ -550,13 +557,13 @@ def _worker(worker, n_workers, kind, program, desc, params, grads, state, X, Y, 
                 _prefetch(y, n_targets - 1)  # its lines, if it spans two
                 if weights.shape[0] != 0:
                     _prefetch(weights, rows[j])
-        ahead_limit = i + 1  # the next batch's rows, until they are gathered
         p = np.int64(0)  # not a literal 0: _share_tile would be typed (compiled) twice
         while p < n_program:
             q = p + 1
             while q < n_program and program[q, P_STEP] == program[p, P_STEP]:
                 q += 1
-            if i > first and ((p == 0 and host > 0) or p == fused):  # done during the batch before
+            # the gather's step never runs; the fused forward step, by the batch before
+            if (p == 0 and host > 0) or (i > first and p == fused):
                 p = q
                 k += 1
                 continue
@@ -566,26 +573,19 @@ def _worker(worker, n_workers, kind, program, desc, params, grads, state, X, Y, 
                 n_tiles = 0
                 for r in range(p, q):
                     n_tiles += program[r, tiles]
-            extra = 0
-            if host > 0 and program[p, P_STEP] == host and i + 1 < last:  # + the next gather
-                extra = program[0, P_TILES if next_m == batch_size else P_LAST_TILES]
             for j in range(n_workers):  # its own share first, then the others'
                 v = (worker + j) % n_workers
                 while True:
-                    r, t = _share_tile(program, p, q, tiles, serial, extra, v, n_workers,
+                    r, t = _share_tile(program, p, q, tiles, serial, v, n_workers,
                                        _atomic_add(claims, v * claim_stride + k, 1))
                     if t < 0:
                         break
-                    whole = serial and r < q  # every tile of rows p..q-1, in order
-                    if r == q:  # a tile of the next batch's gather (program row 0)
-                        r, batch, first_row = 0, i + 1, start + batch_size
-                        batch_rows, into = ahead, gathered_next
-                    else:
-                        batch, first_row, batch_rows, into = i, start, rows, gathered
-                    if ahead_values > 0 and not whole:  # before every parallel tile, gather ones too
+                    whole = serial  # every tile of rows p..q-1, in order
+                    batch, first_row, batch_rows, into = i, start, rows, gathered
+                    if ahead_values > 0 and not whole:  # before every parallel tile
                         a_batch, a_sample, a_end, a_element = _prefetch_ahead(
-                            X, order, batch_size, program[0, P_SAMPLES], ahead_limit, last,
-                            ahead_values, worker, n_workers, a_batch, a_sample, a_end, a_element)
+                            X, order, batch_size, have + 1, last, ahead_values, a_batch, a_sample,
+                            a_end, a_element)
                     # run 0: the claimed tile, or the serial step's rows; run 1, after a fused
                     # update tile: the next batch's layer-0 forward tiles over its rows
                     runs = 2 if program[r, P_FORWARD_NEXT] > 0 and i + 1 < last else 1
@@ -602,21 +602,26 @@ def _worker(worker, n_workers, kind, program, desc, params, grads, state, X, Y, 
                             end_tile = program[row, tiles] if whole else t + 1
                             if run == 1:  # its forward tiles, the last first
                                 end_tile = min(t + span, program[row, P_TILES])
+                            if host > 0 and program[row, P_LAYER] == 0 \
+                                    and program[row, P_OP] != OP_OUTPUT:
+                                have = _gather(X, order, batch_size, have, batch, gathers, mine,
+                                               slot)
                             for u in range(end_tile - first_tile):
                                 if status[0] != DONE:  # a failed row stops the serial step
                                     break
                                 _tile(program[row], end_tile - 1 - u if run == 1 else first_tile + u,
                                       kind, desc, params, grads, state, X, Y, batch_rows, first_row,
-                                      ident, work, into, costs, out, norms, squares, hyper, c,
-                                      status, batch, weights, indptr, indices, data)
+                                      ident, work, gathers, into, costs, out, norms, squares, hyper,
+                                      c, status, batch, weights, indptr, indices, data)
                     done += 1
             if done > 0:  # one add per worker and step: each add moves the line between cores
                 _atomic_add(counters, 0, done)
                 done = 0
-            base += n_tiles + extra
+            base += n_tiles
+            if host > 0 and program[p, P_STEP] == host and i + 1 < last \
+                    and _atomic_load(counters, 0) < base:  # the others are still at work: gather ahead
+                have = _gather(X, order, batch_size, have, i + 1, gathers, mine, slot)
             _wait(counters, 0, base, spins)
-            if extra > 0:  # the next batch's rows are gathered: on to the one after
-                ahead_limit = i + 2
             if _atomic_load(status, 0) != DONE:
                 return
             p = q
@@ -690,10 +695,10 @@ def _launch(kind, n_threads, desc, params, grads, state, X, Y, order, batch_size
     ident = np.arange(desc[D_CAPACITY])
     # one squared norm per row of W (laid out like the biases), zero before the first batch
     squares = np.zeros(params.shape[0] - desc[D_NWEIGHTS] if norms.shape[0] else 0)
+    gathers = planner.gather_slots(program, desc, max(1, n_threads), params.dtype)
     args = (kind, program, desc, params, grads, state, X, Y, order, batch_size, first, last, hyper,
             work, costs, out, norms, squares, counters, claims, claim_stride, status, c, ident,
-            planner.SPINS,
-            weights, indptr, indices, data)
+            planner.SPINS, weights, indptr, indices, data, gathers)
     with planner.blas_single_threaded(program):
         _run_workers(n_threads, args)
     return status

@@ -42,16 +42,16 @@ BLAS_TILES = 2  # few, large tiles: each gemm call packs its operands again (mea
 # rows do not start at one (most numpy arrays start 16 bytes after one): the vector loads of the
 # forward and gradient tiles would otherwise straddle two lines.
 GATHER_UNALIGNED = 1
-# Samples per gather tile. The gather of the next batch runs in the serial step (P_AHEAD), where
-# one worker computes the small top layers: small tiles let the others take all but that one's
-# share of the copying.
-GATHER_SAMPLES = 2
-# While it computes the tiles before the serial step that gathers the next batch, each worker asks
-# for its share of that batch's rows of X (from memory: the rows come in shuffled order), a part
-# before each tile, PREFETCH_SPREAD times a batch's values over its parallel tiles: done about
-# two thirds of the way, yet spread thin enough not to stall the tiles (nielsen, 1 thread: the
-# serial step 6.0 -> 2.4 us per batch, the epoch 1.09-1.12x; all of it before the first tile
-# stalled it as much as it saved).
+# Each worker gathers every batch its layer-0 tiles read into slots of its own (codes.py: OP_GATHER):
+# the copy costs a worker a batch rather than its share, but no line of it moves between cores
+# (shared slots, each worker copying a share that the others' tiles then read, cost nielsen at 2
+# threads 0.98x an epoch when the CPUs' round trip was 70 ns, and 0.76-0.78x at 320-340 ns: every
+# store took the line from the other core's cache). While it computes the tiles before it gathers
+# the next batch, each worker asks for that batch's rows of X (from memory: the rows come in
+# shuffled order), a part before each tile, PREFETCH_SPREAD times a batch's values over its parallel
+# tiles: done about two thirds of the way, yet spread thin enough not to stall the tiles (nielsen, 1
+# thread: the serial step 6.0 -> 2.4 us per batch, the epoch 1.09-1.12x; all of it before the first
+# tile stalled it as much as it saved).
 PREFETCH_SPREAD = 1.5
 # Whether layer 0's update tiles run the next batch's forward pass over their rows, right after
 # updating them (P_FORWARD_NEXT): one wait per minibatch fewer, and the rows of W come from the
@@ -65,8 +65,8 @@ def part_tiles(phase, n_in, n_out, m):
     op, rows, samples, columns = phase[P_OP], phase[P_ROWS], phase[P_SAMPLES], phase[P_COLUMNS]
     if op == OP_OUTPUT:
         return 1
-    if op == OP_GATHER:
-        return -(-m // samples)
+    if op == OP_GATHER:  # the workers gather outside the tiles
+        return 0
     if phase[P_BLAS] and op == OP_BACKWARD:
         return -(-n_in // columns)
     if op == OP_BACKWARD:
@@ -95,11 +95,11 @@ def program(kind, desc, batch_size, n_samples=None, sparse=False, misaligned=Fal
     both are parallel (a serial step's tile runs its rows whole) and the forward tiles divide theirs.
     P_TILES counts a row's tiles for a full batch, P_LAST_TILES for the last batch of a call over
     `n_samples` samples (default: a full batch), which is partial when batch_size does not divide
-    n_samples. With a `sparse` X (or a work buffer with no gather room), layer 0 never uses BLAS:
+    n_samples. With a `sparse` X (or a descriptor with no gather slot), layer 0 never uses BLAS:
     its tiles run over the nonzeros (or read X in place). Otherwise, when X's rows are `misaligned`
-    (codes.misaligned), layer 0 reads the gathered batch (GATHER_UNALIGNED). The next batch's rows
-    are gathered during the first serial step (P_AHEAD), by the workers that would otherwise wait
-    for it.
+    (codes.misaligned), layer 0 reads the gathered batch (GATHER_UNALIGNED). A gathering program
+    starts with an OP_GATHER row: each worker gathers the batches it reads itself, the next one
+    during the first serial step (P_AHEAD) when it has no tile left there.
     """
     n_layers = int(desc[D_LAYERS])
     gather_room = not sparse and desc[D_SLOT] > 0
@@ -135,8 +135,8 @@ def program(kind, desc, batch_size, n_samples=None, sparse=False, misaligned=Fal
             phases.append([op, l, rows_for(n_in, n_out, blas), 0, 0, blas])
     gathered = any(p[5] and p[1] == 0 for p in phases) or (
         gather_room and misaligned and GATHER_UNALIGNED)
-    if gathered:  # a tile per GATHER_SAMPLES samples: the workers share the copying as they are free
-        phases.insert(0, [OP_GATHER, 0, 0, GATHER_SAMPLES, 0, 0])
+    if gathered:  # no tiles: the workers gather, each for itself
+        phases.insert(0, [OP_GATHER, 0, 0, 0, 0, 0])
     table = np.zeros((len(phases), P_FIELDS), dtype=np.int64)
     step, previous = -1, None
     for i, (op, l, rows, samples, columns, blas) in enumerate(phases):
@@ -146,7 +146,7 @@ def program(kind, desc, batch_size, n_samples=None, sparse=False, misaligned=Fal
         n_in, n_out = layer(desc, l)[:2]
         row[P_TILES] = part_tiles(row, n_in, n_out, m)
         row[P_LAST_TILES] = part_tiles(row, n_in, n_out, last)
-        single = row[P_TILES] == 1 and op != OP_GATHER  # the gather is a step of its own
+        single = row[P_TILES] == 1
         together = previous is not None and (
             (single and previous[P_SERIAL]) or (op == previous[P_OP] and op in (OP_UPDATE, OP_GRADIENT)
                                                 and not previous[P_SERIAL]))
@@ -161,9 +161,9 @@ def program(kind, desc, batch_size, n_samples=None, sparse=False, misaligned=Fal
             and not table[update[0], P_SERIAL] \
             and table[update[0], P_ROWS] % table[forward[0], P_ROWS] == 0:
         table[update[0], P_FORWARD_NEXT] = forward[0] + 1
-    if gathered:  # the next batch's gather joins the first serial step
+    if gathered:  # a worker left without a tile in the first serial step gathers the next batch
         table[0, P_AHEAD] = table[table[:, P_SERIAL] != 0][0, P_STEP]
-        parallel = table[(table[:, P_SERIAL] == 0) & (table[:, P_OP] != OP_GATHER), P_TILES].sum()
+        parallel = table[table[:, P_SERIAL] == 0, P_TILES].sum()
         if table[:, P_FORWARD_NEXT].any():  # a batch's own forward tiles run in the batch before
             parallel -= table[forward[0], P_TILES]
         n_in = layer(desc, 0)[0]
@@ -180,6 +180,14 @@ def counters(program, first, last, n_workers):
     steps = max(last - first, 1) * (int(program[-1, P_STEP]) + 1)
     stride = -(-steps // line) * line
     return zeros(line, np.int64), zeros(n_workers * stride, np.int64), stride
+
+
+def gather_slots(program, desc, n_workers, dtype):
+    """The slots the workers of a driver call gather batches into, when `program` gathers: two per
+    worker, worker v's batch i at (2 v + i % 2) * D_SLOT, each slot at a cache line; else empty."""
+    if program[0, P_OP] != OP_GATHER:
+        return zeros(0, dtype)
+    return zeros(2 * n_workers * int(desc[D_SLOT]), dtype)
 
 
 _BLAS_CONTROLLER = []

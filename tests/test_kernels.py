@@ -263,7 +263,8 @@ def test_drivers_refuse_buffers_that_do_not_fit(compiled):
 
 def test_the_planner_counts_the_tiles_of_a_partial_last_batch():
     """The workers count tiles only through the program: P_TILES for a full batch, P_LAST_TILES for
-    the call's last batch (3 samples of 103 in batches of 10; a full one when the size divides)."""
+    the call's last batch (3 samples of 103 in batches of 10; a full one when the size divides).
+    The gather row has none: each worker gathers for itself."""
     desc, _ = codes.describe([150, 140, 130, 5], codes.RELU, codes.SOFTMAX, codes.CROSS_ENTROPY,
                              codes.SGD, 40)
     for kind in (codes.TRAIN, codes.GRADIENTS, codes.FORWARD):
@@ -271,8 +272,9 @@ def test_the_planner_counts_the_tiles_of_a_partial_last_batch():
             program = planner.program(kind, desc, batch, n)
             for row in program:
                 n_in, n_out = codes.layer(desc, row[codes.P_LAYER])[:2]
-                assert row[codes.P_TILES] == planner.part_tiles(row, n_in, n_out, batch) >= 1
-                assert row[codes.P_LAST_TILES] == planner.part_tiles(row, n_in, n_out, last) >= 1
+                tiled = row[codes.P_OP] != codes.OP_GATHER
+                assert row[codes.P_TILES] == planner.part_tiles(row, n_in, n_out, batch) >= tiled
+                assert row[codes.P_LAST_TILES] == planner.part_tiles(row, n_in, n_out, last) >= tiled
             assert np.array_equal(program, planner.program(kind, desc, batch, n + batch))
     assert np.array_equal(planner.program(codes.TRAIN, desc, 40),
                           planner.program(codes.TRAIN, desc, 40, 400))
@@ -327,26 +329,36 @@ def test_rows_of_x_off_cache_lines_are_gathered_with_the_same_results(compiled, 
     assert all(a.ctypes.data % codes.ALIGNMENT == 0 for a in (copy.parameters, copy._grads, copy._state))
 
 
-def test_the_next_batchs_rows_are_gathered_in_the_serial_step():
-    """The planner puts the gather of the next batch into the first serial step (P_AHEAD), where
-    the workers but one would wait, in tiles of GATHER_SAMPLES; the gather is a step of its own,
-    run at a call's first batch, even for a batch of one sample."""
+def test_each_worker_gathers_the_rows_into_slots_of_its_own():
+    """A gathering program starts with an OP_GATHER row without tiles, a step of its own (which the
+    workers skip), naming the first serial step (P_AHEAD), where a worker without a tile gathers the
+    next batch ahead, even for a batch of one sample. The slots are not in the work buffer: each call
+    has two per worker, each at a cache line (planner.gather_slots)."""
     desc, _ = codes.describe([416, 30, 10], codes.SIGMOID, codes.SIGMOID, codes.MSE, codes.SGD, 10)
-    slot = desc[codes.D_SLOT]  # two batches of gathered rows
-    assert slot >= 10 * 416 and desc[codes.D_WORK] >= desc[codes.D_GATHER] + 2 * slot
+    sparse, _ = codes.describe([416, 30, 10], codes.SIGMOID, codes.SIGMOID, codes.MSE, codes.SGD, 10,
+                               gather=False)
+    slot = desc[codes.D_SLOT]
+    assert slot >= 10 * 416 and slot * 4 % codes.ALIGNMENT == 0 and sparse[codes.D_SLOT] == 0
+    assert desc[codes.D_WORK] == sparse[codes.D_WORK]
     for batch in (10, 1):
         program = planner.program(codes.TRAIN, desc, batch, 53, misaligned=True)
         gather, host = program[0], program[program[:, codes.P_SERIAL] != 0][0]
         assert gather[codes.P_OP] == codes.OP_GATHER and gather[codes.P_AHEAD] == host[codes.P_STEP] >= 1
-        assert gather[codes.P_TILES] == -(-batch // planner.GATHER_SAMPLES)
+        assert gather[codes.P_TILES] == gather[codes.P_LAST_TILES] == 0
         assert (program[:, codes.P_STEP] == gather[codes.P_STEP]).sum() == 1
-    assert (planner.program(codes.TRAIN, desc, 10, 53)[:, codes.P_AHEAD] == 0).all()  # aligned X
+        for workers in (1, 3):
+            slots = planner.gather_slots(program, desc, workers, np.float32)
+            assert slots.shape == (2 * workers * slot,) and slots.ctypes.data % codes.ALIGNMENT == 0
+    aligned = planner.program(codes.TRAIN, desc, 10, 53)
+    assert (aligned[:, codes.P_AHEAD] == 0).all() and (aligned[:, codes.P_OP] != codes.OP_GATHER).all()
+    assert planner.gather_slots(aligned, desc, 2, np.float64).shape == (0,)
 
 
-def test_the_next_batchs_gather_gives_the_same_bits_for_any_thread_count_and_cut(compiled, dtype):
-    """Rows gathered a batch ahead, in the serial step (misaligned X): 1, 2, 3 and 5 threads, the
-    epoch in one driver call or three (each call gathers its first batch itself), and a last batch
-    of one sample give the same parameters, bit for bit, as X read in place (aligned)."""
+def test_the_gathered_rows_give_the_same_bits_for_any_thread_count_and_cut(compiled, dtype):
+    """Rows gathered by each worker into its own slots, as its tiles need them or ahead in the serial
+    step (misaligned X): 1, 2, 3 and 5 threads, the epoch in one driver call or three (each call
+    gathers its first batch), and a last batch of one sample give the same parameters, bit for bit,
+    as X read in place (aligned)."""
     X, y = problem([416, 30, 10], 51, seed=2, dtype=dtype)
     aligned, misaligned = aligned_and_misaligned(X)
     net = fastbp.Network([416, 30, 10], "sigmoid", dtype=dtype, backend=compiled, seed=0)

@@ -204,23 +204,22 @@ def test_large_layers_take_the_blas_path_and_agree(compiled, dtype, batch_size):
 @pytest.mark.parametrize("n_workers", [1, 2, 3, 5])
 def test_the_workers_shares_hand_out_every_tile_once(n_workers):
     """The shares of a step (nb_train._share_tile; its Cython twin is checked through the training
-    tests above) hold every tile of every row once, the next batch's gather tiles once, and a
-    serial step's rows as one tile; every share takes a part of each row of several tiles."""
+    tests above) hold every tile of every row once, and a serial step's rows as one tile; every
+    share takes a part of each row of several tiles."""
     pytest.importorskip("numba")
     from fastbp.kernels import codes, nb_train
     program = np.zeros((5, codes.P_FIELDS), np.int64)
     program[:, codes.P_TILES] = [3, 1, 2, 8, 1]  # a serial step (rows 0-2), an update step (3-4)
     program[:, codes.P_SERIAL] = [1, 1, 1, 0, 0]
-    for p, q, serial, extra in ((0, 3, True, 5), (3, 5, False, 0), (3, 5, False, 3)):
+    for p, q, serial in ((0, 3, True), (3, 5, False)):
         expected = [(p, 0)] if serial else [(r, u) for r in range(p, q)
                                             for u in range(program[r, codes.P_TILES])]
-        expected += [(q, u) for u in range(extra)]
         handed = []
         for v in range(n_workers):
             share = []
             while True:
-                r, t = nb_train._share_tile(program, p, q, codes.P_TILES, serial, extra, v,
-                                            n_workers, len(share))
+                r, t = nb_train._share_tile(program, p, q, codes.P_TILES, serial, v, n_workers,
+                                            len(share))
                 if t < 0:
                     break
                 share.append((r, t))
@@ -230,36 +229,21 @@ def test_the_workers_shares_hand_out_every_tile_once(n_workers):
         assert sorted(handed) == sorted(expected)
 
 
-@pytest.mark.parametrize("n_workers", [1, 2, 3, 5])
-def test_each_worker_prefetches_the_rows_it_will_gather(n_workers):
+@pytest.mark.parametrize("limit", [1, 2, 3])
+def test_a_workers_prefetches_ask_for_every_row_it_will_gather(limit):
     """A worker's stream of prefetches (nb_train._prefetch_ahead; the Cython twin is the same code)
-    asks for the samples of its share of each next batch's gather tiles (_share_tile's row after the
-    serial one), batch after batch up to its limit, a partial last batch included."""
+    asks for every sample of each next batch (the worker gathers them all), batch after batch up to
+    its limit and before the call's last, a partial last batch included."""
     pytest.importorskip("numba")
-    from fastbp.kernels import codes, nb_train
-    n, batch_size, samples = 23, 10, 2  # batches 1 and 2 (3 samples) to prefetch
+    from fastbp.kernels import nb_train
+    n, batch_size = 23, 10  # batches 1 and 2 (3 samples) to prefetch
     X = np.zeros((n, 32), np.float32)  # two cache lines a row
-    program = np.zeros((1, codes.P_FIELDS), np.int64)  # a serial step of one tile
-    for v in range(n_workers):
-        position, seen = (0, 0, 0, 0), set()
-        while True:  # a line per call
-            moved = nb_train._prefetch_ahead(X, np.arange(n), batch_size, samples, 2, 3, 16, v,
-                                             n_workers, *position)
-            if moved == position:
-                break
-            if moved[3] == 16:  # the first of a row's two lines: (batch, sample) asked for
-                seen.add(moved[:2])
-            position = moved
-        expected = set()
-        for batch in (1, 2):
-            m = min(batch_size, n - batch * batch_size)
-            extra, j = -(-m // samples), 0
-            while True:
-                r, t = nb_train._share_tile(program, 0, 1, codes.P_TILES, True, extra, v,
-                                            n_workers, j)
-                if t < 0:
-                    break
-                if r == 1:  # a gather tile
-                    expected |= {(batch, s) for s in range(t * samples, min(t * samples + samples, m))}
-                j += 1
-        assert seen == expected
+    position, seen = (0, 0, 0, 0), set()
+    while True:  # a line per call
+        moved = nb_train._prefetch_ahead(X, np.arange(n), batch_size, limit, 3, 16, *position)
+        if moved == position:
+            break
+        if moved[3] == 16:  # the first of a row's two lines: (batch, sample) asked for
+            seen.add(moved[:2])
+        position = moved
+    assert seen == {(b, s) for b in range(1, min(limit, 2) + 1) for s in range(min(10, n - 10 * b))}
