@@ -96,9 +96,9 @@ OP_FORWARD, OP_OUTPUT, OP_BACKWARD, OP_UPDATE, OP_GRADIENT, OP_GATHER = range(6)
 # permutation.
 # P_TILES: how many tiles the phase has for a full batch; P_LAST_TILES: for the call's last batch,
 # which may be partial (the workers count tiles only through these two).
-# An OP_GATHER row has no tiles and its step never runs: every worker copies every batch its
-# layer-0 tiles read into slots of its own (batch i into its slot i % 2, each D_SLOT long), before
-# the first such tile; its tiles then read lines no other core writes. P_AHEAD, on it: the step (the
+# An OP_GATHER row has no tiles and its step never runs: every worker copies the batches its layer-0
+# tiles read into slots of its own (batch i into its slot i % 2, each D_SLOT long), before the first
+# such tile or ahead; its tiles then read lines no other core writes. P_AHEAD, on it: the step (the
 # first serial one) in which a worker with no tile left gathers the next batch while the others
 # finish. P_PREFETCH: how many values of the next batch's rows of X a worker asks the caches for
 # before each of its parallel tiles, times the number of workers (0: none).

@@ -324,13 +324,16 @@ cdef inline void _prefetch_ahead(const floating* X, const int64_t* order, Py_ssi
                                  Py_ssize_t last, Py_ssize_t values,
                                  Py_ssize_t* ahead) noexcept nogil:
     """Ask for the next `values` values (a cache line at a time) of the rows of X this worker will
-    gather, batches up to `limit`. ahead = (batch, sample, the batch's size, element): where the
-    stream stands, moved on. Into L2 only: a prefetch into L1 holds one of the core's few L1 miss
-    buffers for the whole trip to memory, and stalled the tiles being computed as much as it saved
-    (measured). X's rows come from memory in shuffled order: a gather that finds them there waits
-    4-5 us per batch of 10 rows of 784 float32. Twin: nb_train._prefetch_ahead."""
+    gather, batch `limit` (the first it has not gathered; the stream skips those it fell behind).
+    ahead = (batch, sample, the batch's size, element): where the stream stands, moved on. Into L2
+    only: a prefetch into L1 holds one of the core's few L1 miss buffers for the whole trip to
+    memory, and stalled the tiles being computed as much as it saved (measured). X's rows come
+    from memory in shuffled order: a gather that finds them there waits 4-5 us per batch of 10
+    rows of 784 float32. Twin: nb_train._prefetch_ahead."""
     cdef Py_ssize_t line = ALIGNMENT // sizeof(floating)
     cdef const floating* row
+    if ahead[0] + 1 < limit:
+        ahead[0], ahead[1], ahead[2] = limit - 1, 0, 0
     while values > 0:
         if ahead[1] >= ahead[2]:  # on to the next batch
             if ahead[0] + 1 > limit or ahead[0] + 1 >= last:
@@ -355,8 +358,8 @@ cdef inline Py_ssize_t _gather(const floating* X, const int64_t* order, Py_ssize
                               Py_ssize_t batch, floating* slots, Py_ssize_t slot) noexcept nogil:
     """Gather the rows of X of batches have+1..batch, each into slot i % 2 of this worker's two
     (slots, each `slot` values long), side by side; returns the batch gathered last. In order,
-    with none left out: a worker reads each batch from the slot it gathered it into. Twin:
-    nb_train._gather."""
+    with none left out from the batch the worker is in (it passes have >= that batch - 1): a
+    worker reads each batch from the slot it gathered it into. Twin: nb_train._gather."""
     cdef Py_ssize_t s, m
     cdef floating* into
     while have < batch:
@@ -435,8 +438,10 @@ cdef void _worker(int kind, const int64_t* program, Py_ssize_t n_program, const 
         rows = order + start
         m = min(start + batch_size, n) - start
         tiles = P_TILES if m == batch_size else P_LAST_TILES
-        gathered = slots + (i % 2) * slot
-        gathered_next = slots + ((i + 1) % 2) * slot
+        gathered = gathered_next = NULL
+        if host > 0:
+            gathered = slots + (i % 2) * slot
+            gathered_next = slots + ((i + 1) % 2) * slot
         next_m = min(start + 2 * batch_size, n) - start - batch_size
         if targets:
             # the output phase's scattered reads, a cache miss each in the serial step: started now
@@ -491,8 +496,8 @@ cdef void _worker(int kind, const int64_t* program, Py_ssize_t n_program, const 
                                 end_tile = min(t + span, program[row * P_FIELDS + P_TILES])
                             if host > 0 and program[row * P_FIELDS + P_LAYER] == 0 \
                                     and program[row * P_FIELDS + P_OP] != OP_OUTPUT:
-                                have = _gather(X, order, n, batch_size, n_in, have, batch_no, slots,
-                                               slot)
+                                have = _gather(X, order, n, batch_size, n_in, max(have, i - 1),
+                                               batch_no, slots, slot)
                             for u in range(end_tile - first_tile):
                                 if status[0] != DONE:  # a failed row stops the serial step
                                     break
@@ -508,7 +513,7 @@ cdef void _worker(int kind, const int64_t* program, Py_ssize_t n_program, const 
             base += n_tiles
             if host > 0 and program[p * P_FIELDS + P_STEP] == host and i + 1 < last \
                     and _atomic_load(counters) < base:  # the others are still at work: gather ahead
-                have = _gather(X, order, n, batch_size, n_in, have, i + 1, slots, slot)
+                have = _gather(X, order, n, batch_size, n_in, max(have, i - 1), i + 1, slots, slot)
             _wait(counters, base, spins)
             if _atomic_load(status) != DONE:
                 return

@@ -12,7 +12,8 @@ Layers of this file, bottom up:
   write their own training loop. Arguments are marked IN, OUT or IN/OUT; outputs are preallocated.
 
 Arrays are C-contiguous and share one floating dtype; ``rows`` (int64) selects the samples of ``A``
-that form the batch, so a shuffled minibatch is read in place, never gathered into a copy.
+that form the batch, so a shuffled minibatch is read in place: the kernels never gather it into a
+copy (the drivers may, nb_train._gather).
 """
 import math
 

@@ -51,7 +51,7 @@ from .nb_kernels import (FASTMATH, _backward_block, _bias_activate, _coefficient
 # through its CODES the codes, are compiled into the worker. Numba keys the worker's cache on the
 # text of this file alone: without this line, a cached worker would keep running the kernels of an
 # earlier nb_kernels.py, after an upgrade too (tests/test_numba_cache.py keeps it current).
-KERNELS = "e0d8664457814637"
+KERNELS = "f65a67333e7b45e3"
 
 
 # --------------------------------------------------------------------------- atomics (LLVM)
@@ -187,13 +187,16 @@ def _wait(counters, i, target, spins):
 @jit
 def _prefetch_ahead(X, order, batch_size, limit, last, values, batch, sample, end, element):
     """Ask for the next `values` values (a cache line at a time) of the rows of X this worker will
-    gather, batches up to `limit`. (batch, sample, the batch's size, element): where the stream
-    stands, returned moved on. Into L2 only: a prefetch into L1 holds one of the core's few L1 miss
-    buffers for the whole trip to memory, and stalled the tiles being computed as much as it saved
-    (measured). X's rows come from memory in shuffled order: a gather that finds them there waits
-    4-5 us per batch of 10 rows of 784 float32. Twin: cy_train._prefetch_ahead."""
+    gather, batch `limit` (the first it has not gathered; the stream skips those it fell behind).
+    (batch, sample, the batch's size, element): where the stream stands, returned moved on. Into L2
+    only: a prefetch into L1 holds one of the core's few L1 miss buffers for the whole trip to
+    memory, and stalled the tiles being computed as much as it saved (measured). X's rows come
+    from memory in shuffled order: a gather that finds them there waits 4-5 us per batch of 10
+    rows of 784 float32. Twin: cy_train._prefetch_ahead."""
     n, n_in = order.shape[0], X.shape[1]
     line = ALIGNMENT // X.itemsize
+    if batch + 1 < limit:
+        batch, sample, end = limit - 1, 0, 0
     while values > 0:
         if sample >= end:  # on to the next batch
             if batch + 1 > limit or batch + 1 >= last:
@@ -289,8 +292,8 @@ _N, _T = ord("N"), ord("T")
 def _gather(X, order, batch_size, have, batch, slots, at, slot):
     """Gather the rows of X of batches have+1..batch, each into slot i % 2 of this worker's two
     (slots[at:], each `slot` values long), side by side; returns the batch gathered last. In order,
-    with none left out: a worker reads each batch from the slot it gathered it into. Twin:
-    cy_train._gather."""
+    with none left out from the batch the worker is in (it passes have >= that batch - 1): a
+    worker reads each batch from the slot it gathered it into. Twin: cy_train._gather."""
     n, n_in = order.shape[0], X.shape[1]
     while have < batch:
         have += 1
@@ -604,8 +607,8 @@ def _worker(worker, n_workers, kind, program, desc, params, grads, state, X, Y, 
                                 end_tile = min(t + span, program[row, P_TILES])
                             if host > 0 and program[row, P_LAYER] == 0 \
                                     and program[row, P_OP] != OP_OUTPUT:
-                                have = _gather(X, order, batch_size, have, batch, gathers, mine,
-                                               slot)
+                                have = _gather(X, order, batch_size, max(have, i - 1), batch,
+                                               gathers, mine, slot)
                             for u in range(end_tile - first_tile):
                                 if status[0] != DONE:  # a failed row stops the serial step
                                     break
@@ -620,7 +623,7 @@ def _worker(worker, n_workers, kind, program, desc, params, grads, state, X, Y, 
             base += n_tiles
             if host > 0 and program[p, P_STEP] == host and i + 1 < last \
                     and _atomic_load(counters, 0) < base:  # the others are still at work: gather ahead
-                have = _gather(X, order, batch_size, have, i + 1, gathers, mine, slot)
+                have = _gather(X, order, batch_size, max(have, i - 1), i + 1, gathers, mine, slot)
             _wait(counters, 0, base, spins)
             if _atomic_load(status, 0) != DONE:
                 return

@@ -38,10 +38,13 @@ FORWARD_MIN_BATCH = 4 * BLAS_MIN_BATCH
 BLAS_MIN_LAYER = 128 * 128
 BLAS_COLUMNS = 16  # error-term tiles start at a multiple of this: a cache line of float32 values
 BLAS_TILES = 2  # few, large tiles: each gemm call packs its operands again (measured: 2 > 4 > 8)
-# Whether layer 0's tiles read a copy of the batch's rows of X, gathered at a cache line, when X's
-# rows do not start at one (most numpy arrays start 16 bytes after one): the vector loads of the
-# forward and gradient tiles would otherwise straddle two lines.
-GATHER_UNALIGNED = 1
+# Up to how many values a gather slot (codes.D_SLOT) holds (0: never) layer 0's tiles read a copy of
+# the batch's rows of X, gathered at a cache line, when X's rows do not start at one (most numpy
+# arrays start 16 bytes after one): the vector loads of the forward and gradient tiles would
+# otherwise straddle two lines. A bigger batch's copy leaves L2, and costs more than it saves
+# (784-30-10, Cython, epochs gathered / in place: batches of 10-256 1.04-1.18x; of 1024 0.69x at 2
+# threads, 1.04x at 1).
+GATHER_UNALIGNED = 1 << 18
 # Each worker gathers every batch its layer-0 tiles read into slots of its own (codes.py: OP_GATHER):
 # the copy costs a worker a batch rather than its share, but no line of it moves between cores
 # (shared slots, each worker copying a share that the others' tiles then read, cost nielsen at 2
@@ -53,6 +56,13 @@ GATHER_UNALIGNED = 1
 # thread: the serial step 6.0 -> 2.4 us per batch, the epoch 1.09-1.12x; all of it before the first
 # tile stalled it as much as it saved).
 PREFETCH_SPREAD = 1.5
+# A driver call allocates 2 x workers x D_SLOT values of slots. Above GATHER_MAX_VALUES values a
+# slot (batches of over 10,700 rows of 784), layer 0 reads X in place instead, with its tiles (BLAS
+# needs the batch gathered), rather than cost each worker two copies of a batch that large
+# (full-batch gradient descent on MNIST's 60,000 x 784 would take 376 MB a thread). That costs
+# time: 784-256-128-10 at 2 threads runs 2.0x (batches of 1024) to 2.3x (of 20,000) faster with
+# layer 0 gathered for BLAS.
+GATHER_MAX_VALUES = 1 << 23
 # Whether layer 0's update tiles run the next batch's forward pass over their rows, right after
 # updating them (P_FORWARD_NEXT): one wait per minibatch fewer, and the rows of W come from the
 # core's cache, where the update left them.
@@ -95,14 +105,16 @@ def program(kind, desc, batch_size, n_samples=None, sparse=False, misaligned=Fal
     both are parallel (a serial step's tile runs its rows whole) and the forward tiles divide theirs.
     P_TILES counts a row's tiles for a full batch, P_LAST_TILES for the last batch of a call over
     `n_samples` samples (default: a full batch), which is partial when batch_size does not divide
-    n_samples. With a `sparse` X (or a descriptor with no gather slot), layer 0 never uses BLAS:
-    its tiles run over the nonzeros (or read X in place). Otherwise, when X's rows are `misaligned`
-    (codes.misaligned), layer 0 reads the gathered batch (GATHER_UNALIGNED). A gathering program
-    starts with an OP_GATHER row: each worker gathers the batches it reads itself, the next one
-    during the first serial step (P_AHEAD) when it has no tile left there.
+    n_samples. With a `sparse` X (or a descriptor with no gather slot, or one larger than
+    GATHER_MAX_VALUES), layer 0 never uses BLAS: its tiles run over the nonzeros (or read X in
+    place). Otherwise, when X's rows are `misaligned` (codes.misaligned), layer 0 reads the
+    gathered batch if its slot is small enough (GATHER_UNALIGNED). A gathering program starts with
+    an OP_GATHER row: each worker gathers the batches it reads itself, the next one during the first
+    serial step (P_AHEAD) when it has no tile left there.
     """
     n_layers = int(desc[D_LAYERS])
-    gather_room = not sparse and desc[D_SLOT] > 0
+    slot = int(desc[D_SLOT])
+    can_gather = not sparse and 0 < slot <= GATHER_MAX_VALUES
     m = batch_size
     last = m if not n_samples else (n_samples - 1) % m + 1
     sample_tile = max(BLAS_MIN_BATCH // 2, -(-m // BLAS_TILES))
@@ -115,7 +127,7 @@ def program(kind, desc, batch_size, n_samples=None, sparse=False, misaligned=Fal
     phases = []
     for l in range(n_layers):
         n_in, n_out = layer(desc, l)[:2]
-        blas = use_blas(OP_FORWARD, m, n_in, n_out) and (l > 0 or gather_room)
+        blas = use_blas(OP_FORWARD, m, n_in, n_out) and (l > 0 or can_gather)
         phases.append([OP_FORWARD, l, rows_for(n_in, n_out, blas), sample_tile, 0, blas])
     phases.append([OP_OUTPUT, n_layers - 1, 0, 0, 0, 0])
     if kind != FORWARD:
@@ -131,10 +143,10 @@ def program(kind, desc, batch_size, n_samples=None, sparse=False, misaligned=Fal
         op = OP_UPDATE if kind == TRAIN else OP_GRADIENT
         for l in range(n_layers):  # bottom up: the small top layers' tiles last, in a parallel step
             n_in, n_out = layer(desc, l)[:2]
-            blas = use_blas(op, m, n_in, n_out) and (l > 0 or gather_room)
+            blas = use_blas(op, m, n_in, n_out) and (l > 0 or can_gather)
             phases.append([op, l, rows_for(n_in, n_out, blas), 0, 0, blas])
     gathered = any(p[5] and p[1] == 0 for p in phases) or (
-        gather_room and misaligned and GATHER_UNALIGNED)
+        can_gather and misaligned and slot <= GATHER_UNALIGNED)
     if gathered:  # no tiles: the workers gather, each for itself
         phases.insert(0, [OP_GATHER, 0, 0, 0, 0, 0])
     table = np.zeros((len(phases), P_FIELDS), dtype=np.int64)

@@ -354,6 +354,31 @@ def test_each_worker_gathers_the_rows_into_slots_of_its_own():
     assert planner.gather_slots(aligned, desc, 2, np.float64).shape == (0,)
 
 
+def test_large_slots_are_not_gathered(monkeypatch):
+    """Misaligned rows are gathered only while a slot holds at most GATHER_UNALIGNED values (a
+    bigger copy leaves L2), and nothing is gathered, so layer 0 takes no BLAS, above
+    GATHER_MAX_VALUES (each worker would hold two copies of the batch)."""
+    desc, _ = codes.describe([150, 140, 130, 5], codes.RELU, codes.SOFTMAX, codes.CROSS_ENTROPY,
+                             codes.SGD, 40)
+    slot = int(desc[codes.D_SLOT])
+
+    def plan(misaligned):
+        program = planner.program(codes.TRAIN, desc, 40, misaligned=misaligned)
+        layer0 = program[program[:, codes.P_LAYER] == 0]
+        return program[0, codes.P_OP] == codes.OP_GATHER, bool(layer0[:, codes.P_BLAS].any())
+
+    assert plan(False) == (True, True)  # BLAS on layer 0 reads the gathered batch
+    monkeypatch.setattr(planner, "GATHER_MAX_VALUES", slot - 1)
+    assert plan(False) == plan(True) == (False, False)
+    monkeypatch.setattr(planner, "GATHER_MAX_VALUES", slot)
+    small, _ = codes.describe([150, 20, 5], codes.RELU, codes.SOFTMAX, codes.CROSS_ENTROPY, codes.SGD,
+                              40)
+    for limit, gathered in ((int(small[codes.D_SLOT]), True), (int(small[codes.D_SLOT]) - 1, False)):
+        monkeypatch.setattr(planner, "GATHER_UNALIGNED", limit)
+        program = planner.program(codes.TRAIN, small, 40, misaligned=True)
+        assert (program[0, codes.P_OP] == codes.OP_GATHER) == gathered
+
+
 def test_the_gathered_rows_give_the_same_bits_for_any_thread_count_and_cut(compiled, dtype):
     """Rows gathered by each worker into its own slots, as its tiles need them or ahead in the serial
     step (misaligned X): 1, 2, 3 and 5 threads, the epoch in one driver call or three (each call

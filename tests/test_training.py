@@ -176,16 +176,23 @@ def test_error_terms_in_column_blocks_agree_for_any_thread_count(compiled, dtype
 
 
 @pytest.mark.parametrize("batch_size", [40, 130])
-def test_large_layers_take_the_blas_path_and_agree(compiled, dtype, batch_size):
+@pytest.mark.parametrize("gather", [True, False], ids=["gathered", "large-slot"])
+def test_large_layers_take_the_blas_path_and_agree(compiled, dtype, batch_size, gather,
+                                                   monkeypatch):
     """Layers of 128 x 128 and more use BLAS tiles for batches of 32 and more (the forward pass from
-    128 on), with a gathered copy of the batch: the same results as the reference, for any thread
-    count."""
+    128 on), with a gathered copy of the batch; or, with slots over planner.GATHER_MAX_VALUES, BLAS
+    above layer 0 and layer 0's tiles reading X in place: the same results as the reference, for
+    any thread count."""
     from fastbp.kernels import codes, planner
     sizes = [150, 140, 130, 5]
+    if not gather:
+        monkeypatch.setattr(planner, "GATHER_MAX_VALUES", 0)
     net = fastbp.Network(sizes, "relu", loss="cross_entropy", dtype=dtype, backend=compiled, seed=0)
     program = planner.program(codes.TRAIN, net._buffers(batch_size)[0], batch_size)
     blas = program[:, codes.P_BLAS] != 0
-    assert blas.sum() >= 3 and program[0, codes.P_OP] == codes.OP_GATHER
+    assert blas.sum() >= 3 - (not gather) * 2
+    assert (program[0, codes.P_OP] == codes.OP_GATHER) == gather
+    assert blas[program[:, codes.P_LAYER] == 0].any() == gather
     assert blas[program[:, codes.P_OP] == codes.OP_FORWARD].any() == (batch_size >= 128)
     X, y = problem(sizes, 300, seed=8, dtype=dtype)
     reference = fastbp.Network(sizes, "relu", loss="cross_entropy", dtype=dtype, backend="numpy", seed=0)
@@ -230,13 +237,14 @@ def test_the_workers_shares_hand_out_every_tile_once(n_workers):
 
 
 @pytest.mark.parametrize("limit", [1, 2, 3])
-def test_a_workers_prefetches_ask_for_every_row_it_will_gather(limit):
+def test_a_workers_prefetches_ask_for_every_row_of_the_batch_it_gathers_next(limit):
     """A worker's stream of prefetches (nb_train._prefetch_ahead; the Cython twin is the same code)
-    asks for every sample of each next batch (the worker gathers them all), batch after batch up to
-    its limit and before the call's last, a partial last batch included."""
+    asks for every sample of batch `limit` (the first the worker has not gathered: it gathers them
+    all, a partial last batch included), none before the call's last; a stream that fell behind
+    (at batch 0, limit 2) skips the batches already gathered."""
     pytest.importorskip("numba")
     from fastbp.kernels import nb_train
-    n, batch_size = 23, 10  # batches 1 and 2 (3 samples) to prefetch
+    n, batch_size = 23, 10  # batches 1 and 2 (3 samples) to prefetch; the call ends at batch 3
     X = np.zeros((n, 32), np.float32)  # two cache lines a row
     position, seen = (0, 0, 0, 0), set()
     while True:  # a line per call
@@ -246,4 +254,4 @@ def test_a_workers_prefetches_ask_for_every_row_it_will_gather(limit):
         if moved[3] == 16:  # the first of a row's two lines: (batch, sample) asked for
             seen.add(moved[:2])
         position = moved
-    assert seen == {(b, s) for b in range(1, min(limit, 2) + 1) for s in range(min(10, n - 10 * b))}
+    assert seen == {(limit, s) for s in range(min(10, n - 10 * limit))}
