@@ -236,6 +236,28 @@ def test_the_workers_shares_hand_out_every_tile_once(n_workers):
         assert sorted(handed) == sorted(expected)
 
 
+def test_a_worker_gathers_each_batch_into_its_slot_of_that_parity():
+    """nb_train._gather (the Cython twin is the same code) copies the rows of batches have+1..batch
+    in order, batch i into the worker's slot i % 2 (slots[at:], each `slot` values long), a partial
+    last batch included, and returns the batch gathered last; the values around its slots stay."""
+    pytest.importorskip("numba")
+    from fastbp.kernels import nb_train
+    n, n_in, batch_size, slot, at = 23, 32, 10, 10 * 32 + 16, 7
+    X = np.random.default_rng(0).random((n, n_in), dtype=np.float32)
+    order = np.random.default_rng(1).permutation(n)
+    slots = np.full(at + 2 * slot + 5, -1, np.float32)
+    assert nb_train._gather(X, order, batch_size, -1, 1, slots, at, slot) == 1
+    for batch in (0, 1):
+        rows = order[batch * batch_size:(batch + 1) * batch_size]
+        start = at + batch % 2 * slot
+        assert np.array_equal(slots[start:start + rows.size * n_in].reshape(-1, n_in), X[rows])
+    assert nb_train._gather(X, order, batch_size, 1, 2, slots, at, slot) == 2  # 3 rows, into slot 0
+    assert np.array_equal(slots[at:at + 3 * n_in].reshape(3, n_in), X[order[20:]])
+    assert np.array_equal(slots[at + 3 * n_in:at + 10 * n_in].reshape(7, n_in), X[order[3:10]])
+    assert (slots[:at] == -1).all() and (slots[at + 2 * slot:] == -1).all()
+    assert nb_train._gather(X, order, batch_size, 2, 2, slots, at, slot) == 2  # nothing left to do
+
+
 @pytest.mark.parametrize("limit", [1, 2, 3])
 def test_a_workers_prefetches_ask_for_every_row_of_the_batch_it_gathers_next(limit):
     """A worker's stream of prefetches (nb_train._prefetch_ahead; the Cython twin is the same code)
