@@ -420,7 +420,7 @@ cdef void _worker(int kind, const int64_t* program, Py_ssize_t n_program, const 
     cdef Py_ssize_t n_targets = desc[D_HEADER + L_FIELDS * (desc[D_LAYERS] - 1) + L_OUT]
     cdef bint targets = kind != FORWARD or n_costs != 0  # the output phase reads Y[rows]
     cdef Py_ssize_t batch_no, first_row, n_rows, row
-    cdef bint serial, whole
+    cdef bint serial
     cdef const int64_t* rows
     cdef const int64_t* batch_rows
     cdef floating* slots = gathers + 2 * worker * slot if host > 0 else NULL  # this worker's two
@@ -473,25 +473,24 @@ cdef void _worker(int kind, const int64_t* program, Py_ssize_t n_program, const 
                                     _atomic_add(claims + v * claim_stride + k, 1), &r)
                     if t < 0:
                         break
-                    whole = serial  # every tile of rows p..q-1, in order
                     batch_no, first_row, n_rows = i, start, m
                     batch_rows, into = rows, gathered
-                    if ahead_values > 0 and not whole:  # before every parallel tile
+                    if ahead_values > 0 and not serial:  # before every parallel tile
                         _prefetch_ahead(X, order, n, batch_size, n_in, have + 1, last, ahead_values,
                                         ahead)
                     # run 0: the claimed tile, or the serial step's rows; run 1, after a fused
                     # update tile: the next batch's layer-0 forward tiles over its rows
                     runs = 2 if program[r * P_FIELDS + P_FORWARD_NEXT] > 0 and i + 1 < last else 1
                     for run in range(runs):
-                        lo, hi = r, (q if whole else r + 1)
+                        lo, hi = r, (q if serial else r + 1)  # serial: rows p..q-1, in order
                         if run == 1:
                             span = program[r * P_FIELDS + P_ROWS] // program[fused * P_FIELDS + P_ROWS]
                             lo, hi, t = fused, fused + 1, t * span
                             batch_no, first_row, n_rows = i + 1, start + batch_size, next_m
                             batch_rows, into = rows + batch_size, gathered_next
                         for row in range(lo, hi):  # one call site, as in nb_train
-                            first_tile = 0 if whole else t
-                            end_tile = program[row * P_FIELDS + tiles] if whole else t + 1
+                            first_tile = 0 if serial else t
+                            end_tile = program[row * P_FIELDS + tiles] if serial else t + 1
                             if run == 1:  # its forward tiles, the last first
                                 end_tile = min(t + span, program[row * P_FIELDS + P_TILES])
                             if host > 0 and program[row * P_FIELDS + P_LAYER] == 0 \

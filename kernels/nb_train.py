@@ -583,9 +583,8 @@ def _worker(worker, n_workers, kind, program, desc, params, grads, state, X, Y, 
                                        _atomic_add(claims, v * claim_stride + k, 1))
                     if t < 0:
                         break
-                    whole = serial  # every tile of rows p..q-1, in order
                     batch, first_row, batch_rows, into = i, start, rows, gathered
-                    if ahead_values > 0 and not whole:  # before every parallel tile
+                    if ahead_values > 0 and not serial:  # before every parallel tile
                         a_batch, a_sample, a_end, a_element = _prefetch_ahead(
                             X, order, batch_size, have + 1, last, ahead_values, a_batch, a_sample,
                             a_end, a_element)
@@ -594,15 +593,15 @@ def _worker(worker, n_workers, kind, program, desc, params, grads, state, X, Y, 
                     runs = 2 if program[r, P_FORWARD_NEXT] > 0 and i + 1 < last else 1
                     span = 1
                     for run in range(runs):
-                        lo, hi = r, (q if whole else r + 1)
+                        lo, hi = r, (q if serial else r + 1)  # serial: rows p..q-1, in order
                         if run == 1:
                             span = program[r, P_ROWS] // program[fused, P_ROWS]
                             lo, hi, t = fused, fused + 1, t * span
                             batch, first_row = i + 1, start + batch_size
                             batch_rows, into = ahead, gathered_next
                         for row in range(lo, hi):  # one call site: _tile is inlined
-                            first_tile = 0 if whole else t
-                            end_tile = program[row, tiles] if whole else t + 1
+                            first_tile = 0 if serial else t
+                            end_tile = program[row, tiles] if serial else t + 1
                             if run == 1:  # its forward tiles, the last first
                                 end_tile = min(t + span, program[row, P_TILES])
                             if host > 0 and program[row, P_LAYER] == 0 \
