@@ -39,6 +39,8 @@ Buffers the descriptor points into (all C-contiguous, one dtype, float32 or floa
             forward and gradient run over the nonzeros (never BLAS, never gathered): its descriptor
             says so with ``D_SLOT`` 0 (``describe(..., gather=False)``).
 """
+import math
+
 import numpy as np
 
 # Activations. Derivatives are computed from the activation's output a = f(z).
@@ -128,9 +130,10 @@ SPAN_BYTES = 4096
 def zeros(shape, dtype):
     """A zero-filled C-contiguous array whose data starts at an ALIGNMENT-byte boundary."""
     dtype = np.dtype(dtype)
-    size = int(np.prod(shape)) * dtype.itemsize
+    shape = tuple(shape) if isinstance(shape, (tuple, list)) else (int(shape),)
+    size = math.prod(shape) * dtype.itemsize
     raw = np.zeros(size + ALIGNMENT, np.uint8)
-    start = -raw.ctypes.data % ALIGNMENT
+    start = -raw.__array_interface__["data"][0] % ALIGNMENT
     return raw[start:start + size].view(dtype).reshape(shape)
 
 
@@ -181,14 +184,11 @@ def check_buffers(desc, params, X, Y=None, out=None, costs=None, work=None, hype
     n_in, n_out = int(desc[D_HEADER + L_IN]), int(desc[D_HEADER + L_FIELDS * (n_layers - 1) + L_OUT])
     dtype = params.dtype
 
-    def need(name, array, shape, dt=dtype, at_least=False):
+    def need(name, array, shape, dt=dtype):
         if not isinstance(array, np.ndarray) or array.dtype != dt or not array.flags.c_contiguous:
             raise ValueError(f"{name} must be a C-contiguous {np.dtype(dt)} array")
-        fits = (array.ndim == len(shape) and all(a >= s if at_least else a == s
-                                                  for a, s in zip(array.shape, shape)))
-        if not fits:
-            raise ValueError(f"{name} has shape {array.shape}; the network needs "
-                             f"{'at least ' if at_least else ''}{shape}")
+        if array.shape != shape:
+            raise ValueError(f"{name} has shape {array.shape}; the network needs {shape}")
 
     need("params", params, (n_params,))
     if isinstance(X, CSR):
@@ -208,13 +208,15 @@ def check_buffers(desc, params, X, Y=None, out=None, costs=None, work=None, hype
     if order is not None:
         visits = order.shape[0] if getattr(order, "ndim", 0) == 1 else -1
         need("order", order, (visits,), np.int64)
-        if visits and (order.min() < 0 or order.max() >= n):
-            raise ValueError(f"order must index the rows of X (0..{n - 1})")
+    read = order  # the part of order the kernels read: the batches' (all of it without batches)
     if batches is not None:
         size, first, last = batches
         if not (size >= 1 and 0 <= first <= last <= -(-visits // size)):
             raise ValueError(f"batches {first}..{last - 1} of {size} samples: order has "
                              f"{-(-visits // max(size, 1))} batches of that size")
+        read = None if order is None else order[first * size:last * size]
+    if read is not None and read.size and (read.min() < 0 or read.max() >= n):
+        raise ValueError(f"order must index the rows of X (0..{n - 1})")
     # the output phase reads Y and writes costs (indexed like order): always when training (grads
     # given), in a forward pass when asked for costs (not empty)
     if grads is not None or (costs is not None and costs.shape[0]):

@@ -1,17 +1,20 @@
 """The planner: how the compiled drivers cut a minibatch into tiles, in Python only.
 
-A driver call starts by asking :func:`program` for the *program* of its minibatches: one row per
-phase (forward through a layer, the output error, the error terms below a layer, a layer's gradient
-and update), with the size of its tiles, whether it calls BLAS, the step it belongs to and how many
-tiles it has, for a full batch and for the call's partial last batch. The workers only read that
-table (its columns are the ``P_*`` fields of ``codes.py``). Nothing here is compiled in, so tuning it
-never invalidates a build: results do not depend on the tiling, only the speed does
-(``bench/ab_codes.py`` compares values of a constant in one process).
+A driver call starts by asking :func:`program` (planned once per shape, then kept) for the
+*program* of its minibatches: one row per phase (forward through a layer, the output error, the
+error terms below a layer, a layer's gradient and update), with the size of its tiles, whether it
+calls BLAS, the step it belongs to and how many tiles it has, for a full batch and for the call's
+partial last batch. The workers only read that table (its columns are the ``P_*`` fields of
+``codes.py``). Nothing here is compiled in, so tuning it never invalidates a build: results do not
+depend on the tiling, only the speed does (``bench/ab_codes.py`` compares values of a constant in
+one process).
 """
 import contextlib
+import functools
 
 import numpy as np
 
+from . import codes
 from .codes import (ALIGNMENT, D_LAYERS, D_SLOT, FORWARD, OP_BACKWARD, OP_FORWARD, OP_GATHER,
                     OP_GRADIENT, OP_OUTPUT, OP_UPDATE, P_AHEAD, P_BLAS, P_COLUMNS, P_FIELDS,
                     P_FORWARD_NEXT, P_GATHERED, P_LAST_TILES, P_LAYER, P_OP, P_PREFETCH, P_ROWS,
@@ -91,7 +94,28 @@ def use_blas(op, m, n_in, n_out):
     return m >= BLAS_MIN_BATCH and n_in * n_out >= BLAS_MIN_LAYER and min(n_in, n_out) >= 64
 
 
+# The planner's own constants above (bench/ab_codes.py and the tests change them at run time): with
+# the shapes, the key under which program() keeps what it planned.
+TUNING = tuple(name for name, value in globals().items()
+               if name.isupper() and isinstance(value, (int, float)) and name not in vars(codes))
+
+
 def program(kind, desc, batch_size, n_samples=None, sparse=False, misaligned=False):
+    """:func:`_plan`'s program, planned once for each shape and kept (a copy: the caller may write
+    it). Planning takes about 0.1 ms, as much as a minibatch of a small network: a caller that
+    trains one minibatch per driver call would otherwise pay it every time."""
+    last = batch_size if not n_samples else (n_samples - 1) % batch_size + 1
+    tuning = tuple(globals()[name] for name in TUNING)
+    return _planned(kind, np.asarray(desc, np.int64).tobytes(), batch_size, last, bool(sparse),
+                    bool(misaligned), tuning).copy()
+
+
+@functools.lru_cache(maxsize=256)
+def _planned(kind, desc, batch_size, last, sparse, misaligned, tuning):
+    return _plan(kind, np.frombuffer(desc, np.int64), batch_size, last, sparse, misaligned)
+
+
+def _plan(kind, desc, batch_size, n_samples=None, sparse=False, misaligned=False):
     """The phases of one minibatch of `batch_size` samples for a driver call of this kind, with their
     tiles, as an int64 array of P_FIELDS columns.
 
@@ -191,7 +215,8 @@ def counters(program, first, last, n_workers):
     line = ALIGNMENT // 8  # int64 values per cache line
     steps = max(last - first, 1) * (int(program[-1, P_STEP]) + 1)
     stride = -(-steps // line) * line
-    return zeros(line, np.int64), zeros(n_workers * stride, np.int64), stride
+    lines = zeros(line + n_workers * stride, np.int64)
+    return lines[:line], lines[line:], stride
 
 
 def gather_slots(program, desc, n_workers, dtype):

@@ -411,6 +411,30 @@ def test_the_gathered_rows_give_the_same_bits_for_any_thread_count_and_cut(compi
             assert np.array_equal(again, params) and np.array_equal(again_costs, costs), (threads, cuts)
 
 
+def test_the_planner_keeps_each_program_and_hands_out_copies(monkeypatch):
+    """program() plans once per kind, shapes, last batch's size and planner constants: the planned
+    table every time, a copy its caller may write (also for another number of samples with the same
+    last batch, or another last batch), and after a change of a constant (bench/ab_codes.py changes
+    them at run time) the program planned anew."""
+    desc = fastbp.Network([300, 24, 3], backend="numpy")._buffers(10)[0]
+    first = planner.program(codes.TRAIN, desc, 10, 95)
+    assert np.array_equal(first, planner._plan(codes.TRAIN, desc, 10, 95))
+    first[:] = -1
+    assert np.array_equal(planner.program(codes.TRAIN, desc, 10, 95),
+                          planner._plan(codes.TRAIN, desc, 10, 95))
+    assert np.array_equal(planner.program(codes.TRAIN, desc, 10, 195),
+                          planner._plan(codes.TRAIN, desc, 10, 95))
+    assert np.array_equal(planner.program(codes.TRAIN, desc, 10, 91),  # a last batch of 1
+                          planner._plan(codes.TRAIN, desc, 10, 91))
+    assert {"TILE_ROWS", "MIN_TILE_WORK", "PREFETCH_SPREAD", "FUSE_FORWARD"} <= set(planner.TUNING)
+    assert not set(planner.TUNING) & set(vars(codes))
+    kept = planner.program(codes.TRAIN, desc, 10, 95)
+    monkeypatch.setattr(planner, "MIN_TILE_WORK", 1)  # tiles of TILE_ROWS rows
+    again = planner.program(codes.TRAIN, desc, 10, 95)
+    assert not np.array_equal(again, kept)
+    assert np.array_equal(again, planner._plan(codes.TRAIN, desc, 10, 95))
+
+
 def test_the_planner_fuses_the_next_forward_pass_into_layer_0s_update_tiles(monkeypatch):
     """When training, layer 0's update row names layer 0's forward row (P_FORWARD_NEXT), whose tiles
     divide its own, when both are parallel (the forward pass a step of its own); never when
