@@ -6,7 +6,7 @@ value, interleaved.
     python bench/ab_codes.py FORWARD_MIN_BATCH 128,32 --workloads mid --dtype float64
 
 The drivers read the planner's constants (BLAS_TILES, MIN_TILE_WORK, TILE_ROWS, TILE_COLUMNS, SPINS,
-FORWARD_MIN_BATCH, ...) when they build a minibatch's program, at every call, so one
+FORWARD_MIN_BATCH, ...) at every call (the programs it keeps are keyed by their values), so one
 process can switch between values from one epoch to the next: each repetition runs one epoch per
 value, in turn. The report gives the median (and best) samples/s of each value and, for each value
 after the first, the median (and quartiles) over the repetitions of its speed-up against the first

@@ -416,7 +416,7 @@ def test_the_planner_keeps_each_program_and_hands_out_copies(monkeypatch):
     table every time, a copy its caller may write (also for another number of samples with the same
     last batch, or another last batch), and after a change of a constant (bench/ab_codes.py changes
     them at run time) the program planned anew."""
-    desc = fastbp.Network([300, 24, 3], backend="numpy")._buffers(10)[0]
+    desc = fastbp.Network([30, 512, 64, 3], backend="numpy")._buffers(10)[0]
     first = planner.program(codes.TRAIN, desc, 10, 95)
     assert np.array_equal(first, planner._plan(codes.TRAIN, desc, 10, 95))
     first[:] = -1
@@ -424,15 +424,43 @@ def test_the_planner_keeps_each_program_and_hands_out_copies(monkeypatch):
                           planner._plan(codes.TRAIN, desc, 10, 95))
     assert np.array_equal(planner.program(codes.TRAIN, desc, 10, 195),
                           planner._plan(codes.TRAIN, desc, 10, 95))
-    assert np.array_equal(planner.program(codes.TRAIN, desc, 10, 91),  # a last batch of 1
-                          planner._plan(codes.TRAIN, desc, 10, 91))
-    assert {"TILE_ROWS", "MIN_TILE_WORK", "PREFETCH_SPREAD", "FUSE_FORWARD"} <= set(planner.TUNING)
-    assert not set(planner.TUNING) & set(vars(codes))
+    one = planner._plan(codes.TRAIN, desc, 10, 91)  # a last batch of 1: fewer error-term tiles
+    assert not np.array_equal(one, planner._plan(codes.TRAIN, desc, 10, 95))
+    assert np.array_equal(planner.program(codes.TRAIN, desc, 10, 91), one)
+    # every constant the planner defines is in the key
+    defined = {target.id for node in ast.parse(inspect.getsource(planner)).body
+               if isinstance(node, ast.Assign) for target in node.targets
+               if isinstance(target, ast.Name) and target.id.isupper() and target.id[0] != "_"}
+    assert set(planner.TUNING) == defined - {"TUNING"}
     kept = planner.program(codes.TRAIN, desc, 10, 95)
     monkeypatch.setattr(planner, "MIN_TILE_WORK", 1)  # tiles of TILE_ROWS rows
     again = planner.program(codes.TRAIN, desc, 10, 95)
     assert not np.array_equal(again, kept)
     assert np.array_equal(again, planner._plan(codes.TRAIN, desc, 10, 95))
+
+
+def test_the_drivers_check_the_rows_of_order_their_minibatches_read(compiled):
+    """A driver call checks the part of order its minibatches read, the partial last one included,
+    and no more: a row index out of range there is refused, one elsewhere is never read."""
+    net = fastbp.Network([4, 5, 3], backend=compiled, seed=0)
+    desc, work = net._buffers(4)
+    driver = backends.get(compiled)
+    X, Y = np.zeros((10, 4)), np.zeros((10, 3))
+
+    def train(order, first, last):
+        return driver.train_batches(desc, net.parameters.copy(), net._grads, net._state.copy(), X,
+                                    Y, order, 4, first, last, codes.hyperparameters(2), work,
+                                    np.zeros(10), 1)
+
+    for bad in (0, 3, 8, 9):  # batches 0..2 of 4, 4 and 2 rows
+        order = np.arange(10)
+        order[bad] = 10
+        for first, last in ((0, 1), (1, 2), (2, 3), (0, 3)):
+            if first * 4 <= bad < last * 4:
+                with pytest.raises(ValueError, match="order must index the rows of X"):
+                    train(order, first, last)
+            else:
+                assert train(order, first, last)[:2] == (last - first, codes.DONE)
 
 
 def test_the_planner_fuses_the_next_forward_pass_into_layer_0s_update_tiles(monkeypatch):
