@@ -101,9 +101,11 @@ TUNING = tuple(name for name, value in globals().items()
 
 
 def program(kind, desc, batch_size, n_samples=None, sparse=False, misaligned=False):
-    """:func:`_plan`'s program, planned once for each shape and kept (a copy: the caller may write
-    it). Planning takes about 0.1 ms, as much as a minibatch of a small network: a caller that
-    trains one minibatch per driver call would otherwise pay it every time."""
+    """:func:`_plan`'s program for a driver call over `n_samples` samples (default: a full batch),
+    whose last batch is partial when batch_size does not divide n_samples; planned once for each
+    shape and kept (a copy: the caller may write it). Planning takes about 0.1 ms, as much as a
+    minibatch of a small network: a caller that trains one minibatch per driver call would
+    otherwise pay it every time."""
     last = batch_size if not n_samples else (n_samples - 1) % batch_size + 1
     tuning = tuple(globals()[name] for name in TUNING)
     return _planned(kind, np.asarray(desc, np.int64).tobytes(), batch_size, last, bool(sparse),
@@ -115,7 +117,7 @@ def _planned(kind, desc, batch_size, last, sparse, misaligned, tuning):
     return _plan(kind, np.frombuffer(desc, np.int64), batch_size, last, sparse, misaligned)
 
 
-def _plan(kind, desc, batch_size, n_samples=None, sparse=False, misaligned=False):
+def _plan(kind, desc, batch_size, last, sparse=False, misaligned=False):
     """The phases of one minibatch of `batch_size` samples for a driver call of this kind, with their
     tiles, as an int64 array of P_FIELDS columns.
 
@@ -127,20 +129,19 @@ def _plan(kind, desc, batch_size, n_samples=None, sparse=False, misaligned=False
     each are merged into one serial step (no waiting between them). When training, layer 0's update
     tiles also run the next batch's forward pass through layer 0 over their rows (FUSE_FORWARD), when
     both are parallel (a serial step's tile runs its rows whole) and the forward tiles divide theirs.
-    P_TILES counts a row's tiles for a full batch, P_LAST_TILES for the last batch of a call over
-    `n_samples` samples (default: a full batch), which is partial when batch_size does not divide
-    n_samples. With a `sparse` X (or a descriptor with no gather slot, or one larger than
-    GATHER_MAX_VALUES), layer 0 never uses BLAS: its tiles run over the nonzeros (or read X in
-    place). Otherwise, when X's rows are `misaligned` (codes.misaligned), layer 0 reads the
-    gathered batch if its slot is small enough (GATHER_UNALIGNED). A gathering program starts with
-    an OP_GATHER row: each worker gathers the batches it reads itself, the next one during the first
-    serial step (P_AHEAD) when it has no tile left there.
+    P_TILES counts a row's tiles for a full batch, P_LAST_TILES for the call's last batch, of
+    `last` samples (program() derives it from the call's samples). With a `sparse` X (or a
+    descriptor with no gather slot, or one larger than GATHER_MAX_VALUES), layer 0 never uses BLAS:
+    its tiles run over the nonzeros (or read X in place). Otherwise, when X's rows are `misaligned`
+    (codes.misaligned), layer 0 reads the gathered batch if its slot is small enough
+    (GATHER_UNALIGNED). A gathering program starts with an OP_GATHER row: each worker gathers the
+    batches it reads itself, the next one during the first serial step (P_AHEAD) when it has no tile
+    left there.
     """
     n_layers = int(desc[D_LAYERS])
     slot = int(desc[D_SLOT])
     can_gather = not sparse and 0 < slot <= GATHER_MAX_VALUES
     m = batch_size
-    last = m if not n_samples else (n_samples - 1) % m + 1
     sample_tile = max(BLAS_MIN_BATCH // 2, -(-m // BLAS_TILES))
 
     def rows_for(n_in, n_out, blas):
