@@ -9,6 +9,31 @@ from libc.stdint cimport int32_t, int64_t, uint64_t
 include "cy_codes.pxi"
 
 
+cdef extern from *:
+    """
+    /* c + a b as one fused multiply-add where the target has them (as LLVM, in the Numba twin, keeps
+     * a chain of multiply-adds): gcc's fast-math reassociation turns a sum of products into a tree
+     * of separate multiplies and adds, and leaves fused ones alone. Without FMA: a * b + c. */
+    #if defined(__FMA__) || defined(__ARM_FEATURE_FMA)
+    #define fbp_fma(a, b, c) __builtin_fma(a, b, c)
+    #define fbp_fmaf(a, b, c) __builtin_fmaf(a, b, c)
+    #else
+    #define fbp_fma(a, b, c) ((a) * (b) + (c))
+    #define fbp_fmaf(a, b, c) ((a) * (b) + (c))
+    #endif
+    """
+    double _fma64 "fbp_fma"(double a, double b, double c) noexcept nogil
+    float _fma32 "fbp_fmaf"(float a, float b, float c) noexcept nogil
+
+
+cdef inline floating _fma(floating a, floating b, floating c) noexcept nogil:
+    """c + a b, one multiply-add (see fbp_fma above). Numba's twin writes c + a * b."""
+    if floating is float:
+        return _fma32(a, b, c)
+    else:
+        return _fma64(a, b, c)
+
+
 cdef inline bint _finite(double x) noexcept nogil:
     """x is neither NaN nor infinite, as a comparison (fast-math may fold isfinite away).
     Twin: nb_kernels._finite."""
