@@ -633,7 +633,7 @@ cdef void _output_error(int act, int loss, floating* Z, const floating* Y, const
         elif floating is float and act == SIGMOID and loss == CROSS_ENTROPY:
             for j in range(k):  # as below, in float32 with no library call: the loop vectorizes
                 zf = z[j]
-                af = _sigmoid32(zf)
+                af = _sigmoid32(zf)  # the sigmoid of activation_forward, so predict and fit agree
                 z[j] = af
                 c += _log1p32(_exp32(-fabs(zf)))
                 c += (1.0 - y[j]) * zf if zf > 0 else -<double>y[j] * zf
@@ -644,10 +644,7 @@ cdef void _output_error(int act, int loss, floating* Z, const floating* Y, const
                 # y sp(-z) + (1 - y) sp(z) = log1p(e^-|z|) + (1 - y) max(z, 0) + y max(-z, 0)
                 zj = z[j]
                 e = exp(-fabs(zj))
-                if floating is float:  # the sigmoid of activation_forward, so predict and fit agree
-                    a = _sigmoid32(z[j])
-                else:
-                    a = _activate(SIGMOID, zj)
+                a = _activate(SIGMOID, zj)
                 z[j] = <floating>a
                 c += log1p(e) + ((1.0 - y[j]) * zj if zj > 0.0 else -y[j] * zj)
                 d[j] = <floating>(a - y[j])

@@ -779,7 +779,7 @@ def output_error(act, loss, Z, Y, rows, D, cost):
         elif act == SIGMOID and loss == CROSS_ENTROPY and Z.itemsize == 4:
             for j in range(k):  # as below, in float32 with no library call: the loop vectorizes
                 zf = z[j]
-                af = _sigmoid32(zf)
+                af = _sigmoid32(zf)  # the sigmoid of activation_forward, so predict and fit agree
                 z[j] = af
                 c += _log1p32(_exp32(-abs(zf)))
                 c += (1.0 - y[j]) * zf if zf > 0 else -np.float64(y[j]) * zf
@@ -790,10 +790,7 @@ def output_error(act, loss, Z, Y, rows, D, cost):
                 # y sp(-z) + (1 - y) sp(z) = log1p(e^-|z|) + (1 - y) max(z, 0) + y max(-z, 0)
                 zj = np.float64(z[j])
                 e = math.exp(-abs(zj))
-                if Z.itemsize == 4:  # the sigmoid of activation_forward, so predict and fit agree
-                    a = np.float64(_sigmoid32(z[j]))
-                else:
-                    a = _activate(SIGMOID, zj)
+                a = _activate(SIGMOID, zj)
                 z[j] = a
                 c += math.log1p(e) + ((1.0 - y[j]) * zj if zj > 0.0 else -y[j] * zj)
                 d[j] = a - y[j]
