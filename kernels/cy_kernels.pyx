@@ -130,7 +130,7 @@ cdef void _forward_rows(const floating* W, const floating* b, const floating* A,
     A float32 sigmoid is applied to each tile's block afterwards, vectorized (_sigmoid32: 1.2x the
     forward of nielsen's layer 0 against a double exp per value). Twin: nb_kernels._forward_rows.
     """
-    cdef Py_ssize_t i, s, j = j0, rest, i0, i1, span = SPAN_BYTES // sizeof(floating)
+    cdef Py_ssize_t i, s, j = j0, i0, i1, r1, r2, r3, span = SPAN_BYTES // sizeof(floating)
     cdef int tile_act = act, span_act
     if floating is float:
         if act == SIGMOID:
@@ -144,11 +144,16 @@ cdef void _forward_rows(const floating* W, const floating* b, const floating* A,
     cdef floating *zx
     cdef floating *zy
     cdef floating x0, x1, x2, x3, y0, y1, y2, y3, xi, yi, v0, v1, v2, v3
-    while j + 4 <= j1:
+    while j < j1:
+        # a last tile of fewer than 4 rows repeats its last row, and stores its sums again: the
+        # same values, in the tile's vector loop (not one row at a time)
+        r1 = min(1, j1 - 1 - j)
+        r2 = min(2, j1 - 1 - j)
+        r3 = min(3, j1 - 1 - j)
         w0 = W + j * n_in
-        w1 = w0 + n_in
-        w2 = w1 + n_in
-        w3 = w2 + n_in
+        w1 = w0 + r1 * n_in
+        w2 = w0 + r2 * n_in
+        w3 = w0 + r3 * n_in
         i0 = 0
         while i0 < n_in:
             i1 = min(i0 + span, n_in)
@@ -161,22 +166,22 @@ cdef void _forward_rows(const floating* W, const floating* b, const floating* A,
                 zy = (zx + n_out) if s + 1 < m else zx
                 if i0 == 0:
                     x0 = b[j]
-                    x1 = b[j + 1]
-                    x2 = b[j + 2]
-                    x3 = b[j + 3]
+                    x1 = b[j + r1]
+                    x2 = b[j + r2]
+                    x3 = b[j + r3]
                     y0 = b[j]
-                    y1 = b[j + 1]
-                    y2 = b[j + 2]
-                    y3 = b[j + 3]
+                    y1 = b[j + r1]
+                    y2 = b[j + r2]
+                    y3 = b[j + r3]
                 else:
                     x0 = zx[0]
-                    x1 = zx[1]
-                    x2 = zx[2]
-                    x3 = zx[3]
+                    x1 = zx[r1]
+                    x2 = zx[r2]
+                    x3 = zx[r3]
                     y0 = zy[0]
-                    y1 = zy[1]
-                    y2 = zy[2]
-                    y3 = zy[3]
+                    y1 = zy[r1]
+                    y2 = zy[r2]
+                    y3 = zy[r3]
                 for i in range(i0, i1):  # each value loaded once: 6 loads for 8 multiply-adds
                     xi = x[i]
                     yi = y[i]
@@ -193,30 +198,18 @@ cdef void _forward_rows(const floating* W, const floating* b, const floating* A,
                     y2 += v2 * yi
                     y3 += v3 * yi
                 zy[0] = <floating>_activate(span_act, y0)
-                zy[1] = <floating>_activate(span_act, y1)
-                zy[2] = <floating>_activate(span_act, y2)
-                zy[3] = <floating>_activate(span_act, y3)
+                zy[r1] = <floating>_activate(span_act, y1)
+                zy[r2] = <floating>_activate(span_act, y2)
+                zy[r3] = <floating>_activate(span_act, y3)
                 zx[0] = <floating>_activate(span_act, x0)
-                zx[1] = <floating>_activate(span_act, x1)
-                zx[2] = <floating>_activate(span_act, x2)
-                zx[3] = <floating>_activate(span_act, x3)
+                zx[r1] = <floating>_activate(span_act, x1)
+                zx[r2] = <floating>_activate(span_act, x2)
+                zx[r3] = <floating>_activate(span_act, x3)
                 s += 2
             i0 = i1
         if tile_act != act:
-            _sigmoid_block(Z, n_out, m, j, j + 4)
+            _sigmoid_block(Z, n_out, m, j, j + r3 + 1)
         j += 4
-    rest = j
-    while j < j1:
-        w0 = W + j * n_in
-        for s in range(m):
-            x = A + rows[s] * n_in
-            x0 = b[j]
-            for i in range(n_in):
-                x0 += w0[i] * x[i]
-            Z[s * n_out + j] = <floating>_activate(tile_act, x0)
-        j += 1
-    if tile_act != act:
-        _sigmoid_block(Z, n_out, m, rest, j1)
 
 
 cdef void _backward_block(const floating* W, const floating* D, const floating* A, int act,

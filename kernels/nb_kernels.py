@@ -285,11 +285,16 @@ def _forward_rows(W, b, A, rows, act, Z, j0, j1):
     span, end = _span(Z, n)
     tile_act = IDENTITY if act == SIGMOID and Z.itemsize == 4 else act
     j = j0
-    while j + 4 <= j1:
+    while j < j1:
+        # a last tile of fewer than 4 rows repeats its last row, and stores its sums again: the
+        # same values, in the tile's vector loop (not one row at a time)
+        r1 = j + min(1, j1 - 1 - j)
+        r2 = j + min(2, j1 - 1 - j)
+        r3 = j + min(3, j1 - 1 - j)
         w0 = W[j]
-        w1 = W[j + 1]
-        w2 = W[j + 2]
-        w3 = W[j + 3]
+        w1 = W[r1]
+        w2 = W[r2]
+        w3 = W[r3]
         i0 = end - end
         while i0 < end:
             i1 = min(i0 + span, end)
@@ -301,22 +306,22 @@ def _forward_rows(W, b, A, rows, act, Z, j0, j1):
                 y = A[rows[t]]
                 if i0 == 0:
                     x0 = b[j]
-                    x1 = b[j + 1]
-                    x2 = b[j + 2]
-                    x3 = b[j + 3]
+                    x1 = b[r1]
+                    x2 = b[r2]
+                    x3 = b[r3]
                     y0 = b[j]
-                    y1 = b[j + 1]
-                    y2 = b[j + 2]
-                    y3 = b[j + 3]
+                    y1 = b[r1]
+                    y2 = b[r2]
+                    y3 = b[r3]
                 else:
                     x0 = Z[s, j]
-                    x1 = Z[s, j + 1]
-                    x2 = Z[s, j + 2]
-                    x3 = Z[s, j + 3]
+                    x1 = Z[s, r1]
+                    x2 = Z[s, r2]
+                    x3 = Z[s, r3]
                     y0 = Z[t, j]
-                    y1 = Z[t, j + 1]
-                    y2 = Z[t, j + 2]
-                    y3 = Z[t, j + 3]
+                    y1 = Z[t, r1]
+                    y2 = Z[t, r2]
+                    y3 = Z[t, r3]
                 for i in range(i0, i1):  # each value loaded once: 6 loads for 8 multiply-adds
                     xi = x[i]
                     yi = y[i]
@@ -333,30 +338,18 @@ def _forward_rows(W, b, A, rows, act, Z, j0, j1):
                     y2 += v2 * yi
                     y3 += v3 * yi
                 Z[t, j] = _activate(span_act, y0)
-                Z[t, j + 1] = _activate(span_act, y1)
-                Z[t, j + 2] = _activate(span_act, y2)
-                Z[t, j + 3] = _activate(span_act, y3)
+                Z[t, r1] = _activate(span_act, y1)
+                Z[t, r2] = _activate(span_act, y2)
+                Z[t, r3] = _activate(span_act, y3)
                 Z[s, j] = _activate(span_act, x0)
-                Z[s, j + 1] = _activate(span_act, x1)
-                Z[s, j + 2] = _activate(span_act, x2)
-                Z[s, j + 3] = _activate(span_act, x3)
+                Z[s, r1] = _activate(span_act, x1)
+                Z[s, r2] = _activate(span_act, x2)
+                Z[s, r3] = _activate(span_act, x3)
                 s += 2
             i0 = i1
         if tile_act != act:
-            _sigmoid_block(Z, m, j, j + 4)
+            _sigmoid_block(Z, m, j, r3 + 1)
         j += 4
-    rest = j
-    while j < j1:
-        w0 = W[j]
-        for s in range(m):
-            x = A[rows[s]]
-            x0 = b[j]
-            for i in range(n):
-                x0 += w0[i] * x[i]
-            Z[s, j] = _activate(tile_act, x0)
-        j += 1
-    if tile_act != act:
-        _sigmoid_block(Z, m, rest, j1)
 
 
 @jit

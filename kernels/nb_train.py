@@ -51,7 +51,7 @@ from .nb_kernels import (FASTMATH, _backward_block, _bias_activate, _coefficient
 # through its CODES the codes, are compiled into the worker. Numba keys the worker's cache on the
 # text of this file alone: without this line, a cached worker would keep running the kernels of an
 # earlier nb_kernels.py, after an upgrade too (tests/test_numba_cache.py keeps it current).
-KERNELS = "1608faf1b947365a"
+KERNELS = "2b201974c689af79"
 
 
 # --------------------------------------------------------------------------- atomics (LLVM)
