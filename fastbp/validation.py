@@ -3,6 +3,8 @@
 Each function returns the value in the form the kernels take (codes, C-contiguous arrays of the
 network's dtype) or raises ValueError / TypeError. Nothing here changes a network.
 """
+import math
+
 import numpy as np
 
 from .kernels import codes
@@ -37,8 +39,8 @@ def _all_finite(array):
     sum that is not (a non-finite value, or finite values so large that their sum overflows) costs
     the exact test, np.isfinite of each value."""
     with np.errstate(over="ignore", invalid="ignore"):  # the sum's overflow and inf - inf: not errors
-        total = np.sum(array)
-    return bool(np.isfinite(total)) or bool(np.isfinite(array).all())
+        total = np.add.reduce(array, axis=None)  # np.sum's own work, without its 2 us of Python
+    return math.isfinite(total) or bool(np.isfinite(array).all())
 
 
 def finite(name, array):

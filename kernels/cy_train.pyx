@@ -529,24 +529,26 @@ cdef _launch(int kind, int n_threads, const int64_t[::1] desc, floating[::1] par
              const int64_t[::1] order, Py_ssize_t batch_size, Py_ssize_t first, Py_ssize_t last,
              double[::1] hyper, floating[::1] work, double[::1] costs, floating[:, ::1] out,
              double[::1] norms, double scale, const double[::1] weights):
-    """Run n_threads workers (OpenMP threads) over batches first..last-1 of X_in (an array or a
-    codes.CSR); with norms, worker 0 adds the last batch's gradient norms at the end (the others'
-    were added by the next batch's output phase). Returns the status pair."""
+    """Run up to n_threads workers (OpenMP threads; planner.workers: as many as the call's work pays
+    for) over batches first..last-1 of X_in (an array or a codes.CSR); with norms, worker 0 adds
+    the last batch's gradient norms at the end (the others' were added by the next batch's output
+    phase). Returns the status pair."""
     parts = codes.split_input(X_in)
     cdef const floating[:, ::1] X = parts[0]
     cdef const int64_t[::1] indptr = parts[1]
     cdef const int64_t[::1] indices = parts[2]
     cdef const floating[::1] data = parts[3]
-    cdef int64_t[:, ::1] program = planner.program(kind, np.asarray(desc), batch_size,
-                                                   order.shape[0], indptr.shape[0] > 0,
-                                                   codes.misaligned(parts[0]))
-    cdef int n_workers = max(1, n_threads)
-    counting = planner.counters(np.asarray(program), first, last, n_workers)
-    cdef int64_t[::1] counters = counting[0]
-    cdef int64_t[::1] claims = counting[1]
-    cdef Py_ssize_t claim_stride = counting[2]
-    cdef int64_t[::1] status = np.zeros(2, np.int64)
-    cdef floating[::1] c = np.zeros(C_SIZE, np.asarray(params).dtype)
+    dtype = params.base.dtype
+    call = planner.launch(kind, desc.base, batch_size, order.shape[0], indptr.shape[0] > 0,
+                          codes.misaligned(parts[0]), first, last, n_threads, dtype)
+    cdef int n_workers = call[0]
+    cdef int64_t[:, ::1] program = call[1]
+    cdef int64_t[::1] counters = call[2]
+    cdef int64_t[::1] claims = call[3]
+    cdef Py_ssize_t claim_stride = call[4]
+    status_array = np.zeros(2, np.int64)
+    cdef int64_t[::1] status = status_array
+    cdef floating[::1] c = np.zeros(C_SIZE, dtype)
     cdef int64_t[::1] ident = np.arange(desc[D_CAPACITY])
     cdef Py_ssize_t spins = planner.SPINS
     cdef const floating* Y_data = &Y[0, 0] if Y.shape[0] > 0 else NULL
@@ -562,15 +564,14 @@ cdef _launch(int kind, int n_threads, const int64_t[::1] desc, floating[::1] par
     cdef const int64_t* indices_data = &indices[0] if indices.shape[0] > 0 else NULL
     cdef const floating* values_data = &data[0] if data.shape[0] > 0 else NULL
     c[C_SCALE] = <floating>scale
-    cdef floating[::1] slots = planner.gather_slots(np.asarray(program), np.asarray(desc), n_workers,
-                                                    np.asarray(params).dtype)
+    cdef floating[::1] slots = call[5]
     cdef floating* gathers = &slots[0] if slots.shape[0] > 0 else NULL
-    with planner.blas_single_threaded(np.asarray(program)):
+    with call[6]:
         _run_workers(kind, program, desc, params, grads, state, X, Y_data, order, batch_size, first,
                      last, hyper, work, costs_data, costs.shape[0], out_data, norms_data,
                      squares_data, counters, claims, claim_stride, status, c, ident, spins, n_workers,
                      weights_data, indptr_data, indices_data, values_data, gathers)
-    return np.asarray(status)
+    return status_array
 
 
 cdef void _run_workers(int kind, int64_t[:, ::1] program, const int64_t[::1] desc,
@@ -605,12 +606,11 @@ def train_batches(const int64_t[::1] desc, floating[::1] params, floating[::1] g
     when not empty; see nb_train.train_batches. Returns
     codes.outcome: (batches done, status, batch). Twin: nb_train.train_batches.
     """
-    cdef floating[:, ::1] no_out = np.zeros((0, 1), np.asarray(params).dtype)
+    cdef floating[:, ::1] no_out = np.zeros((0, 1), params.base.dtype)
     norms = np.zeros(0) if norms is None else norms
     weights = np.zeros(0) if weights is None else weights
-    codes.check_buffers(np.asarray(desc), np.asarray(params), X, np.asarray(Y), None,
-                        np.asarray(costs), np.asarray(work), np.asarray(hyper), np.asarray(order),
-                        np.asarray(grads), np.asarray(state), norms, weights,
+    codes.check_buffers(desc.base, params.base, X, Y.base, None, costs.base, work.base, hyper.base,
+                        order.base, grads.base, state.base, norms, weights,
                         (batch_size, first, last))
     cdef double[::1] sums = norms
     cdef const double[::1] sample_weights = weights
@@ -626,12 +626,11 @@ def gradients(const int64_t[::1] desc, floating[::1] params, floating[::1] grads
     OUT costs. Twin: nb_train.gradients."""
     cdef Py_ssize_t n = X.shape[0], capacity = desc[D_CAPACITY]
     weights = np.zeros(0) if weights is None else weights
-    codes.check_buffers(np.asarray(desc), np.asarray(params), X, np.asarray(Y), None,
-                        np.asarray(costs), np.asarray(work), grads=np.asarray(grads),
-                        weights=weights)
+    codes.check_buffers(desc.base, params.base, X, Y.base, None, costs.base, work.base,
+                        grads=grads.base, weights=weights)
     cdef const double[::1] sample_weights = weights
     cdef double scale = codes.gradient_scale(n, weights)
-    dtype = np.asarray(params).dtype
+    dtype = params.base.dtype
     cdef floating[:, ::1] total = np.zeros((2, params.shape[0]), dtype)
     cdef floating[:, ::1] no_out = np.zeros((0, 1), dtype)
     cdef int64_t[::1] order = np.arange(n)
@@ -648,9 +647,8 @@ def forward(const int64_t[::1] desc, floating[::1] params, X,
             int n_threads):
     """OUT out: the output activations for X; OUT costs when not empty. Twin: nb_train.forward."""
     cdef Py_ssize_t n = X.shape[0], capacity = desc[D_CAPACITY]
-    codes.check_buffers(np.asarray(desc), np.asarray(params), X, np.asarray(Y),
-                        np.asarray(out), np.asarray(costs), np.asarray(work))
-    cdef floating[:, ::1] no_state = np.zeros((2, 1), np.asarray(params).dtype)
+    codes.check_buffers(desc.base, params.base, X, Y.base, out.base, costs.base, work.base)
+    cdef floating[:, ::1] no_state = np.zeros((2, 1), params.base.dtype)
     cdef int64_t[::1] order = np.arange(n)
     cdef double[::1] no_hyper = codes.hyperparameters(desc[D_LAYERS])
     cdef double[::1] no_norms = np.zeros(0)

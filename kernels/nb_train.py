@@ -682,27 +682,26 @@ def _announce_compilation(dtype):
 
 def _launch(kind, n_threads, desc, params, grads, state, X, Y, order, batch_size, first, last,
             hyper, work, costs, out, norms, scale, weights):
-    """Run n_threads workers over batches first..last-1: one on the calling thread, the others on a
-    pool of threads (the worker releases the GIL); with norms, worker 0 adds the last batch's
-    gradient norms at the end (the others' were added by the next batch's output phase). Returns
-    the status array."""
+    """Run up to n_threads workers (planner.workers: as many as the call's work pays for) over
+    batches first..last-1: one on the calling thread, the others on a pool of threads (the worker
+    releases the GIL); with norms, worker 0 adds the last batch's gradient norms at the end (the
+    others' were added by the next batch's output phase). Returns the status array."""
     _announce_compilation(params.dtype)
     X, indptr, indices, data = codes.split_input(X)
-    program = planner.program(kind, desc, batch_size, order.shape[0], indptr.shape[0] != 0,
-                              codes.misaligned(X))
-    counters, claims, claim_stride = planner.counters(program, first, last, max(1, n_threads))
+    n_workers, program, counters, claims, claim_stride, gathers, blas = planner.launch(
+        kind, desc, batch_size, order.shape[0], indptr.shape[0] != 0, codes.misaligned(X), first,
+        last, n_threads, params.dtype)
     status = np.zeros(2, np.int64)
     c = np.zeros(C_SIZE, params.dtype)
     c[C_SCALE] = scale
     ident = np.arange(desc[D_CAPACITY])
     # one squared norm per row of W (laid out like the biases), zero before the first batch
     squares = np.zeros(params.shape[0] - desc[D_NWEIGHTS] if norms.shape[0] else 0)
-    gathers = planner.gather_slots(program, desc, max(1, n_threads), params.dtype)
     args = (kind, program, desc, params, grads, state, X, Y, order, batch_size, first, last, hyper,
             work, costs, out, norms, squares, counters, claims, claim_stride, status, c, ident,
             planner.SPINS, weights, indptr, indices, data, gathers)
-    with planner.blas_single_threaded(program):
-        _run_workers(n_threads, args)
+    with blas:
+        _run_workers(n_workers, args)
     return status
 
 

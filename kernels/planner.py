@@ -15,10 +15,10 @@ import functools
 import numpy as np
 
 from . import codes
-from .codes import (ALIGNMENT, D_LAYERS, D_SLOT, FORWARD, OP_BACKWARD, OP_FORWARD, OP_GATHER,
-                    OP_GRADIENT, OP_OUTPUT, OP_UPDATE, P_AHEAD, P_BLAS, P_COLUMNS, P_FIELDS,
-                    P_FORWARD_NEXT, P_GATHERED, P_LAST_TILES, P_LAYER, P_OP, P_PREFETCH, P_ROWS,
-                    P_SAMPLES, P_SERIAL, P_STEP, P_TILES, TRAIN, layer, zeros)
+from .codes import (ALIGNMENT, D_LAYERS, D_NWEIGHTS, D_SLOT, FORWARD, OP_BACKWARD, OP_FORWARD,
+                    OP_GATHER, OP_GRADIENT, OP_OUTPUT, OP_UPDATE, P_AHEAD, P_BLAS, P_COLUMNS,
+                    P_FIELDS, P_FORWARD_NEXT, P_GATHERED, P_LAST_TILES, P_LAYER, P_OP, P_PREFETCH,
+                    P_ROWS, P_SAMPLES, P_SERIAL, P_STEP, P_TILES, TRAIN, layer, zeros)
 
 # Threads work on tiles whose size depends on the shapes only (never on the thread count, so neither
 # do the results). A tile is made big enough to be worth handing to another thread.
@@ -66,6 +66,10 @@ PREFETCH_SPREAD = 1.5
 # time: 784-256-128-10 at 2 threads runs 2.0x (batches of 1024) to 2.3x (of 20,000) faster with
 # layer 0 gathered for BLAS.
 GATHER_MAX_VALUES = 1 << 23
+# A driver call runs one worker for each MIN_WORKER_WORK multiply-adds it has (planner.workers):
+# waking a thread costs more than a small call's arithmetic (a Numba helper about 0.15 ms, through
+# the Python thread pool). Where a second one starts to pay on nielsen: bench/README, test_calls.
+MIN_WORKER_WORK = 1 << 22
 # Whether layer 0's update tiles run the next batch's forward pass over their rows, right after
 # updating them (P_FORWARD_NEXT): one wait per minibatch fewer, and the rows of W come from the
 # core's cache, where the update left them.
@@ -106,15 +110,47 @@ def program(kind, desc, batch_size, n_samples=None, sparse=False, misaligned=Fal
     shape and kept (a copy: the caller may write it). Planning takes about 0.1 ms, as much as a
     minibatch of a small network: a caller that trains one minibatch per driver call would
     otherwise pay it every time."""
+    return _kept(kind, desc, batch_size, n_samples, sparse, misaligned)[0].copy()
+
+
+def launch(kind, desc, batch_size, n_samples, sparse, misaligned, first, last, n_threads, dtype):
+    """What a driver call over batches first..last-1 of n_samples needs besides the caller's
+    buffers, in one Python call (a one-sample forward's arithmetic takes about 1 us, its driver call
+    took 35): (the number of workers (:func:`workers`); the kept program, which the workers only
+    read; the counters, claims and claim stride of :func:`counters`; the gather slots of
+    :func:`gather_slots`; the BLAS context of :func:`blas_single_threaded`)."""
+    table, steps, slot, blas = _kept(kind, desc, batch_size, n_samples, sparse, misaligned)
+    samples = min(last * batch_size, n_samples) - first * batch_size
+    n_workers = workers(kind, desc, samples, n_threads)
+    finished, claims, stride = _counters(steps, first, last, n_workers)
+    return (n_workers, table, finished, claims, stride, _slots(slot, n_workers, dtype),
+            _blas_context(blas))
+
+
+def workers(kind, desc, n_samples, n_threads):
+    """How many of n_threads workers a driver call over n_samples samples runs: each beyond the
+    first needs MIN_WORKER_WORK multiply-adds of the call's own (the forward pass, and when
+    training the error terms and gradients: three times as many). Any number gives the same bits."""
+    work = n_samples * int(desc[D_NWEIGHTS]) * (1 if kind == FORWARD else 3)
+    return max(1, min(n_threads, work // MIN_WORKER_WORK if MIN_WORKER_WORK else n_threads))
+
+
+def _kept(kind, desc, batch_size, n_samples, sparse, misaligned):
     last = batch_size if not n_samples else (n_samples - 1) % batch_size + 1
-    tuning = tuple(globals()[name] for name in TUNING)
+    tuning = tuple(map(globals().__getitem__, TUNING))
     return _planned(kind, np.asarray(desc, np.int64).tobytes(), batch_size, last, bool(sparse),
-                    bool(misaligned), tuning).copy()
+                    bool(misaligned), tuning)
 
 
 @functools.lru_cache(maxsize=256)
 def _planned(kind, desc, batch_size, last, sparse, misaligned, tuning):
-    return _plan(kind, np.frombuffer(desc, np.int64), batch_size, last, sparse, misaligned)
+    """The program, with what each call of it needs to know: its steps per batch, the size of a
+    gather slot (0: it does not gather) and whether it calls BLAS."""
+    desc = np.frombuffer(desc, np.int64)
+    table = _plan(kind, desc, batch_size, last, sparse, misaligned)
+    gathers = table[0, P_OP] == OP_GATHER
+    return (table, int(table[-1, P_STEP]) + 1, int(desc[D_SLOT]) if gathers else 0,
+            bool(table[:, P_BLAS].any()))
 
 
 def _plan(kind, desc, batch_size, last, sparse=False, misaligned=False):
@@ -213,8 +249,12 @@ def counters(program, first, last, n_workers):
     stride). finished[0] counts the finished tiles, alone on its cache line; worker v's share of step
     k is claimed through claims[v * stride + k], each worker's claims on cache lines of their own.
     Every atomic add moves a line from core to core, so nothing else shares those lines."""
+    return _counters(int(program[-1, P_STEP]) + 1, first, last, n_workers)
+
+
+def _counters(steps_per_batch, first, last, n_workers):
     line = ALIGNMENT // 8  # int64 values per cache line
-    steps = max(last - first, 1) * (int(program[-1, P_STEP]) + 1)
+    steps = max(last - first, 1) * steps_per_batch
     stride = -(-steps // line) * line
     lines = zeros(line + n_workers * stride, np.int64)
     return lines[:line], lines[line:], stride
@@ -223,9 +263,11 @@ def counters(program, first, last, n_workers):
 def gather_slots(program, desc, n_workers, dtype):
     """The slots the workers of a driver call gather batches into, when `program` gathers: two per
     worker, worker v's batch i at (2 v + i % 2) * D_SLOT, each slot at a cache line; else empty."""
-    if program[0, P_OP] != OP_GATHER:
-        return zeros(0, dtype)
-    return zeros(2 * n_workers * int(desc[D_SLOT]), dtype)
+    return _slots(int(desc[D_SLOT]) if program[0, P_OP] == OP_GATHER else 0, n_workers, dtype)
+
+
+def _slots(slot, n_workers, dtype):
+    return zeros(2 * n_workers * slot, dtype) if slot else np.zeros(0, dtype)
 
 
 _BLAS_CONTROLLER = []
@@ -234,7 +276,11 @@ _BLAS_CONTROLLER = []
 def blas_single_threaded(program):
     """A context in which BLAS runs on one thread, when `program` calls BLAS: the workers already use
     every thread, and a BLAS tile must not depend on the thread count (determinism)."""
-    if not program[:, P_BLAS].any():
+    return _blas_context(program[:, P_BLAS].any())
+
+
+def _blas_context(blas):
+    if not blas:
         return contextlib.nullcontext()
     if not _BLAS_CONTROLLER:
         import scipy.linalg.cython_blas  # noqa: F401  the BLAS both backends call, loaded before

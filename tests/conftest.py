@@ -22,6 +22,14 @@ def _require(name):
     return name
 
 
+@pytest.fixture(autouse=True)
+def every_thread_works(monkeypatch):
+    """Every thread count a test asks for runs that many workers, however small its problem (by
+    default a call runs one worker per planner.MIN_WORKER_WORK multiply-adds it has, at least one)."""
+    from fastbp.kernels import planner
+    monkeypatch.setattr(planner, "MIN_WORKER_WORK", 0)
+
+
 @pytest.fixture(params=ALL)
 def backend(request):
     """Every backend, the numpy reference included."""

@@ -310,6 +310,30 @@ def test_a_partial_last_batch_gives_the_same_results_for_any_thread_count(compil
     assert all(np.array_equal(results[0], other) for other in results[1:])
 
 
+def test_a_call_runs_one_worker_for_each_share_of_work_it_has(compiled, monkeypatch):
+    """By default a driver call runs one more worker for each planner.MIN_WORKER_WORK multiply-adds
+    it has (784-30-10: 23,520 weights; training costs three multiply-adds per weight and sample), at
+    most n_threads, at least one; the results do not change."""
+    monkeypatch.setattr(planner, "MIN_WORKER_WORK", 1 << 22)
+    desc = codes.describe([784, 30, 10], codes.SIGMOID, codes.SIGMOID, codes.MSE, codes.SGD, 10)[0]
+    assert planner.workers(codes.FORWARD, desc, 1, 4) == 1  # a one-sample forward pass
+    assert planner.workers(codes.TRAIN, desc, 10, 2) == 1  # one minibatch: 0.7 M
+    assert planner.workers(codes.TRAIN, desc, 200, 2) == 2  # 14.1 M
+    assert planner.workers(codes.TRAIN, desc, 200, 5) == 3
+    assert planner.workers(codes.FORWARD, desc, 20_000, 5) == 5
+    X, y = problem([784, 30, 10], 300, seed=1, dtype="float32")
+    nets = [fastbp.Network([784, 30, 10], dtype="float32", backend=compiled, n_threads=n, seed=0)
+            for n in (1, 3)]
+    for net in nets:  # 30 minibatches, one call each: one worker; the forward pass over 300: two
+        for start in range(0, 300, 10):
+            net.fit(X[start:start + 10], y[start:start + 10], epochs=1, batch_size=10, lr=0.5,
+                    shuffle=False)
+    assert np.array_equal(nets[0].parameters, nets[1].parameters)
+    assert np.array_equal(nets[0].forward(X), nets[1].forward(X))
+    monkeypatch.setattr(planner, "MIN_WORKER_WORK", 0)
+    assert planner.workers(codes.FORWARD, desc, 1, 4) == 4
+
+
 def aligned_and_misaligned(X):
     """Copies of X whose rows start at cache lines, and 16 bytes past them (as numpy often puts a
     large array's)."""
