@@ -585,8 +585,17 @@ cdef void _run_workers(int kind, int64_t[:, ::1] program, const int64_t[::1] des
                        int n_workers, const double* weights, const int64_t* indptr,
                        const int64_t* indices, const floating* data,
                        floating* gathers) noexcept:
-    """The workers: one per OpenMP thread (prange over workers, static schedule)."""
+    """The workers: one per OpenMP thread (prange over workers, static schedule); one worker runs on
+    the calling thread, as in the Numba twin (an OpenMP team of one still made two system calls)."""
     cdef int worker
+    if n_workers == 1:
+        with nogil:
+            _worker(kind, &program[0, 0], program.shape[0], &desc[0], &params[0], &grads[0],
+                    &state[0, 0], &state[1, 0], &X[0, 0], Y_data, &order[0], order.shape[0],
+                    batch_size, first, last, &hyper[0], &work[0], costs_data, n_costs, out_data,
+                    norms, squares, &counters[0], &claims[0], claim_stride, &status[0], &c[0],
+                    &ident[0], spins, 0, 1, weights, indptr, indices, data, gathers)
+        return
     for worker in prange(n_workers, nogil=True, schedule="static", num_threads=n_workers):
         _worker(kind, &program[0, 0], program.shape[0], &desc[0], &params[0], &grads[0],
                 &state[0, 0], &state[1, 0], &X[0, 0], Y_data, &order[0], order.shape[0],
