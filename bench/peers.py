@@ -158,8 +158,16 @@ def build_torch(w, X, y, threads, dtype, seed):
             loss.backward()
             optimizer.step()
 
+    def predict(x):  # a served request: numpy in, the output activations as numpy out
+        with torch.inference_mode():
+            out = model(torch.from_numpy(x))
+            if w.loss != "mse":  # the model ends in logits: its output activation, as fastbp's
+                out = torch.softmax(out, 1) if w.output == "softmax" else torch.sigmoid(out)
+            return out.numpy()
+
     epoch.parameters = lambda: ([l.weight.detach().numpy().copy() for l in linears],
                                 [l.bias.detach().numpy().copy() for l in linears])
+    epoch.predict = predict
     return epoch
 
 

@@ -2,7 +2,8 @@
 
 For nielsen and mid, each compiled backend, one thread and FASTBP_BENCH_THREADS (default: every CPU):
 
-* ``forward-1``: ``Network.forward`` of one sample (serving one request at a time);
+* ``forward-1``: ``Network.forward`` of one sample (serving one request at a time), and at one
+  thread the same with PyTorch for scale (``library`` torch; skipped when it is not installed);
 * ``step-1``: the backend's ``train_batches`` driver over one minibatch (a training loop of the
   caller's own that steps the driver once per minibatch), the minibatches of an epoch in turn;
 * ``step-all``: the same minibatches in one call (``extra_info["per_minibatch_s"]``: the call's time
@@ -19,6 +20,7 @@ import numpy as np
 import pytest
 
 import benchenv
+import peers
 import workloads
 
 fastbp = pytest.importorskip("fastbp")
@@ -49,6 +51,21 @@ def test_forward_one_sample(benchmark, workload, backend, threads):
     x = workloads.data(workload, 1, "float32")[0]
     _label(benchmark, "forward-1", workload, backend, threads)
     benchmark(net.forward, x)
+
+
+@pytest.mark.parametrize("workload", ("nielsen", "mid"))
+def test_forward_one_sample_torch(benchmark, workload):
+    """The same forward pass of one sample with PyTorch, for scale (one thread, inference mode,
+    numpy in and out, the output activation applied), in the group of fastbp's at one thread."""
+    reason = peers.unavailable("torch")
+    if reason:
+        pytest.skip(reason)
+    X, y = workloads.data(workload, 2, "float32")
+    predict = peers.build("torch", workload, X, y, threads=1).predict
+    assert predict(X[:1]).shape == (1, workloads.get(workload).layers[-1])
+    benchmark.group = f"forward-1 {workload} threads=1"
+    benchmark.extra_info.update(library="torch", threads=1, workload=workload)
+    benchmark(predict, X[:1])
 
 
 @pytest.mark.parametrize("per_call", [1, MINIBATCHES], ids=["step-1", "step-all"])

@@ -115,16 +115,17 @@ def program(kind, desc, batch_size, n_samples=None, sparse=False, misaligned=Fal
 
 def launch(kind, desc, batch_size, n_samples, sparse, misaligned, first, last, n_threads, dtype):
     """What a driver call over batches first..last-1 of n_samples needs besides the caller's
-    buffers, in one Python call (a one-sample forward's arithmetic takes about 1 us, its driver call
-    took 35): (the number of workers (:func:`workers`); the kept program, which the workers only
-    read; the counters, claims and claim stride of :func:`counters`; the gather slots of
-    :func:`gather_slots`; the BLAS context of :func:`blas_single_threaded`)."""
+    buffers, in one Python call (a one-sample forward's arithmetic takes about 1 us; its driver call
+    took 35 us when it asked the planner four times): (the number of workers (:func:`workers`); the
+    kept program, which the workers only read; the counters, claims and claim stride of
+    :func:`counters`; the gather slots of :func:`gather_slots`; the BLAS context of
+    :func:`blas_single_threaded`)."""
     table, steps, slot, blas = _kept(kind, desc, batch_size, n_samples, sparse, misaligned)
     samples = min(last * batch_size, n_samples) - first * batch_size
     n_workers = workers(kind, desc, samples, n_threads)
-    finished, claims, stride = _counters(steps, first, last, n_workers)
+    finished, claims, stride = counters(steps, first, last, n_workers)
     return (n_workers, table, finished, claims, stride, _slots(slot, n_workers, dtype),
-            _blas_context(blas))
+            blas_single_threaded(blas))
 
 
 def workers(kind, desc, n_samples, n_threads):
@@ -244,15 +245,11 @@ def _plan(kind, desc, batch_size, last, sparse=False, misaligned=False):
     return table
 
 
-def counters(program, first, last, n_workers):
+def counters(steps_per_batch, first, last, n_workers):
     """The counters the workers of a driver call over batches first..last-1 share: (finished, claims,
     stride). finished[0] counts the finished tiles, alone on its cache line; worker v's share of step
     k is claimed through claims[v * stride + k], each worker's claims on cache lines of their own.
     Every atomic add moves a line from core to core, so nothing else shares those lines."""
-    return _counters(int(program[-1, P_STEP]) + 1, first, last, n_workers)
-
-
-def _counters(steps_per_batch, first, last, n_workers):
     line = ALIGNMENT // 8  # int64 values per cache line
     steps = max(last - first, 1) * steps_per_batch
     stride = -(-steps // line) * line
@@ -273,13 +270,9 @@ def _slots(slot, n_workers, dtype):
 _BLAS_CONTROLLER = []
 
 
-def blas_single_threaded(program):
-    """A context in which BLAS runs on one thread, when `program` calls BLAS: the workers already use
-    every thread, and a BLAS tile must not depend on the thread count (determinism)."""
-    return _blas_context(program[:, P_BLAS].any())
-
-
-def _blas_context(blas):
+def blas_single_threaded(blas):
+    """A context in which BLAS runs on one thread, when the program calls BLAS (`blas`): the workers
+    already use every thread, and a BLAS tile must not depend on the thread count (determinism)."""
     if not blas:
         return contextlib.nullcontext()
     if not _BLAS_CONTROLLER:
