@@ -124,7 +124,7 @@ def launch(kind, desc, batch_size, n_samples, sparse, misaligned, first, last, n
     samples = min(last * batch_size, n_samples) - first * batch_size
     n_workers = workers(kind, desc, samples, n_threads)
     finished, claims, stride = counters(steps, first, last, n_workers)
-    return (n_workers, table, finished, claims, stride, _slots(slot, n_workers, dtype),
+    return (n_workers, table, finished, claims, stride, gather_slots(slot, n_workers, dtype),
             blas_single_threaded(blas))
 
 
@@ -257,13 +257,10 @@ def counters(steps_per_batch, first, last, n_workers):
     return lines[:line], lines[line:], stride
 
 
-def gather_slots(program, desc, n_workers, dtype):
-    """The slots the workers of a driver call gather batches into, when `program` gathers: two per
-    worker, worker v's batch i at (2 v + i % 2) * D_SLOT, each slot at a cache line; else empty."""
-    return _slots(int(desc[D_SLOT]) if program[0, P_OP] == OP_GATHER else 0, n_workers, dtype)
-
-
-def _slots(slot, n_workers, dtype):
+def gather_slots(slot, n_workers, dtype):
+    """The slots the workers of a driver call gather batches into, when its program gathers (slot:
+    D_SLOT, else 0): two per worker, worker v's batch i at (2 v + i % 2) * slot, each slot at a
+    cache line; else empty."""
     return zeros(2 * n_workers * slot, dtype) if slot else np.zeros(0, dtype)
 
 

@@ -321,11 +321,11 @@ def test_a_call_runs_one_worker_for_each_share_of_work_it_has(compiled, monkeypa
     assert planner.workers(codes.TRAIN, desc, 200, 2) == 2  # 14.1 M
     assert planner.workers(codes.TRAIN, desc, 200, 5) == 3
     assert planner.workers(codes.FORWARD, desc, 20_000, 5) == 5
-    X, y = problem([784, 30, 10], 300, seed=1, dtype="float32")
+    X, y = problem([784, 30, 10], 400, seed=1, dtype="float32")
     nets = [fastbp.Network([784, 30, 10], dtype="float32", backend=compiled, n_threads=n, seed=0)
             for n in (1, 3)]
-    for net in nets:  # 30 minibatches, one call each: one worker; the forward pass over 300: two
-        for start in range(0, 300, 10):
+    for net in nets:  # 30 minibatches, one call each: one worker; the forward pass over 400 (9.5 M):
+        for start in range(0, 300, 10):  # two of the three
             net.fit(X[start:start + 10], y[start:start + 10], epochs=1, batch_size=10, lr=0.5,
                     shuffle=False)
     assert np.array_equal(nets[0].parameters, nets[1].parameters)
@@ -389,12 +389,14 @@ def test_each_worker_gathers_the_rows_into_slots_of_its_own():
         assert gather[codes.P_OP] == codes.OP_GATHER and gather[codes.P_AHEAD] == host[codes.P_STEP] >= 1
         assert gather[codes.P_TILES] == gather[codes.P_LAST_TILES] == 0
         assert (program[:, codes.P_STEP] == gather[codes.P_STEP]).sum() == 1
-        for workers in (1, 3):
-            slots = planner.gather_slots(program, desc, workers, np.float32)
+        for workers in (1, 3):  # what a driver call gets (planner.launch), every worker running
+            slots = planner.launch(codes.TRAIN, desc, batch, 53, False, True, 0, 6, workers,
+                                   np.float32)[5]
             assert slots.shape == (2 * workers * slot,) and slots.ctypes.data % codes.ALIGNMENT == 0
     aligned = planner.program(codes.TRAIN, desc, 10, 53)
     assert (aligned[:, codes.P_AHEAD] == 0).all() and (aligned[:, codes.P_OP] != codes.OP_GATHER).all()
-    assert planner.gather_slots(aligned, desc, 2, np.float64).shape == (0,)
+    assert planner.launch(codes.TRAIN, desc, 10, 53, False, False, 0, 6, 2,
+                          np.float64)[5].shape == (0,)
 
 
 def test_large_slots_are_not_gathered(monkeypatch):
